@@ -1,0 +1,82 @@
+"""Painting with a loaded model: the one function evaluate, the CLI and the MLflow pyfunc all call."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polycolor.colours import canonical_colour, resolve_colour
+from polycolor.errors import PolycolorError
+from polycolor.modelio import LoadedModel
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return t / 127.5 - 1.0
+
+
+def tensor_to_images(t: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), rounded."""
+    x = ((t.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def encode_colours(colours: list[str], vocab: tuple[str, ...], encoding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour strings -> (idx (N,) long, rgb (N, 3) float in [0, 1]).
+
+    With the embedding encoding a colour must be in the model's vocabulary; with rgb any resolvable colour works.
+    """
+    rgb = torch.tensor([resolve_colour(c) for c in colours], dtype=torch.float32).reshape(-1, 3) / 255.0
+    if encoding != "embedding":
+        return torch.zeros(len(colours), dtype=torch.long), rgb
+    index = {c: i for i, c in enumerate(vocab)}
+    idx = []
+    for c in colours:
+        key = canonical_colour(c)
+        if key not in index:
+            shown = ", ".join(v for v in vocab if not v.startswith("#")) or ", ".join(vocab[:8])
+            raise PolycolorError(
+                f"colour {c!r} is not in this model's vocabulary (embedding encoding; it knows: {shown})"
+            )
+        idx.append(index[key])
+    return torch.tensor(idx, dtype=torch.long), rgb
+
+
+@torch.no_grad()
+def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_size: int = 32) -> np.ndarray:
+    """Fill each outline with its colour.
+
+    inputs: uint8 (N, H, W, 3) RGB outlines, any H, W; colours: N colour strings.
+    Returns uint8 (N, H, W, 3). Inputs are resized (nearest) to the model's image size and predictions back to H, W,
+    so the output always has the input's size. The composite head uses a hard mask (m > 0.5), so outputs are
+    two-valued like the data.
+    """
+    if inputs.ndim != 4 or inputs.shape[-1] != 3:
+        raise PolycolorError(f"inputs must be (N, H, W, 3) RGB images, got shape {inputs.shape}")
+    if len(colours) != len(inputs):
+        raise PolycolorError(f"{len(inputs)} images but {len(colours)} colours")
+    model = loaded.model
+    model.eval()
+    device = next(model.parameters()).device
+    idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
+    n, h, w, _ = inputs.shape
+    size = loaded.image_size
+    out = np.empty_like(inputs)
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        x = images_to_tensor(inputs[sl]).to(device)  # (b, 3, h, w)
+        if (h, w) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="nearest")
+        pred = model(x, idx[sl].to(device), rgb[sl].to(device))
+        if pred.mask_logits is not None:
+            mask = (pred.mask_logits > 0).float()  # sigmoid(logit) > 0.5; (b, 1, size, size)
+            colour = rgb[sl].to(device)[:, :, None, None]
+            image = (1.0 - mask * (1.0 - colour)) * 2.0 - 1.0
+        else:
+            image = pred.image
+        if (h, w) != (size, size):
+            image = F.interpolate(image, size=(h, w), mode="nearest")
+        out[sl] = tensor_to_images(image)
+    return out

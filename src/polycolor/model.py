@@ -1,0 +1,166 @@
+"""The conditional UNet: plain PyTorch, no I/O.
+
+An outline image (B, 3, H, W) in [-1, 1] and a colour go in; the filled polygon comes out as (B, 3, H, W) in [-1, 1].
+The colour enters as a vector `c` (B, embed_dim), from a learned table over a colour vocabulary (`embedding`) or an
+MLP over normalised RGB (`rgb`), and conditions the net in one of three places (`model.conditioning`):
+  bottleneck: `c` projected to a spatial map at the bottleneck's resolution, concatenated there, conv back to width;
+  input:      `c` projected to a few channels, broadcast over the image, concatenated to the input;
+  film:       every conv block scales and shifts its features with (gamma, beta) computed from `c`.
+Two output heads (`model.head`):
+  tanh:      a free RGB image, Tanh into [-1, 1];
+  composite: a one-channel mask logit map; the image is the requested colour over white through the mask
+             (white * (1 - m) + colour * m), so colour is exact by construction and the net only learns where to paint.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polycolor.config import ModelConfig
+
+INPUT_COND_CHANNELS = 8  # channels the `input` conditioning adds to the 3 image channels
+
+
+class UNetOutput(NamedTuple):
+    image: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    mask_logits: torch.Tensor | None  # (B, 1, H, W) for the composite head, else None
+
+
+class ColourEncoder(nn.Module):
+    """Colour -> c (B, embed_dim): a learned table over `vocab`, or an MLP over RGB in [0, 1]."""
+
+    def __init__(self, encoding: str, vocab_size: int, embed_dim: int):
+        super().__init__()
+        self.encoding = encoding
+        if encoding == "embedding":
+            self.table = nn.Embedding(max(vocab_size, 1), embed_dim)
+        else:
+            self.mlp = nn.Sequential(nn.Linear(3, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, colour_idx: torch.Tensor, colour_rgb: torch.Tensor) -> torch.Tensor:
+        if self.encoding == "embedding":
+            return self.table(colour_idx)  # (B, D)
+        return self.mlp(colour_rgb * 2.0 - 1.0)  # centre the RGB cube on 0; (B, D)
+
+
+class Block(nn.Module):
+    """Two 3x3 conv -> BatchNorm -> ReLU; with cond_dim, FiLM after each norm: x * (1 + gamma) + beta."""
+
+    def __init__(self, dim_in: int, dim_out: int, *, cond_dim: int | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim_in, dim_out, 3, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(dim_out)
+        self.conv2 = nn.Conv2d(dim_out, dim_out, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(dim_out)
+        self.film = nn.Linear(cond_dim, 4 * dim_out) if cond_dim else None
+        if self.film is not None:  # start near the identity modulation, but let the colour through from step 0
+            nn.init.normal_(self.film.weight, std=0.02)
+            nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        mod = None
+        if self.film is not None and cond is not None:
+            mod = self.film(cond)[:, :, None, None].chunk(4, dim=1)  # gamma1, beta1, gamma2, beta2: (B, C, 1, 1)
+        h = self.norm1(self.conv1(x))
+        if mod is not None:
+            h = h * (1 + mod[0]) + mod[1]
+        h = self.norm2(self.conv2(F.relu(h)))
+        if mod is not None:
+            h = h * (1 + mod[2]) + mod[3]
+        return F.relu(h)
+
+
+class BottleneckAttention(nn.Module):
+    """Multi-head self-attention over the bottleneck's H*W positions, residual."""
+
+    def __init__(self, dim: int, heads: int = 4):
+        super().__init__()
+        heads = heads if dim % heads == 0 else 1
+        self.norm = nn.GroupNorm(1, dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        out, _ = self.attn(t, t, t, need_weights=False)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class ConditionalUNet(nn.Module):
+    """UNet over `len(cfg.widths)` levels; the map size at the bottleneck is image_size / 2**(levels - 1)."""
+
+    def __init__(self, cfg: ModelConfig, vocab: tuple[str, ...], image_size: int):
+        super().__init__()
+        cfg.validate()
+        levels = len(cfg.widths)
+        if image_size % (2 ** (levels - 1)):
+            raise ValueError(f"image_size {image_size} must be divisible by 2**{levels - 1} for {levels} levels")
+        if cfg.colour_encoding == "embedding" and not vocab:
+            raise ValueError("the embedding colour encoding needs a non-empty colour vocabulary")
+        self.cfg, self.vocab, self.image_size = cfg, tuple(vocab), image_size
+        self.bottleneck_size = image_size // 2 ** (levels - 1)
+        w, d = cfg.widths, cfg.embed_dim
+        film_dim = d if cfg.conditioning == "film" else None
+
+        self.colour = ColourEncoder(cfg.colour_encoding, len(self.vocab), d)
+        in_ch = 3
+        if cfg.conditioning == "input":
+            self.to_input = nn.Linear(d, INPUT_COND_CHANNELS)
+            in_ch += INPUT_COND_CHANNELS
+        self.down = nn.ModuleList(
+            [Block(in_ch, w[0], cond_dim=film_dim)] + [Block(w[i - 1], w[i], cond_dim=film_dim) for i in range(1, levels)]
+        )
+        if cfg.conditioning == "bottleneck":
+            s = self.bottleneck_size
+            self.to_map = nn.Linear(d, s * s)  # c -> one (s, s) map at the bottleneck
+            self.fuse = nn.Sequential(nn.Conv2d(w[-1] + 1, w[-1], 1), nn.ReLU())
+        self.attn = BottleneckAttention(w[-1]) if cfg.attention else None
+        self.up = nn.ModuleList(
+            [Block(w[i] + w[i - 1], w[i - 1], cond_dim=film_dim) for i in range(levels - 1, 0, -1)]
+        )
+        self.out = nn.Conv2d(w[0], 1 if cfg.head == "composite" else 3, 1)
+
+    def forward(self, x: torch.Tensor, colour_idx: torch.Tensor, colour_rgb: torch.Tensor) -> UNetOutput:
+        """x (B, 3, H, W) in [-1, 1]; colour_idx (B,) long; colour_rgb (B, 3) in [0, 1]."""
+        c = self.colour(colour_idx, colour_rgb)  # (B, D)
+        film = c if self.cfg.conditioning == "film" else None
+        if self.cfg.conditioning == "input":
+            cmap = self.to_input(c)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])  # (B, 8, H, W)
+            x = torch.cat([x, cmap], dim=1)
+
+        skips = []
+        h = x
+        for i, block in enumerate(self.down):
+            if i > 0:
+                h = F.max_pool2d(h, 2)
+            h = block(h, film)
+            skips.append(h)  # level i: (B, w[i], H / 2**i, W / 2**i)
+
+        if self.cfg.conditioning == "bottleneck":
+            s = h.shape[-1]
+            cmap = self.to_map(c).view(-1, 1, self.bottleneck_size, self.bottleneck_size)
+            if s != self.bottleneck_size:  # an input of another size than trained on
+                cmap = F.interpolate(cmap, size=h.shape[-2:], mode="bilinear", align_corners=False)
+            h = self.fuse(torch.cat([h, cmap], dim=1))  # (B, w[-1], s, s)
+        if self.attn is not None:
+            h = self.attn(h)
+
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = block(torch.cat([h, skip], dim=1), film)
+
+        y = self.out(h)
+        if self.cfg.head == "tanh":
+            return UNetOutput(torch.tanh(y), None)
+        m = torch.sigmoid(y)  # (B, 1, H, W), 1 = paint
+        colour = colour_rgb[:, :, None, None]  # (B, 3, 1, 1) in [0, 1]
+        image = 1.0 - m * (1.0 - colour)  # white where m = 0, the colour where m = 1; in [0, 1]
+        return UNetOutput(image * 2.0 - 1.0, y)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

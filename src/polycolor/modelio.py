@@ -1,0 +1,107 @@
+"""The self-describing model file (models/model.pt): weights plus everything inference needs.
+
+Content: format version, state_dict, model config, colour vocabulary, image size, training metadata. Loading uses
+`torch.load(weights_only=True)`: only tensors and plain containers, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polycolor.config import ModelConfig, _build
+from polycolor.errors import ConfigError, PolycolorError
+from polycolor.model import ConditionalUNet
+
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    model: ConditionalUNet  # in eval mode
+    config: ModelConfig
+    vocab: tuple[str, ...]
+    image_size: int
+    meta: dict[str, Any]
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temp file beside `path`, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_payload(model: ConditionalUNet, *, meta: dict[str, Any]) -> dict[str, Any]:
+    """The model file's content; the state_dict is copied to CPU so the file loads anywhere."""
+    return {
+        "format_version": MODEL_FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": _plain(dataclasses.asdict(model.cfg)),
+        "vocab": list(model.vocab),
+        "image_size": model.image_size,
+        "meta": meta,
+    }
+
+
+def save_model(path: str | Path, model: ConditionalUNet, *, meta: dict[str, Any]) -> None:
+    atomic_torch_save(model_payload(model, meta=meta), path)
+
+
+def load_payload(path: str | Path) -> dict[str, Any]:
+    """torch.load(weights_only=True) with one-line errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolycolorError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise PolycolorError(f"cannot load model file {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise PolycolorError(f"{path} is not a polycolor model file (no state_dict)")
+    return payload
+
+
+def model_from_payload(payload: dict[str, Any], source: str = "model") -> LoadedModel:
+    version = payload.get("format_version")
+    if version != MODEL_FORMAT_VERSION:
+        raise PolycolorError(f"{source}: model format version {version!r}, this polycolor reads {MODEL_FORMAT_VERSION}")
+    try:
+        cfg = _build(ModelConfig, payload["model_config"], "model")
+        cfg.validate()
+    except ConfigError as e:
+        raise PolycolorError(f"{source}: bad model config: {e}") from None
+    vocab = tuple(payload["vocab"])
+    image_size = int(payload["image_size"])
+    model = ConditionalUNet(cfg, vocab, image_size)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return LoadedModel(model, cfg, vocab, image_size, dict(payload.get("meta", {})))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    loaded = model_from_payload(load_payload(path), str(path))
+    loaded.model.to(device)
+    return loaded
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples to lists, so the payload holds only types weights_only loading accepts."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

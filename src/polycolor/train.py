@@ -1,0 +1,142 @@
+"""The train stage's edge: load the splits, run the Trainer inside one MLflow run, write the stage's outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from polycolor.ayna import atomic_output, load_split
+from polycolor.colours import canonical_colour
+from polycolor.config import Config, flatten
+from polycolor.errors import PolycolorError
+from polycolor.model import count_parameters
+from polycolor.modelio import save_model
+from polycolor import tracking
+from polycolor.trainer import TensorData, Trainer, TrainResult, build_vocab, is_main_process, to_tensor_data
+
+
+def folder_digest(*folders: Path) -> str:
+    """sha256 over the relative paths and bytes of every file in the folders: identifies the training data."""
+    h = hashlib.sha256()
+    for folder in folders:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(folder)).encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def prepare_data(cfg: Config, train_dir: Path, val_dir: Path) -> tuple[TensorData, TensorData, tuple[str, ...], int]:
+    train = load_split(train_dir, None)
+    val = load_split(val_dir, train.inputs.shape[1])
+    size = train.inputs.shape[1]
+    vocab = build_vocab(train.colours)
+    keep = np.arange(len(val.colours))
+    if cfg.model.colour_encoding == "embedding":
+        # The embedding table knows only training colours; validation pairs in other colours cannot be scored.
+        keep = np.array([i for i, c in enumerate(val.colours) if canonical_colour(c) in set(vocab)], dtype=int)
+        if len(keep) < len(val.colours):
+            print(f"validation: {len(val.colours) - len(keep)} pair(s) in colours outside the embedding "
+                  "vocabulary left out of the validation loss")
+        if len(keep) == 0:
+            raise PolycolorError("no validation pair has a colour from the training vocabulary")
+    enc = cfg.model.colour_encoding
+    train_t = to_tensor_data(train.inputs, train.targets, train.colours, vocab, enc)
+    val_t = to_tensor_data(val.inputs[keep], val.targets[keep], [val.colours[i] for i in keep], vocab, enc)
+    return train_t, val_t, vocab, size
+
+
+def default_run_name(cfg: Config) -> str:
+    m = cfg.model
+    return f"{m.conditioning}-{m.colour_encoding}-{m.head}-lr{cfg.train.lr:g}-{time.strftime('%m%d-%H%M%S')}"
+
+
+def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir: Path, model_path: Path,
+                 metrics_path: Path, curve_path: Path, run_info_path: Path) -> TrainResult:
+    import mlflow
+
+    train_t, val_t, vocab, size = prepare_data(cfg, train_dir, val_dir)
+    data_id = folder_digest(train_dir, val_dir)
+    cwd = Path.cwd()
+    lineage = {**tracking.git_info(cwd), "dvc_exp_name": tracking.dvc_experiment_name(),
+               "data_hash": tracking.data_hash(cwd) or data_id}
+    run_name = lineage["dvc_exp_name"] or default_run_name(cfg)
+
+    uri = tracking.configure()
+    exp_id = tracking.ensure_experiment(cfg.mlflow.experiment)
+    description = (f"{cfg.model.conditioning} conditioning, {cfg.model.colour_encoding} colour encoding, "
+                   f"{cfg.model.head} head, widths {list(cfg.model.widths)}; lr {cfg.train.lr:g}, "
+                   f"batch {cfg.train.batch_size}, {cfg.train.epochs} epochs; {len(train_t)} training images "
+                   f"at {size} px")
+    run = tracking.with_retry(
+        mlflow.start_run, experiment_id=exp_id, run_name=run_name, description=description,
+        log_system_metrics=True,
+        tags={"git_commit": lineage["git_commit"], "git_dirty": lineage["git_dirty"],
+              "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train"})
+    run_id = run.info.run_id
+    try:
+        params = {k: str(v) for k, v in flatten(cfg).items()}
+        tracking.with_retry(mlflow.log_params, params)
+
+        def log(metrics: dict[str, float], step: int) -> None:
+            tracking.with_retry(mlflow.log_metrics, metrics, step=step)
+
+        def log_image(grid: np.ndarray, step: int) -> None:
+            tracking.with_retry(mlflow.log_image, grid, key="samples", step=step)
+
+        trainer = Trainer(cfg.model, cfg.loss, cfg.train, vocab=vocab, image_size=size, data_id=data_id,
+                          checkpoint_dir=checkpoint_dir, log=log, log_image=log_image)
+        with tracking.sigterm_as_exception():
+            result = trainer.fit(train_t, val_t)
+        if is_main_process():
+            write_outputs(cfg, result, vocab=vocab, image_size=size, lineage=lineage, run_id=run_id,
+                          exp_id=exp_id, uri=uri, run_name=run_name, model_path=model_path,
+                          metrics_path=metrics_path, curve_path=curve_path, run_info_path=run_info_path)
+            summary = json.loads(metrics_path.read_text())
+            tracking.with_retry(mlflow.log_metrics, {f"final_{k}": float(v) for k, v in summary.items()
+                                                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            tracking.with_retry(mlflow.log_artifact, str(curve_path))
+    except BaseException as e:
+        tracking.with_retry(mlflow.end_run, status=tracking.run_status_for(e))
+        if isinstance(e, tracking.Terminated):
+            raise KeyboardInterrupt from e
+        raise
+    tracking.with_retry(mlflow.end_run, status="FINISHED")
+    return result
+
+
+def write_outputs(cfg: Config, result: TrainResult, *, vocab: tuple[str, ...], image_size: int,
+                  lineage: dict[str, str], run_id: str, exp_id: str, uri: str, run_name: str, model_path: Path,
+                  metrics_path: Path, curve_path: Path, run_info_path: Path) -> None:
+    last = result.history[-1] if result.history else {}
+    best = next((r for r in result.history if r["epoch"] == result.best_epoch), last)
+    meta: dict[str, Any] = {
+        "run_id": run_id, "run_name": run_name, **lineage,
+        "epochs": len(result.history), "best_epoch": result.best_epoch,
+        "val_loss": best.get("val_loss"), "val_psnr": best.get("val_psnr"),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    save_model(model_path, result.model, meta=meta)
+    metrics = {
+        "epochs": len(result.history), "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss, "val_psnr": best.get("val_psnr"),
+        "last_val_psnr": last.get("val_psnr"), "parameters": count_parameters(result.model),
+        "images_per_s": result.images_per_s, "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from, "train_wall_s": result.wall_s,
+    }
+    with atomic_output(metrics_path) as tmp:
+        Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_output(curve_path) as tmp:
+        pd.DataFrame(result.history).to_csv(tmp, index=False)
+    tracking.write_run_info(run_info_path, {
+        "run_id": run_id, "experiment_id": exp_id, "tracking_uri": uri, "run_name": run_name,
+        "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"],
+        "git_commit": lineage["git_commit"],
+    })
