@@ -1,0 +1,329 @@
+"""params.yaml parsed once into typed dataclasses.
+
+Every stage calls `load_params()` and reads only its own section. Validation errors are one line that names the
+key and the value (`train.lr must be > 0, got -1.0`), raised as ConfigError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from polycolor.colours import resolve_colour
+from polycolor.errors import ConfigError, PolycolorError
+
+SHAPES: tuple[str, ...] = ("triangle", "square", "pentagon", "hexagon", "octagon", "circle", "star", "diamond")
+CONDITIONINGS = ("bottleneck", "input", "film")
+COLOUR_ENCODINGS = ("embedding", "rgb")
+HEADS = ("tanh", "composite")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    source: str = "synthetic"  # "synthetic" or a path to an Ayna-layout folder or .zip
+    image_size: int = 128  # square side in pixels
+    train_samples: int = 3000  # synthetic training pairs
+    val_samples: int = 200  # synthetic validation pairs
+    shapes: tuple[str, ...] = SHAPES
+    colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple")
+    random_colour_fraction: float = 0.0  # share of samples painted a random #rrggbb instead of a named colour
+    scale: tuple[float, float] = (0.25, 0.42)  # nominal radius (a circle's radius) / image side; see synth.py
+    rotation: tuple[float, float] = (0.0, 360.0)  # degrees
+    offset: float = 0.12  # max centre offset from the image centre, as a fraction of the side
+    outline_width: tuple[int, int] = (2, 3)  # pixels, inclusive range
+
+    def validate(self) -> None:
+        _check(self.image_size >= 16, "ingest.image_size", self.image_size, "must be >= 16")
+        _check(self.train_samples >= 1, "ingest.train_samples", self.train_samples, "must be >= 1")
+        _check(self.val_samples >= 1, "ingest.val_samples", self.val_samples, "must be >= 1")
+        _check(len(self.shapes) > 0, "ingest.shapes", self.shapes, "must name at least one shape")
+        for s in self.shapes:
+            _check(s in SHAPES, "ingest.shapes", s, f"is not a known shape ({', '.join(SHAPES)})")
+        _check(len(self.colours) > 0, "ingest.colours", self.colours, "must name at least one colour")
+        for c in self.colours:
+            try:
+                resolve_colour(c)
+            except PolycolorError as e:
+                raise ConfigError(f"ingest.colours: {e}") from None
+        _check(0.0 <= self.random_colour_fraction <= 1.0, "ingest.random_colour_fraction",
+               self.random_colour_fraction, "must be in [0, 1]")
+        _range(self.scale, "ingest.scale", 0.05, 0.5)
+        _range(self.rotation, "ingest.rotation", -3600.0, 3600.0)
+        _check(0.0 <= self.offset <= 0.4, "ingest.offset", self.offset, "must be in [0, 0.4]")
+        _range(self.outline_width, "ingest.outline_width", 1, 8)
+        if self.source != "synthetic":
+            _check(Path(self.source).exists(), "ingest.source", self.source,
+                   "is neither 'synthetic' nor an existing folder or .zip")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    copies: int = 1  # augmented copies written per training sample (the originals are kept too)
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.5  # probability of a vertical flip
+    rot90: bool = True  # random multiple of 90 degrees
+    degrees: float = 30.0  # affine rotation range +-degrees
+    scale: tuple[float, float] = (0.8, 1.15)  # affine scale range
+    translate: float = 0.1  # affine translation, fraction of the side
+
+    def validate(self) -> None:
+        _check(self.copies >= 0, "augment.copies", self.copies, "must be >= 0")
+        _check(0.0 <= self.hflip <= 1.0, "augment.hflip", self.hflip, "must be in [0, 1]")
+        _check(0.0 <= self.vflip <= 1.0, "augment.vflip", self.vflip, "must be in [0, 1]")
+        _check(0.0 <= self.degrees <= 180.0, "augment.degrees", self.degrees, "must be in [0, 180]")
+        _range(self.scale, "augment.scale", 0.1, 4.0)
+        _check(0.0 <= self.translate <= 0.5, "augment.translate", self.translate, "must be in [0, 0.5]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # channels per encoder level; the last is the bottleneck
+    conditioning: str = "bottleneck"  # bottleneck | input | film
+    colour_encoding: str = "rgb"  # embedding | rgb
+    embed_dim: int = 128  # size of the colour embedding
+    attention: bool = False  # self-attention at the bottleneck
+    head: str = "composite"  # tanh: free RGB; composite: a mask painted with the requested colour over white
+
+    def validate(self) -> None:
+        _check(len(self.widths) >= 2, "model.widths", self.widths, "needs at least 2 levels")
+        for w in self.widths:
+            _check(w >= 1, "model.widths", self.widths, "must all be >= 1")
+        _check(self.conditioning in CONDITIONINGS, "model.conditioning", self.conditioning,
+               f"must be one of {', '.join(CONDITIONINGS)}")
+        _check(self.colour_encoding in COLOUR_ENCODINGS, "model.colour_encoding", self.colour_encoding,
+               f"must be one of {', '.join(COLOUR_ENCODINGS)}")
+        _check(self.embed_dim >= 1, "model.embed_dim", self.embed_dim, "must be >= 1")
+        _check(self.head in HEADS, "model.head", self.head, f"must be one of {', '.join(HEADS)}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    l1: float = 1.0  # weight of the L1 term
+    l2: float = 0.5  # weight of the MSE term
+    perceptual: float = 0.1  # weight of the perceptual term
+    perceptual_net: str = "ssim"  # ssim (no weights) | vgg16 (weights from vgg16_weights)
+    vgg16_weights: str = ""  # local path to torchvision VGG16 weights, used only with perceptual_net: vgg16
+    mask: float = 1.0  # weight of the mask BCE term (composite head only)
+
+    def validate(self) -> None:
+        for key in ("l1", "l2", "perceptual", "mask"):
+            v = getattr(self, key)
+            _check(v >= 0.0, f"loss.{key}", v, "must be >= 0")
+        _check(self.perceptual_net in ("ssim", "vgg16"), "loss.perceptual_net", self.perceptual_net,
+               "must be ssim or vgg16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 3e-3
+    batch_size: int = 16
+    epochs: int = 6
+    weight_decay: float = 1e-4
+    plateau_patience: int = 2  # epochs without val-loss improvement before the lr is cut
+    plateau_factor: float = 0.5
+    early_stopping_patience: int = 5  # epochs without improvement before stopping; 0 disables
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | true | false
+    num_workers: int = 0  # DataLoader workers; the data sits in memory, so 0 is fastest on 2 cores
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    grid_samples: int = 4  # rows of the per-epoch sample grid logged to MLflow
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.plateau_patience >= 0, "train.plateau_patience", self.plateau_patience, "must be >= 0")
+        _check(0 < self.plateau_factor < 1, "train.plateau_factor", self.plateau_factor, "must be in (0, 1)")
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience",
+               self.early_stopping_patience, "must be >= 0")
+        _check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "must be auto, cpu or cuda")
+        _check(self.amp in ("auto", "true", "false"), "train.amp", self.amp, "must be auto, true or false")
+        _check(self.num_workers >= 0, "train.num_workers", self.num_workers, "must be >= 0")
+        _check(self.threads >= 0, "train.threads", self.threads, "must be >= 0")
+        _check(self.grid_samples >= 1, "train.grid_samples", self.grid_samples, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExtraSet:
+    path: str  # an Ayna-layout split folder (inputs/, outputs/, data.json)
+    required: bool = False  # a missing optional set is skipped with a warning and recorded as skipped
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    extra_sets: dict[str, ExtraSet] = field(default_factory=dict)
+    ood_samples: int = 64  # freshly generated polygons beyond the training pose ranges; 0 disables
+    ood_scale: tuple[float, float] = (0.15, 0.48)
+    ood_offset: float = 0.2
+    grid_samples: int = 8  # rows of the qualitative grid
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        _check(self.ood_samples >= 0, "evaluate.ood_samples", self.ood_samples, "must be >= 0")
+        _range(self.ood_scale, "evaluate.ood_scale", 0.05, 0.5)
+        _check(0.0 <= self.ood_offset <= 0.4, "evaluate.ood_offset", self.ood_offset, "must be in [0, 0.4]")
+        _check(self.grid_samples >= 1, "evaluate.grid_samples", self.grid_samples, "must be >= 1")
+        _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str  # key in metrics/eval.json, dotted (e.g. "val.psnr_mean")
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    metric: str = "val.psnr_mean"  # the metric a candidate must beat the champion on
+    higher_is_better: bool = True
+    min_delta: float = 0.0  # the candidate must be better by more than this
+    gates: tuple[Gate, ...] = ()
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = "polycolor"
+    registered_model: str = "polycolor"
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 42
+    ingest: IngestConfig = IngestConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    promote: PromoteConfig = PromoteConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    def validate(self) -> None:
+        # numpy's SeedSequence (data generator, augmentation) rejects negative seeds
+        _check(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if hasattr(v, "validate"):
+                v.validate()
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {why}, got {value!r}")
+
+
+def _range(pair: tuple, key: str, lo: float, hi: float) -> None:
+    _check(len(pair) == 2, key, pair, "must be a [low, high] pair")
+    _check(lo <= pair[0] <= pair[1] <= hi, key, list(pair), f"must satisfy {lo} <= low <= high <= {hi}")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and convert lists to tuples; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if isinstance(data, str) and cls is ExtraSet:  # shorthand: `name: path`
+        data = {"path": data}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'params'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(f"{where} is not a known key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], key)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field (no default) is missing
+        raise ConfigError(f"{prefix}: {e}") from None
+
+
+def parse_config(data: dict) -> Config:
+    """Build and validate a Config from a params mapping (the content of params.yaml)."""
+    cfg = _build(Config, data, "")
+    cfg.validate()
+    return cfg
+
+
+def load_params(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml; a missing file or bad YAML is a one-line ConfigError."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read params file {p}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_config(data)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Config as flat dotted keys (for MLflow params and model cards): {"train.lr": 0.003, ...}."""
+    out: dict[str, Any] = {}
+    items = dataclasses.asdict(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items()
+    for k, v in items:
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
