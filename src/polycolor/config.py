@@ -58,8 +58,16 @@ class IngestConfig:
         _check(0.0 <= self.offset <= 0.4, "ingest.offset", self.offset, "must be in [0, 0.4]")
         _range(self.outline_width, "ingest.outline_width", 1, 8)
         if self.source != "synthetic":
-            _check(Path(self.source).exists(), "ingest.source", self.source,
+            _check(self.source_path().exists(), "ingest.source", self.source,
                    "is neither 'synthetic' nor an existing folder or .zip")
+
+    def source_path(self) -> Path:
+        """`source` as a path: absolute as given, else relative to the project root (tracking.repo_root), so that a
+        queued DVC experiment, which runs in a temporary copy of the repo, still finds ../shared beside it."""
+        from polycolor.tracking import repo_root  # stdlib-only module; imported here to keep config import-light
+
+        p = Path(self.source).expanduser()
+        return p if p.is_absolute() else repo_root() / p
 
 
 @dataclass(frozen=True)
@@ -265,7 +273,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
     if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if isinstance(value, bool):  # YAML and `dvc exp run -S train.amp=true` give a bool for "true"
+            return "true" if value else "false"
+        if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")

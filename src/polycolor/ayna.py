@@ -1,0 +1,333 @@
+"""The Ayna dataset layout: reading, validating and writing splits, and atomic stage outputs.
+
+A split folder holds `inputs/` (black outlines on white), `outputs/` (the same polygon filled with one colour on
+white) and `data.json`, a list of {"input_polygon": "<file in inputs/>", "colour": "<name or #rrggbb>",
+"output_image": "<file in outputs/>"}. Several entries may share one input file (the real data does).
+
+Everything that reads or writes this layout goes through this module, so that the stages, the CLI and the tests
+share one validator and one writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from polycolor.colours import canonical_colour, resolve_colour
+from polycolor.config import SHAPES
+from polycolor.errors import PolycolorError
+
+DATA_JSON = "data.json"
+INPUTS = "inputs"
+OUTPUTS = "outputs"
+_KEYS = ("input_polygon", "colour", "output_image")
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ["split", "input", "output", "colour", "r", "g", "b", "shape"]
+_WHITE = 255
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One validated data.json entry; the paths exist and the colour resolves."""
+
+    input_path: Path
+    output_path: Path
+    colour: str  # canonical form (see colours.canonical_colour)
+    rgb: tuple[int, int, int]
+    shape: str | None  # guessed from the input file name; None when it names no known shape
+
+
+@dataclass
+class SplitArrays:
+    """A split held in memory (the data is small: 3000 pairs at 128 px are ~300 MB)."""
+
+    inputs: np.ndarray  # (N, H, W, 3) uint8: black outline on white
+    targets: np.ndarray  # (N, H, W, 3) uint8: filled polygon on white
+    colours: list[str]  # N canonical colour strings
+    rgb: np.ndarray  # (N, 3) uint8: the resolved colours
+    shapes: list[str | None]  # N shape names (None when unknown)
+
+    def __len__(self) -> int:
+        return len(self.colours)
+
+
+def guess_shape(file_name: str) -> str | None:
+    """The first known shape named in a file name (`red_star.png`, `00012_hexagon.png`), else None."""
+    for token in re.split(r"[^a-z0-9]+", Path(file_name).stem.lower()):
+        if token in SHAPES:
+            return token
+    return None
+
+
+def _entry_file(json_path: Path, i: int, key: str, name: str, folder: Path) -> Path:
+    if not name.strip() or Path(name).name != name or name in (".", ".."):
+        raise PolycolorError(f"{json_path} entry {i}: {key} {name!r} must be a plain file name inside {folder.name}/")
+    path = folder / name
+    if not path.is_file():
+        raise PolycolorError(f"{json_path} entry {i}: {key} file {path} does not exist")
+    return path
+
+
+def read_split(split_dir: str | Path) -> list[Sample]:
+    """Parse and validate `split_dir/data.json`; every problem is a one-line PolycolorError naming the file and entry.
+
+    Checks that the JSON is a non-empty list of objects with string `input_polygon`, `colour` and `output_image`,
+    that both files exist inside inputs/ and outputs/, and that the colour resolves. Entry numbers are 0-based.
+    Images are not decoded here (see load_image / load_split).
+    """
+    split_dir = Path(split_dir)
+    json_path = split_dir / DATA_JSON
+    if not split_dir.is_dir():
+        raise PolycolorError(f"split folder {split_dir} does not exist")
+    if not json_path.is_file():
+        raise PolycolorError(f"{json_path} not found (an Ayna split needs inputs/, outputs/ and data.json)")
+    try:
+        entries = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PolycolorError(f"{json_path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolycolorError(f"cannot read {json_path}: {e}") from None
+    if not isinstance(entries, list):
+        raise PolycolorError(f"{json_path} must hold a list of entries, got {type(entries).__name__}")
+    if not entries:
+        raise PolycolorError(f"{json_path} has no entries")
+    samples = []
+    seen_outputs: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise PolycolorError(f"{json_path} entry {i}: must be an object with keys {', '.join(_KEYS)}, "
+                                 f"got {entry!r}")
+        for key in _KEYS:
+            if key not in entry:
+                raise PolycolorError(f"{json_path} entry {i}: missing key {key!r}")
+            if not isinstance(entry[key], str):
+                raise PolycolorError(f"{json_path} entry {i}: {key} must be a string, got {entry[key]!r}")
+        input_path = _entry_file(json_path, i, "input_polygon", entry["input_polygon"], split_dir / INPUTS)
+        output_path = _entry_file(json_path, i, "output_image", entry["output_image"], split_dir / OUTPUTS)
+        if entry["output_image"] in seen_outputs:
+            raise PolycolorError(f"{json_path} entry {i}: output_image {entry['output_image']!r} is already used by "
+                                 f"entry {seen_outputs[entry['output_image']]}")
+        seen_outputs[entry["output_image"]] = i
+        try:
+            rgb = resolve_colour(entry["colour"])
+        except PolycolorError as e:
+            raise PolycolorError(f"{json_path} entry {i} ({entry['output_image']}): {e}") from None
+        samples.append(Sample(input_path, output_path, canonical_colour(entry["colour"]), rgb,
+                              guess_shape(entry["input_polygon"])))
+    return samples
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode as RGB; transparency is composited over white (the Ayna background), not over black."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grey: Pillow's convert("RGB") clips instead of scaling, so scale to 8 bits here.
+        a = np.asarray(im).astype(np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        grey = np.clip(np.round(a * 255.0 / peak), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (_WHITE, _WHITE, _WHITE, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Decode an image as uint8 (H, W, 3) RGB.
+
+    Any mode is converted to RGB; when `size` is given and the image is not size x size it is resized with
+    NEAREST (so two-valued images stay two-valued). A missing or undecodable file is a PolycolorError naming it.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now, so a truncated file fails here and not later
+            rgb = _to_rgb(im)
+    except FileNotFoundError:
+        raise PolycolorError(f"image {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise PolycolorError(f"cannot decode image {path}: {e}") from None
+    if size is not None and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def load_split(split_dir: str | Path, size: int | None = None) -> SplitArrays:
+    """read_split + load_image for every entry, in memory. Shared input files are decoded once.
+
+    With size=None every image must already have the same size (else PolycolorError naming the entry).
+    """
+    return load_samples(read_split(split_dir), size, Path(split_dir) / DATA_JSON)
+
+
+def load_samples(samples: Sequence[Sample], size: int | None, json_path: str | Path = DATA_JSON) -> SplitArrays:
+    """Decode validated samples (from read_split) into a SplitArrays; errors name `json_path` and the entry."""
+    cache: dict[Path, np.ndarray] = {}
+    inputs, targets = [], []
+    for i, s in enumerate(samples):
+        try:
+            if s.input_path not in cache:
+                cache[s.input_path] = load_image(s.input_path, size)
+            inp = cache[s.input_path]
+            tgt = load_image(s.output_path, size)
+        except PolycolorError as e:
+            raise PolycolorError(f"{json_path} entry {i}: {e}") from None
+        ref = inputs[0].shape if inputs else inp.shape
+        for name, arr in (("input_polygon", inp), ("output_image", tgt)):
+            if arr.shape != ref:
+                raise PolycolorError(f"{json_path} entry {i}: {name} is {arr.shape[1]}x{arr.shape[0]} but the split's "
+                                     f"images are {ref[1]}x{ref[0]}; set a size to resize them")
+        inputs.append(inp)
+        targets.append(tgt)
+    return SplitArrays(
+        inputs=np.stack(inputs),
+        targets=np.stack(targets),
+        colours=[s.colour for s in samples],
+        rgb=np.array([s.rgb for s in samples], dtype=np.uint8).reshape(-1, 3),
+        shapes=[s.shape for s in samples],
+    )
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write a uint8 (H, W, 3) array as an RGB PNG; identical arrays give identical bytes (no time or text chunks)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
+    Image.fromarray(image, "RGB").save(path, format="PNG", compress_level=6)
+
+
+def write_data_json(split_dir: str | Path, colours: Sequence[str], input_names: Sequence[str],
+                    output_names: Sequence[str]) -> None:
+    """Write `split_dir/data.json` in the Ayna format (2-space indent, like the original)."""
+    if not len(colours) == len(input_names) == len(output_names):
+        raise ValueError("colours, input_names and output_names must have the same length")
+    entries = [{"input_polygon": i, "colour": c, "output_image": o}
+               for i, c, o in zip(input_names, colours, output_names)]
+    Path(split_dir, DATA_JSON).write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+
+
+def write_split(split_dir: str | Path, inputs: np.ndarray, targets: np.ndarray, colours: Sequence[str],
+                input_names: Sequence[str], output_names: Sequence[str]) -> None:
+    """Write a split in the Ayna layout: inputs (N, H, W, 3) and targets (N, H, W, 3) uint8 as PNGs, plus data.json.
+
+    Entries may share an input name (as the real data does): it is written once, and the arrays behind a shared
+    name must be identical. Output names must be unique.
+    """
+    split_dir = Path(split_dir)
+    n = len(colours)
+    if not len(inputs) == len(targets) == len(input_names) == len(output_names) == n:
+        raise ValueError("inputs, targets, colours, input_names and output_names must have the same length")
+    if len(set(output_names)) != n:
+        raise ValueError("output_names must be unique")
+    (split_dir / INPUTS).mkdir(parents=True, exist_ok=True)
+    (split_dir / OUTPUTS).mkdir(parents=True, exist_ok=True)
+    first: dict[str, int] = {}
+    for i, name in enumerate(input_names):
+        if name in first:
+            if not np.array_equal(inputs[first[name]], inputs[i]):
+                raise ValueError(f"entries {first[name]} and {i} share input name {name!r} but differ")
+            continue
+        first[name] = i
+        write_png(split_dir / INPUTS / name, inputs[i])
+    for i, name in enumerate(output_names):
+        write_png(split_dir / OUTPUTS / name, targets[i])
+    write_data_json(split_dir, colours, input_names, output_names)
+
+
+def manifest_rows(split: str, colours: list[str], rgb: np.ndarray, shapes: list[str | None],
+                  input_names: list[str], output_names: list[str]) -> list[dict]:
+    """Manifest rows of one split; paths are relative to the dataset root (`training/inputs/x.png`)."""
+    return [
+        {"split": split, "input": f"{split}/{INPUTS}/{i}", "output": f"{split}/{OUTPUTS}/{o}",
+         "colour": c, "r": int(v[0]), "g": int(v[1]), "b": int(v[2]), "shape": s or ""}
+        for c, v, s, i, o in zip(colours, rgb, shapes, input_names, output_names)
+    ]
+
+
+def write_manifest(path: str | Path, rows: list[dict]) -> pd.DataFrame:
+    """Write rows as CSV (columns MANIFEST_COLUMNS first, any extra after) and return the frame."""
+    df = pd.DataFrame(rows)
+    extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    df = df[MANIFEST_COLUMNS + extra]
+    df.to_csv(path, index=False, lineterminator="\n")
+    return df
+
+
+def format_problems(inp: np.ndarray, tgt: np.ndarray) -> list[str]:
+    """What makes a pair differ from the Ayna look; empty when it matches.
+
+    inp, tgt: uint8 (H, W, 3). The Ayna look: the input holds exactly white and black; the target holds exactly
+    white and one other colour; every black outline pixel of the input is coloured in the target (the fill covers
+    the outline). Used on real and synthetic data alike and after augmentation.
+    """
+    problems = []
+    if inp.shape != tgt.shape:
+        return [f"input {inp.shape} and target {tgt.shape} differ in shape"]
+    in_vals = np.unique(inp.reshape(-1, 3), axis=0)
+    if {tuple(v) for v in in_vals.tolist()} != {(0, 0, 0), (255, 255, 255)}:
+        problems.append(f"input should hold exactly black and white, holds {len(in_vals)} values")
+    tgt_vals = np.unique(tgt.reshape(-1, 3), axis=0)
+    if len(tgt_vals) != 2 or (255, 255, 255) not in {tuple(v) for v in tgt_vals.tolist()}:
+        problems.append(f"target should hold exactly white and one colour, holds {len(tgt_vals)} values")
+    outline = (inp != _WHITE).any(-1)  # (H, W)
+    filled = (tgt != _WHITE).any(-1)  # (H, W)
+    uncovered = int((outline & ~filled).sum())
+    if uncovered:
+        problems.append(f"{uncovered} outline pixels are not covered by the target's fill")
+    return problems
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write into (a file or a folder, not yet created).
+
+    On success the temporary replaces `path` (an old output is removed only then); on an exception it is deleted
+    and `path` stays exactly as it was. The temporary keeps `path`'s suffix, so writers that infer the format
+    from it (PIL, pandas) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = path.parent / f".{path.name}.tmp-{tag}{path.suffix}"
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if not (tmp.exists() or tmp.is_symlink()):
+        raise FileNotFoundError(f"atomic_output: nothing was written for {path}")
+    if not (path.exists() or path.is_symlink()):
+        os.rename(tmp, path)
+    elif not tmp.is_dir() and not path.is_dir():
+        os.replace(tmp, path)  # atomic for a file over a file
+    else:
+        # A folder cannot be renamed over a non-empty folder: move the old one aside, move the new one in,
+        # and put the old one back if that fails.
+        old = path.parent / f".{path.name}.old-{tag}"
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)
+            _remove(tmp)
+            raise
+        _remove(old)

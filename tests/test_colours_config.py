@@ -1,0 +1,92 @@
+"""Colour resolution and params validation: every bad value is a one-line error naming the key and the value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polycolor.colours import AYNA_COLOURS, canonical_colour, resolve_colour, rgb_to_hex
+from polycolor.config import SHAPES, IngestConfig, load_params, parse_config
+from polycolor.errors import ConfigError, PolycolorError
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("name, rgb", sorted(AYNA_COLOURS.items()))
+def test_ayna_names_resolve_to_their_exact_rgb(name, rgb):
+    assert resolve_colour(name) == rgb
+    assert resolve_colour(f"  {name.upper()} ") == rgb
+
+
+def test_ayna_green_wins_over_css_green():
+    assert resolve_colour("green") == (0, 255, 0), "Ayna's green is CSS lime, not CSS green (0, 128, 0)"
+
+
+def test_pillow_names_and_hex_resolve():
+    assert resolve_colour("teal") == (0, 128, 128)
+    assert resolve_colour("#1A2b3C") == (0x1A, 0x2B, 0x3C)
+    assert canonical_colour(" #1A2b3C") == "#1a2b3c"
+    assert rgb_to_hex((26, 43, 60)) == "#1a2b3c"
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("#12345", ["'#12345'", "#rrggbb"]),
+    ("#12345g", ["'#12345g'", "#rrggbb"]),
+    ("blurple", ["unknown colour 'blurple'"]),
+    ("", ["colour must be a name or #rrggbb"]),
+])
+def test_bad_colours_are_one_line_errors(bad, words):
+    with pytest.raises(PolycolorError) as e:
+        resolve_colour(bad)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
+@pytest.mark.parametrize("params, key, value", [
+    ({"ingest": {"train_samples": -1}}, "ingest.train_samples", "-1"),
+    ({"ingest": {"val_samples": 0}}, "ingest.val_samples", "0"),
+    ({"ingest": {"shapes": ["triangle", "hexagram"]}}, "ingest.shapes", "'hexagram'"),
+    ({"ingest": {"colours": ["red", "blurple"]}}, "ingest.colours", "'blurple'"),
+    ({"ingest": {"source": "/no/such/ayna-folder"}}, "ingest.source", "/no/such/ayna-folder"),
+    ({"ingest": {"image_size": 8}}, "ingest.image_size", "8"),
+    ({"ingest": {"scale": [0.4, 0.2]}}, "ingest.scale", "[0.4, 0.2]"),
+    ({"ingest": {"random_colour_fraction": 1.5}}, "ingest.random_colour_fraction", "1.5"),
+    ({"ingest": {"outline_width": [2]}}, "ingest.outline_width", "[2]"),
+    ({"ingest": {"train_samples": "many"}}, "ingest.train_samples", "'many'"),
+    ({"ingest": {"bogus": 1}}, "ingest.bogus", "known"),
+    ({"augment": {"copies": -2}}, "augment.copies", "-2"),
+    ({"augment": {"hflip": 2.0}}, "augment.hflip", "2.0"),
+    ({"augment": {"scale": [0.0, 1.0]}}, "augment.scale", "[0.0, 1.0]"),
+    ({"augment": {"rot90": "yes"}}, "augment.rot90", "'yes'"),
+    ({"seed": -1}, "seed", "-1"),
+])
+def test_config_errors_name_key_and_value(params, key, value):
+    with pytest.raises(ConfigError) as e:
+        parse_config(params)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    assert key in msg and value in msg, msg
+
+
+def test_repo_params_are_valid():
+    cfg = load_params(REPO / "params.yaml")
+    assert cfg.ingest.source == "synthetic"
+    assert set(cfg.ingest.shapes) <= set(SHAPES)
+
+
+def test_defaults_match_the_ayna_colours_and_shapes():
+    cfg = IngestConfig()
+    assert tuple(cfg.colours) == tuple(AYNA_COLOURS)
+    assert tuple(cfg.shapes) == SHAPES
+
+
+def test_load_params_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read params file"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
