@@ -1,0 +1,299 @@
+"""The evaluate stage: score the model and the classical reference on every evaluation set, the same way.
+
+Sets: the validation split ("val"), each `evaluate.extra_sets` entry (e.g. "ayna_real", the real Ayna validation
+data) and an out-of-distribution set generated in memory ("ood": wider scale and offset than training). Each set is
+scored twice with polycolor.metrics: the model's predictions (polycolor.inference.paint) under the set's name, the
+flood-fill reference (polycolor.reference) under "<name>_reference" ("reference" for val).
+
+Outputs (written by `write_outputs`, each atomically): metrics/eval.json ({block: {metric: value}}, a block per
+set and scorer), the tables folder (samples.csv: one row per sample, set and scorer; per_colour.csv and
+per_shape.csv: means per requested-colour label / shape; confusion.csv: requested,painted rows of the model on
+val, a DVC confusion plot) and the qualitative grid PNG. The metrics, the grid and the tables also go into the
+training run in MLflow (`check_run` and `log_to_mlflow`, the only MLflow code here).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from polycolor import metrics as M
+from polycolor import tracking
+from polycolor.ayna import SplitArrays, atomic_output, load_split, write_png
+from polycolor.colours import AYNA_COLOURS, canonical_colour
+from polycolor.config import SHAPES, Config, EvaluateConfig
+from polycolor.errors import PolycolorError
+from polycolor.inference import paint
+from polycolor.modelio import LoadedModel, load_model
+from polycolor.reference import reference_fill
+from polycolor.synth import generate_arrays
+
+VAL = "val"
+SET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+OOD = "ood"
+OOD_SEED_STREAM = 0x00D  # the OOD set's own random stream under `seed`, apart from ingest's draws
+LATENCY_SAMPLES = 5  # images timed one by one for latency_ms_p50
+GRID_COLUMNS = ("input", "target", "prediction", "|error|")
+
+
+@dataclass
+class EvalSet:
+    name: str  # the eval.json block of the model's scores; the reference's is reference_block(name)
+    arrays: SplitArrays
+
+
+class GridRow(NamedTuple):
+    label: str  # e.g. "val #3 red"
+    input: np.ndarray  # (H, W, 3) uint8
+    target: np.ndarray  # (H, W, 3) uint8
+    prediction: np.ndarray  # (H, W, 3) uint8
+
+
+@dataclass
+class Evaluation:
+    """What evaluate computes; write_outputs puts it on disk."""
+
+    metrics: dict[str, dict[str, Any]]  # eval.json content: block -> {metric: value} or {"skipped": reason}
+    samples: pd.DataFrame  # per-sample rows of every scored block ("set" column)
+    grid: np.ndarray  # (H, W, 3) uint8 qualitative grid
+    notes: list[str] = field(default_factory=list)  # one-line warnings for the user (samples left out)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The CSV tables by file name."""
+        model_val = self.samples[self.samples["set"] == VAL].dropna(subset=["painted"])
+        return {
+            "samples.csv": self.samples,
+            "per_colour.csv": M.breakdown(self.samples, ["set", "requested"]),
+            "per_shape.csv": M.breakdown(self.samples, ["set", "shape"]),
+            "confusion.csv": model_val[["requested", "painted"]].reset_index(drop=True),
+        }
+
+
+def reference_block(name: str) -> str:
+    """eval.json block of the reference's scores on set `name`: "reference" for val, else "<name>_reference"."""
+    return "reference" if name == VAL else f"{name}_reference"
+
+
+def resolve_set_path(path: str) -> Path:
+    """An extra set's folder: absolute as given, relative to the project root (tracking.repo_root) otherwise, so
+    that a stage run from a DVC queue's temporary copy still finds ../shared beside the real checkout."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else tracking.repo_root() / p
+
+
+def ood_arrays(cfg: Config, image_size: int) -> SplitArrays:
+    """evaluate.ood_samples fresh pairs at image_size px: every shape, the 8 Ayna colours, evaluate.ood_scale and
+    evaluate.ood_offset, full rotation; deterministic in `seed` (its own stream, apart from ingest's)."""
+    e = cfg.evaluate
+    rng = np.random.default_rng([cfg.seed, OOD_SEED_STREAM])
+    return generate_arrays(e.ood_samples, image_size=image_size, shapes=SHAPES, colours=tuple(AYNA_COLOURS),
+                           random_colour_fraction=0.0, scale=e.ood_scale, rotation=(0.0, 360.0),
+                           offset=e.ood_offset, seed=rng)
+
+
+def load_sets(cfg: Config, data_dir: str | Path) -> tuple[list[EvalSet], dict[str, str]]:
+    """The sets to score, val first, and {name: reason} for optional extra sets that are missing.
+
+    A missing val folder or a missing required extra set is a PolycolorError; a malformed set is one too, required
+    or not (only absence is forgiven).
+    """
+    for name in cfg.evaluate.extra_sets:
+        if not SET_NAME.match(name):
+            raise PolycolorError(f"evaluate.extra_sets: name {name!r} must be letters, digits, _ or - "
+                                 "(it becomes an eval.json key and an MLflow metric name)")
+        if name in (VAL, OOD, "reference") or name.endswith("_reference"):
+            raise PolycolorError(f"evaluate.extra_sets: name {name!r} is reserved, choose another")
+    val = load_split(data_dir, None)
+    sets = [EvalSet(VAL, val)]
+    skipped: dict[str, str] = {}
+    for name, extra in cfg.evaluate.extra_sets.items():
+        path = resolve_set_path(extra.path)
+        if not path.exists():
+            if extra.required:
+                raise PolycolorError(f"evaluate.extra_sets.{name}: required set {path} does not exist")
+            skipped[name] = f"{path} does not exist"
+            continue
+        sets.append(EvalSet(name, load_split(path, None)))
+    if cfg.evaluate.ood_samples > 0:
+        sets.append(EvalSet(OOD, ood_arrays(cfg, val.inputs.shape[1])))
+    else:
+        skipped[OOD] = "evaluate.ood_samples is 0"
+    return sets, skipped
+
+
+def subset(arrays: SplitArrays, keep: np.ndarray) -> SplitArrays:
+    """The samples at indices `keep` (1-D int array)."""
+    return SplitArrays(inputs=arrays.inputs[keep], targets=arrays.targets[keep],
+                       colours=[arrays.colours[i] for i in keep], rgb=arrays.rgb[keep],
+                       shapes=[arrays.shapes[i] for i in keep])
+
+
+def paintable(loaded: LoadedModel, arrays: SplitArrays) -> np.ndarray:
+    """Indices of the samples the model can paint: all of them, except with the embedding encoding, whose table
+    knows only the training colours."""
+    if loaded.config.colour_encoding != "embedding":
+        return np.arange(len(arrays))
+    vocab = set(loaded.vocab)
+    return np.array([i for i, c in enumerate(arrays.colours) if canonical_colour(c) in vocab], dtype=int)
+
+
+def score_set(predict: M.Predictor, arrays: SplitArrays) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    """(summary block, per-sample rows, predictions (N, H, W, 3) uint8) of one predictor on one set."""
+    preds = predict(arrays.inputs, arrays.colours)
+    rows = M.score(arrays.targets, preds, arrays.colours, arrays.shapes)
+    block = {**M.summarise(rows),
+             "latency_ms_p50": M.latency_ms_p50(predict, arrays.inputs, arrays.colours, LATENCY_SAMPLES),
+             "n": len(arrays)}
+    return block, rows, preds
+
+
+def evaluate_model(loaded: LoadedModel, sets: list[EvalSet], cfg: EvaluateConfig,
+                   skipped: dict[str, str] | None = None) -> Evaluation:
+    """Score the model and the reference on every set (no file I/O, no MLflow)."""
+    predict_model = functools.partial(paint, loaded, batch_size=cfg.batch_size)
+    metrics: dict[str, dict[str, Any]] = {}
+    frames: list[pd.DataFrame] = []
+    grid_rows: list[GridRow] = []
+    notes: list[str] = []
+    for s in sets:
+        keep = paintable(loaded, s.arrays)
+        if len(keep) == 0:
+            reason = "no sample has a colour from the model's vocabulary (embedding encoding)"
+            metrics[s.name] = metrics[reference_block(s.name)] = {"skipped": reason}
+            notes.append(f"{s.name}: skipped, {reason}")
+            continue
+        if len(keep) < len(s.arrays):
+            notes.append(f"{s.name}: {len(s.arrays) - len(keep)} sample(s) in colours outside the model's "
+                         "vocabulary left out (embedding encoding)")
+        arrays = subset(s.arrays, keep)
+        for block, predict in ((s.name, predict_model), (reference_block(s.name), reference_fill)):
+            summary, rows, preds = score_set(predict, arrays)
+            metrics[block] = summary
+            rows.insert(0, "set", block)
+            rows["index"] = keep[rows["index"].to_numpy()]  # index into the set as loaded
+            frames.append(rows)
+            if block == s.name and s.name != OOD:  # the grid shows the model on val and the extra sets
+                for i in range(min(cfg.grid_samples, len(arrays))):
+                    grid_rows.append(GridRow(f"{s.name} #{keep[i]} {arrays.colours[i]}", arrays.inputs[i],
+                                             arrays.targets[i], preds[i]))
+    for name, reason in (skipped or {}).items():
+        metrics[name] = {"skipped": reason}
+    samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["set", *M.SAMPLE_COLUMNS])
+    return Evaluation(metrics=metrics, samples=samples, grid=make_grid(grid_rows), notes=notes)
+
+
+def error_map(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 grey image of max-over-channels |target - pred|: black = exact, white = off by 255."""
+    err = np.abs(target.astype(np.int16) - pred.astype(np.int16)).max(axis=-1).astype(np.uint8)  # (H, W)
+    return np.repeat(err[..., None], 3, axis=-1)
+
+
+def make_grid(rows: list[GridRow], gap: int = 2, label: int = 12) -> np.ndarray:
+    """(H, W, 3) uint8 grid: a header naming the columns, then per row a label line and the tiles
+    input | target | prediction | |error|.
+
+    Cells are as large as the largest image; smaller images are scaled up with NEAREST.
+    """
+    cell = max((r.input.shape[0] for r in rows), default=32)
+    step = label + cell + gap  # height of one row with its label line
+    width = len(GRID_COLUMNS) * (cell + gap) + gap
+    canvas = Image.new("RGB", (width, label + len(rows) * step + gap), (160, 160, 160))
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(GRID_COLUMNS):
+        draw.text((gap + c * (cell + gap) + 2, 0), title, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        top = label + r * step
+        draw.text((gap + 2, top + 1), row.label, fill=(255, 255, 255))
+        for c, tile in enumerate((row.input, row.target, row.prediction, error_map(row.target, row.prediction))):
+            im = Image.fromarray(tile, "RGB")
+            if im.size != (cell, cell):
+                im = im.resize((cell, cell), Image.Resampling.NEAREST)
+            canvas.paste(im, (gap + c * (cell + gap), top + label))
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def flat_metrics(metrics: dict[str, dict[str, Any]], prefix: str = "eval") -> dict[str, float]:
+    """{"eval.val.psnr_mean": ..., "eval.ayna_real.iou": ...}: every finite number; skipped blocks are left out."""
+    out = {}
+    for block, values in metrics.items():
+        for key, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[f"{prefix}.{block}.{key}"] = float(v)
+    return out
+
+
+def write_outputs(ev: Evaluation, metrics_path: Path, tables_dir: Path, grid_path: Path) -> None:
+    """eval.json, the tables folder and the grid PNG; all three are written to temporaries and then moved in place,
+    so a failure leaves every old output as it was."""
+    with atomic_output(metrics_path) as m_tmp, atomic_output(tables_dir) as t_tmp, atomic_output(grid_path) as g_tmp:
+        Path(m_tmp).write_text(json.dumps(ev.metrics, indent=2) + "\n")
+        Path(t_tmp).mkdir()
+        for name, table in ev.tables().items():
+            table.to_csv(Path(t_tmp) / name, index=False, float_format="%.6g")
+        write_png(g_tmp, ev.grid)
+
+
+# ---- MLflow: the only functions here that talk to the tracking store ------------------------------------------------
+
+def check_run(run_info_path: Path) -> str:
+    """The training run's id from the run-info file, after checking that it exists in the tracking store."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    run_id = tracking.read_run_info(run_info_path)["run_id"]
+    uri = tracking.configure()
+    try:
+        run = tracking.with_retry(MlflowClient().get_run, run_id)
+    except MlflowException as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PolycolorError(f"MLflow run {run_id} (from {run_info_path}) not found in {uri}: {first}") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise PolycolorError(f"MLflow run {run_id} (from {run_info_path}) is deleted in {uri}")
+    return run_id
+
+
+def log_to_mlflow(run_id: str, metrics: dict[str, dict[str, Any]], grid_path: Path, tables_dir: Path,
+                  metrics_path: Path) -> None:
+    """Log flat eval.* metrics, the grid, eval.json and the tables into the training run (under eval/)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    batch = [Metric(key, value, now, 0) for key, value in flat_metrics(metrics).items()]
+    for start in range(0, len(batch), 1000):  # log_batch takes at most 1000 metrics per call
+        tracking.with_retry(client.log_batch, run_id, metrics=batch[start:start + 1000])
+    tracking.with_retry(client.log_artifact, run_id, str(grid_path), "eval")
+    tracking.with_retry(client.log_artifact, run_id, str(metrics_path), "eval")
+    tracking.with_retry(client.log_artifacts, run_id, str(tables_dir), "eval/tables")
+
+
+def run_evaluation(cfg: Config, *, model_path: Path, data_dir: Path, run_info_path: Path, metrics_path: Path,
+                   tables_dir: Path, grid_path: Path) -> Evaluation:
+    """The stage: load the model and the sets, check the run, score, write the outputs, log them into the run.
+
+    Every input is checked before the scoring starts, so a bad one fails in seconds and writes nothing.
+    """
+    loaded = load_model(model_path)
+    sets, skipped = load_sets(cfg, data_dir)
+    run_id = check_run(run_info_path)
+    for name, reason in skipped.items():
+        if name != OOD:  # ood_samples: 0 is a choice, not a problem
+            print(f"warning: evaluate.extra_sets.{name} skipped: {reason}", file=sys.stderr)
+    ev = evaluate_model(loaded, sets, cfg.evaluate, skipped)
+    for note in ev.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    write_outputs(ev, metrics_path, tables_dir, grid_path)
+    log_to_mlflow(run_id, ev.metrics, grid_path, tables_dir, metrics_path)
+    return ev

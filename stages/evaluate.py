@@ -1,0 +1,46 @@
+"""DVC stage `evaluate`: score the model and the flood-fill reference on val, the extra sets and an OOD set."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from polycolor.config import load_params
+from polycolor.errors import PolycolorError
+from polycolor.evaluate import run_evaluation
+
+SHOWN = ("psnr_mean", "ssim", "colour_accuracy", "iou", "bleeding", "boundary_f1", "latency_ms_p50", "n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model", required=True, help="the model file written by train")
+    ap.add_argument("--data", required=True, help="Ayna-layout validation split")
+    ap.add_argument("--run-info", required=True, help="the training run's info (JSON) written by train")
+    ap.add_argument("--metrics", required=True, help="eval.json (a DVC metrics file)")
+    ap.add_argument("--tables", required=True, help="folder for samples.csv, per_colour.csv, per_shape.csv, "
+                                                    "confusion.csv")
+    ap.add_argument("--grid", required=True, help="qualitative grid PNG")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_params(args.params)
+        ev = run_evaluation(cfg, model_path=Path(args.model), data_dir=Path(args.data),
+                            run_info_path=Path(args.run_info), metrics_path=Path(args.metrics),
+                            tables_dir=Path(args.tables), grid_path=Path(args.grid))
+    except PolycolorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{'block':<22}" + "".join(f"{k:>16}" for k in SHOWN))
+    for block, values in ev.metrics.items():
+        if "skipped" in values:
+            print(f"{block:<22}  skipped: {values['skipped']}")
+            continue
+        cells = [values.get(k) for k in SHOWN]
+        print(f"{block:<22}" + "".join(f"{'-' if v is None else f'{v:.4g}':>16}" for v in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
