@@ -1,0 +1,180 @@
+"""The `polycolor` command line: one subparser and one handler per command, joined by the COMMANDS table.
+
+  polycolor predict --model MODEL --input in.png --colour red --output out.png
+  polycolor predict --model MODEL --data SPLIT_DIR --output OUT_DIR
+  polycolor promote [--version N] [--force] | --rollback
+  polycolor models
+
+Exit codes: 0 done; 1 an error (one line `error: ...` on stderr, never a traceback for bad input); 2 a usage
+error (argparse); 3 `promote` refused the candidate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from polycolor.config import Config, load_params
+from polycolor.errors import PolycolorError
+
+REFUSED_EXIT = 3  # `promote` refused: distinct from 1 (an error) and 2 (a usage error)
+
+
+def _load_cfg(args: argparse.Namespace, *, required: bool) -> Config:
+    """params from --params; without it params.yaml when present, else (when not `required`) the defaults."""
+    if args.params is not None:
+        return load_params(args.params)
+    if Path("params.yaml").is_file():
+        return load_params("params.yaml")
+    if required:
+        raise PolycolorError("params.yaml not found here: run from the repo root or pass --params")
+    return Config()
+
+
+def _model_name(args: argparse.Namespace, *, params_required: bool) -> tuple[str, Config]:
+    cfg = _load_cfg(args, required=params_required)
+    return (args.name or cfg.mlflow.registered_model), cfg
+
+
+# ------------------------------------------------------------------------------------------- handlers
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Paint one image (--input, --colour) or a split (--data) with --model (default: @champion, else package/)."""
+    from polycolor.ayna import load_image, read_split
+    from polycolor.colours import resolve_colour
+
+    if args.input is not None and args.colour is None:
+        args.parser.error("--input needs --colour")
+    if args.data is not None and args.colour is not None:
+        args.parser.error("--colour goes with --input; with --data the colours come from data.json")
+    # Bad inputs fail before the model (torch, perhaps a registry download) is loaded.
+    if args.input is not None:
+        resolve_colour(args.colour)
+        image = load_image(args.input, None)  # (H, W, 3) uint8, any mode converted as ingest does
+    else:
+        read_split(args.data)
+    from polycolor import predict
+
+    name, _ = _model_name(args, params_required=False)
+    loaded = predict.load(args.model, name)
+    if args.data is not None:
+        written = predict.predict_split(loaded, Path(args.data), Path(args.output))
+        print(f"wrote {len(written)} images to {args.output}")
+    else:
+        predict.paint_to_file(loaded, image, args.colour, Path(args.output))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Promote @candidate (or --version) to @champion when it wins, or --rollback; REFUSED_EXIT when refused."""
+    from polycolor import registry
+
+    if args.rollback and (args.version is not None or args.force):
+        args.parser.error("--rollback takes neither --version nor --force")
+    name, cfg = _model_name(args, params_required=True)
+    registry.connect()
+    if args.rollback:
+        decision = registry.rollback(name)
+    else:
+        decision = registry.promote(name, cfg.promote, version=args.version, force=args.force)
+    print(decision.line())
+    return REFUSED_EXIT if decision.refused else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Print the registered model's versions, aliases, promotion decisions and metrics as a table."""
+    from polycolor import registry
+
+    name, cfg = _model_name(args, params_required=False)
+    registry.connect()
+    metrics = list(dict.fromkeys([cfg.promote.metric, *(g.metric for g in cfg.promote.gates),
+                                  *registry.TABLE_METRICS]))
+    print(f"registered model {name}")
+    print(registry.format_table(registry.list_versions(name, metrics)))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "predict": cmd_predict,
+    "promote": cmd_promote,
+    "models": cmd_models,
+}
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+def _registry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default=None, help="params file for the registered model name and the promote "
+                                                  "config (default: params.yaml)")
+    p.add_argument("--name", default=None, help="registered model name (default: params mlflow.registered_model)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `polycolor` parser: one add_parser per command; the handler is looked up in COMMANDS by name."""
+    ap = argparse.ArgumentParser(prog="polycolor", description="Fill polygon outlines with a colour; manage models.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="paint one image or a whole Ayna split",
+                       description="Paint one image (--input, --colour) or every entry of an Ayna split (--data).")
+    p.add_argument("--model", default=None,
+                   help="package folder, .pt model file or MLflow URI such as models:/polycolor@champion "
+                        "(default: the registry's @champion, else package/)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--input", default=None, help="an image file (any size and mode)")
+    mode.add_argument("--data", default=None, help="an Ayna split folder (inputs/, outputs/, data.json)")
+    p.add_argument("--colour", "--color", default=None, help="name or #rrggbb (with --input)")
+    p.add_argument("--output", required=True, help="output PNG (with --input) or folder (with --data)")
+    _registry_options(p)
+    p.set_defaults(parser=p)
+
+    p = sub.add_parser("promote", help="move @champion to @candidate if it passes the gates and is better",
+                       description="Compare @candidate (or --version N) with @champion on the promote config in "
+                                   f"params; exit {REFUSED_EXIT} when refused. --rollback restores the previous "
+                                   "champion.")
+    p.add_argument("--version", type=int, default=None, help="the version to consider (default: @candidate)")
+    p.add_argument("--force", action="store_true", help="promote even if refused (the reason is recorded)")
+    p.add_argument("--rollback", action="store_true", help="restore the previous champion")
+    _registry_options(p)
+    p.set_defaults(parser=p)
+
+    p = sub.add_parser("models", help="list registered versions, aliases and metrics")
+    _registry_options(p)
+    p.set_defaults(parser=p)
+    return ap
+
+
+def _is_mlflow_error(e: BaseException) -> bool:
+    mod = sys.modules.get("mlflow.exceptions")  # only loaded when a command used MLflow
+    return mod is not None and isinstance(e, mod.MlflowException)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `polycolor` console script; returns the exit code."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr for errors
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PolycolorError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if _is_mlflow_error(e):
+            print(f"error: MLflow: {_one_line(e)}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

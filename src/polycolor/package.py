@@ -1,0 +1,284 @@
+"""The deployment package: an MLflow pyfunc model (models from code) with a signature, an input example, its
+requirements and a model card; logged to the training run and registered as a new version with alias `candidate`.
+
+The pyfunc is src/polycolor/pyfunc.py (its path is the `python_model`), the weights travel as the artifact `model`
+(the self-describing models/model.pt) and are read back with torch.load(weights_only=True): nothing is unpickled.
+The package needs the polycolor package installed where it runs (MLflow copies pyfunc.py, which imports polycolor);
+`mlflow models serve --env-manager local` in the project's environment is the supported way to serve it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from polycolor import modelio, pyfunc, registry
+from polycolor.errors import PolycolorError
+from polycolor.model import count_parameters
+
+PYFUNC_SOURCE = Path(pyfunc.__file__).resolve()  # the models-from-code file MLflow copies into the package
+LOGGED_MODEL_NAME = "model"  # name of the logged model within the training run
+CARD_JSON = "model_card.json"
+CARD_MD = "MODEL_CARD.md"
+CARD_METRICS = ("psnr_mean", "ssim", "colour_accuracy", "iou", "boundary_f1", "bleeding")  # columns of the card table
+
+INTENDED_USE = (
+    "Fill the outline of a single polygon (black outline on a white background, as in the Ayna dataset) with a "
+    "requested colour: one of the 8 Ayna colour names, another CSS colour name or #rrggbb (the rgb colour "
+    "encoding accepts any colour; the embedding encoding only its vocabulary). For demos and experiments with "
+    "conditional image-to-image models."
+)
+KNOWN_LIMITS = (
+    "Trained mostly on synthetic polygons (8 shapes, limited scale, rotation and offset); poses beyond the "
+    "training ranges are scored separately as `ood` in the metrics.",
+    "Inputs of any size are resized (nearest) to the model's image size and back, so thin outlines in large "
+    "images can break up and very small images lose detail.",
+    "One polygon per image; several shapes, text, photos or filled shapes are outside what it was trained on.",
+    "The output holds exactly white and the requested colour (composite head); anti-aliasing is not reproduced.",
+    "Serving needs the polycolor package installed (pyfunc.py imports it); use --env-manager local in the "
+    "project's environment.",
+)
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    """What the package stage produced; `registry_info()` is what metrics/registry.json holds."""
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str  # models:/<name>/<version>
+    logged_model_uri: str  # models:/<logged model id> within the run
+
+    def registry_info(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def pip_requirements(dist: str = "polycolor") -> list[str]:
+    """The installed `dist`'s own dependencies (its extras left out), as pip requirement strings."""
+    try:
+        reqs = importlib_metadata.requires(dist) or []
+    except importlib_metadata.PackageNotFoundError:
+        raise PolycolorError(f"the {dist} package is not installed (pip install -e .), cannot list its requirements")
+    return [r for r in reqs if not re.search(r"\bextra\s*==", r)]
+
+
+def example_outline(size: int) -> np.ndarray:
+    """A square's black 2-px outline on white: uint8 (size, size, 3), the shape of the data the model expects."""
+    img = np.full((size, size, 3), 255, dtype=np.uint8)
+    lo, hi = size // 4, size - size // 4
+    t = max(1, size // 64)  # outline thickness grows with the image, 2 px at 128
+    img[lo:hi, lo:lo + t + 1] = 0
+    img[lo:hi, hi - t - 1:hi] = 0
+    img[lo:lo + t + 1, lo:hi] = 0
+    img[hi - t - 1:hi, lo:hi] = 0
+    return img
+
+
+def input_example(image_size: int) -> pd.DataFrame:
+    """One request row: a square outline at the model's size, to be painted red."""
+    return pd.DataFrame({"image": [pyfunc.encode_png(example_outline(image_size))], "colour": ["red"]})
+
+
+def model_signature() -> Any:
+    """image (base64 PNG) + colour (string) in; image (base64 PNG) out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image"), ColSpec("string", "colour")]),
+        outputs=Schema([ColSpec("string", "image")]),
+    )
+
+
+def model_card(loaded: modelio.LoadedModel, *, name: str, run_info: dict[str, Any], run_params: dict[str, str],
+               eval_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The model card as plain JSON data: what the model is, where it came from, how well it does, what it is for.
+
+    No timestamps, so an unchanged model gives an unchanged card.
+    """
+    return {
+        "name": name,
+        "model": {
+            "architecture": "conditional UNet",
+            "config": asdict(loaded.config),
+            "image_size": loaded.image_size,
+            "colour_vocab": list(loaded.vocab),
+            "parameters": count_parameters(loaded.model),
+            "format_version": modelio.MODEL_FORMAT_VERSION,
+            "meta": loaded.meta,
+        },
+        "lineage": {
+            "run_id": run_info.get("run_id", ""),
+            "experiment_id": run_info.get("experiment_id", ""),
+            "run_name": run_info.get("run_name", ""),
+            "dvc_exp_name": run_info.get("dvc_exp_name", ""),
+            "git_commit": run_info.get("git_commit", ""),
+            "data_hash": run_info.get("data_hash", ""),
+        },
+        "params": dict(sorted(run_params.items())),
+        "metrics": eval_metrics,
+        "intended_use": INTENDED_USE,
+        "known_limits": list(KNOWN_LIMITS),
+        "interface": {
+            "input": "DataFrame: image (base64-encoded PNG, any size and mode), colour (name or #rrggbb)",
+            "output": "DataFrame: image (base64-encoded RGB PNG, the input's size)",
+        },
+    }
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The model card as Markdown (the same content as the JSON, for people)."""
+    m, lin = card["model"], card["lineage"]
+    lines = [
+        f"# Model card: {card['name']}",
+        "",
+        "## Intended use",
+        card["intended_use"],
+        "",
+        "## Model",
+        f"- architecture: {m['architecture']}, {m['parameters']:,} parameters, {m['image_size']} px",
+        f"- config: {json.dumps(m['config'], sort_keys=True)}",
+        f"- colour vocabulary: {', '.join(m['colour_vocab']) or '(none)'}",
+        "",
+        "## Lineage",
+        "| key | value |",
+        "|---|---|",
+        *(f"| {k} | {v or '-'} |" for k, v in lin.items()),
+        "",
+        "## Metrics",
+    ]
+    blocks = {k: v for k, v in card["metrics"].items() if isinstance(v, dict)}
+    if blocks:
+        lines += ["| set | " + " | ".join(CARD_METRICS) + " |", "|---" * (len(CARD_METRICS) + 1) + "|"]
+        for block, values in blocks.items():
+            if "skipped" in values:
+                lines.append(f"| {block} | skipped: {values['skipped']} |" + " |" * (len(CARD_METRICS) - 1))
+                continue
+            cells = [_fmt(values.get(k)) for k in CARD_METRICS]
+            lines.append(f"| {block} | " + " | ".join(cells) + " |")
+    else:
+        lines.append("(no metrics)")
+    lines += ["", "## Known limits", *(f"- {x}" for x in card["known_limits"]), "", "## Params"]
+    lines += [f"- `{k}`: {v}" for k, v in card["params"].items()] or ["(none recorded)"]
+    lines += ["", "## Interface", f"- input: {card['interface']['input']}",
+              f"- output: {card['interface']['output']}", ""]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_card(card: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """Write model_card.json and MODEL_CARD.md into `folder`; returns them keyed by pyfunc artifact name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CARD_JSON).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    (folder / CARD_MD).write_text(card_markdown(card))
+    return {"model_card_json": folder / CARD_JSON, "model_card_md": folder / CARD_MD}
+
+
+def pyfunc_spec(model_path: Path, card_files: dict[str, Path], image_size: int) -> dict[str, Any]:
+    """The keyword arguments shared by mlflow.pyfunc.save_model (package/) and log_model (the run)."""
+    return {
+        "python_model": str(PYFUNC_SOURCE),
+        "artifacts": {pyfunc.MODEL_ARTIFACT: str(model_path), **{k: str(v) for k, v in card_files.items()}},
+        "signature": model_signature(),
+        "input_example": input_example(image_size),
+        "pip_requirements": pip_requirements(),
+    }
+
+
+def check_package(path: Path, image_size: int) -> None:
+    """Load the saved package through MLflow and paint the input example: the package must load and answer."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(str(path))
+    example = input_example(image_size)
+    out = model.predict(example)
+    if list(out.columns) != [pyfunc.OUTPUT_COLUMN] or len(out) != len(example):
+        raise PolycolorError(f"package {path}: the pyfunc answered columns {list(out.columns)} x {len(out)} rows")
+
+
+def save_package(out_dir: Path, model_path: Path, card: dict[str, Any], image_size: int) -> None:
+    """mlflow.pyfunc.save_model into `out_dir` (must not exist yet), the card also at its top level, then check it."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="polycolor-card-") as tmp:
+        card_files = write_card(card, Path(tmp))
+        mlflow.pyfunc.save_model(path=str(out_dir), **pyfunc_spec(model_path, card_files, image_size))
+    write_card(card, out_dir)  # beside MLmodel, where people look first
+    check_package(out_dir, image_size)
+
+
+def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int) -> str:
+    """Log the pyfunc as logged model `model` of the training run `run`; returns its models:/<model id> URI.
+
+    The logged model is created in the run's experiment with the run as its source, then filled by Model.log with
+    run_id: the run is not reopened, so its status stays as training left it (mlflow.pyfunc.log_model only logs
+    to an active run, and without one MLflow would file the model under the active - Default - experiment).
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    from polycolor.tracking import with_retry
+
+    logged = with_retry(mlflow.initialize_logged_model, name=LOGGED_MODEL_NAME, source_run_id=run.info.run_id,
+                        experiment_id=run.info.experiment_id, params=dict(run.data.params))
+    with tempfile.TemporaryDirectory(prefix="polycolor-card-") as tmp:
+        card_files = write_card(card, Path(tmp))
+        info = with_retry(Model.log, artifact_path=None, name=LOGGED_MODEL_NAME, flavor=mlflow.pyfunc,
+                          run_id=run.info.run_id, model_id=logged.model_id,
+                          **pyfunc_spec(model_path, card_files, image_size))
+    return info.model_uri
+
+
+def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], eval_metrics: dict[str, Any],
+                  name: str) -> PackageResult:
+    """The package stage's work: build `out_dir`, log the model to the training run, register a new version of
+    `name` tagged with lineage and metrics, and point the alias `candidate` at it.
+
+    `out_dir` must not exist (main passes ayna.atomic_output's temporary); MLflow must be configured.
+    """
+    import mlflow
+
+    from polycolor.tracking import with_retry
+
+    loaded = modelio.load_model(model_path)
+    run_id = str(run_info["run_id"])
+    client = mlflow.MlflowClient()
+    run = with_retry(client.get_run, run_id)
+    card = model_card(loaded, name=name, run_info=run_info, run_params=dict(run.data.params),
+                      eval_metrics=eval_metrics)
+    save_package(out_dir, model_path, card, loaded.image_size)
+    logged_uri = log_to_run(run, model_path, card, loaded.image_size)
+    tags = registry.lineage_tags(run_info) | registry.metric_tags(eval_metrics)
+    mv = registry.register_version(name, logged_uri, tags=tags)
+    with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")
+    return PackageResult(name=name, version=str(mv.version), run_id=run_id,
+                         model_uri=f"models:/{name}/{mv.version}", logged_model_uri=logged_uri)
+
+
+def read_eval_metrics(path: Path) -> dict[str, Any]:
+    """metrics/eval.json as a dict; missing or malformed is a one-line PolycolorError."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PolycolorError(f"metrics file not found: {path} (run the evaluate stage first)") from None
+    except json.JSONDecodeError as e:
+        raise PolycolorError(f"metrics file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise PolycolorError(f"metrics file {path} must hold a JSON object")
+    return data

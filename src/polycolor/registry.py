@@ -1,0 +1,336 @@
+"""The Model Registry: registering versions, promotion by aliases, rollback, listing.
+
+Aliases, never the deprecated stages: the package stage points `candidate` at each new version; `promote` moves
+`champion` to a candidate that passes the gates and beats the champion on `promote.metric`. Every decision is
+recorded on the version it concerns (tags promotion.decision / promotion.reason / promotion.at), and the sequence
+of champions is kept in the registered model's tag `champion_history` (a JSON list of versions) so that
+`rollback` can restore the previous one.
+
+A version's metrics are the `eval.<dotted key>` tags written at registration (a snapshot of metrics/eval.json);
+keys missing there are read from the source run's `eval.*` metrics (see version_metrics).
+Every call that writes goes through tracking.with_retry: queue workers share one sqlite store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from polycolor.config import Gate, PromoteConfig
+from polycolor.errors import PolycolorError
+from polycolor.tracking import configure, tracking_uri, with_retry
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of versions that were champion, oldest first
+HISTORY_MAX = 100
+METRIC_TAG_PREFIX = "eval."  # version tag `eval.val.psnr_mean` = metrics/eval.json["val"]["psnr_mean"]
+LINEAGE_KEYS = ("git_commit", "data_hash", "dvc_exp_name")
+DECISION_TAG, REASON_TAG, AT_TAG = "promotion.decision", "promotion.reason", "promotion.at"
+TABLE_METRICS = ("val.psnr_mean", "val.colour_accuracy", "val.iou", "ayna_real.psnr_mean")
+
+
+def missing_store() -> Path | None:
+    """The sqlite file of the tracking URI when it does not exist yet (configuring would create an empty store,
+    so commands that only read check this first); None when it exists or the store is not sqlite."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):].split("?")[0])
+        if not db.is_file():
+            return db
+    return None
+
+
+def connect() -> None:
+    """tracking.configure() for commands that read the registry; a missing sqlite store is a one-line error."""
+    db = missing_store()
+    if db is not None:
+        raise PolycolorError(f"no MLflow store at {db} (run the pipeline first, or set MLFLOW_TRACKING_URI)")
+    configure()
+
+
+def _client() -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------------- tags
+
+def lineage_tags(run_info: dict[str, Any]) -> dict[str, str]:
+    """git_commit, data_hash and dvc_exp_name from metrics/run.json (empty values left out)."""
+    return {k: str(run_info[k]) for k in LINEAGE_KEYS if run_info.get(k)}
+
+
+def flatten_metrics(eval_metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of eval.json as dotted keys: {"val.psnr_mean": 31.2, ...} (booleans and strings left out)."""
+    out: dict[str, float] = {}
+    for k, v in eval_metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def metric_tags(eval_metrics: dict[str, Any]) -> dict[str, str]:
+    """Version tags for the model's own metrics: every numeric leaf of eval.json outside the reference blocks
+    (the classical flood fill's scores are the same for every version), as `eval.<dotted key>`."""
+    own = {k: v for k, v in eval_metrics.items() if not k.endswith("reference")}
+    return {METRIC_TAG_PREFIX + k: repr(v) for k, v in flatten_metrics(own).items()}
+
+
+# ------------------------------------------------------------------------------------------- versions
+
+def register_version(name: str, model_uri: str, *, tags: dict[str, str]) -> Any:
+    """Register `model_uri` as a new version of `name` (created if needed) with `tags`; alias `candidate` -> it.
+
+    Returns the ModelVersion.
+    """
+    import mlflow
+
+    mv = with_retry(mlflow.register_model, model_uri, name, tags=tags)
+    with_retry(_client().set_registered_model_alias, name, CANDIDATE, mv.version)
+    return mv
+
+
+def get_version(name: str, version: str | int | None = None, alias: str = CANDIDATE) -> Any:
+    """Version `version` of `name`, or the one `alias` points at; a missing one is a one-line PolycolorError."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        if version is not None:
+            return with_retry(client.get_model_version, name, str(version))
+        return with_retry(client.get_model_version_by_alias, name, alias)
+    except MlflowException as e:
+        # a missing version is RESOURCE_DOES_NOT_EXIST, a missing alias INVALID_PARAMETER_VALUE; others propagate
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        what = f"version {version}" if version is not None else f"alias @{alias}"
+        raise PolycolorError(f"registered model {name!r} has no {what}") from None
+
+
+def aliases(name: str) -> dict[str, str]:
+    """{alias: version} of registered model `name`; a missing model is a one-line PolycolorError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = with_retry(_client().get_registered_model, name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise PolycolorError(f"registered model {name!r} not found (run the package stage first)") from None
+    return {str(k): str(v) for k, v in (rm.aliases or {}).items()}
+
+
+def version_metrics(mv: Any, keys: Iterable[str] = ()) -> dict[str, float]:
+    """The metrics of a version as {dotted key: value}: its `eval.*` tags; any of `keys` missing there are read
+    from the source run's `eval.*` metrics (for versions registered before a metric was tagged)."""
+    out: dict[str, float] = {}
+    for k, v in (mv.tags or {}).items():
+        if k.startswith(METRIC_TAG_PREFIX):
+            try:
+                out[k[len(METRIC_TAG_PREFIX):]] = float(v)
+            except ValueError:
+                pass  # a hand-written non-numeric tag is not a metric
+    missing = [k for k in keys if k not in out]
+    if missing and mv.run_id:
+        run_metrics = with_retry(_client().get_run, mv.run_id).data.metrics
+        for k in missing:
+            if METRIC_TAG_PREFIX + k in run_metrics:
+                out[k] = float(run_metrics[METRIC_TAG_PREFIX + k])
+    return out
+
+
+# ------------------------------------------------------------------------------------------- decisions
+
+def gate_failures(gates: Sequence[Gate], metrics: dict[str, float]) -> list[str]:
+    """One message per gate the metrics fail (missing, NaN, below min or above max); empty when all pass."""
+    failures = []
+    for g in gates:
+        v = metrics.get(g.metric)
+        if v is None:
+            failures.append(f"{g.metric} not recorded")
+        elif math.isnan(v):
+            failures.append(f"{g.metric} is NaN")
+        elif g.min is not None and v < g.min:
+            failures.append(f"{g.metric} {v:.4g} < min {g.min:g}")
+        elif g.max is not None and v > g.max:
+            failures.append(f"{g.metric} {v:.4g} > max {g.max:g}")
+    return failures
+
+
+def decide(cfg: PromoteConfig, candidate: dict[str, float], champion: dict[str, float] | None) -> tuple[bool, str]:
+    """Whether a candidate with `candidate` metrics should replace a champion with `champion` metrics (None: there
+    is no champion yet), and why. The candidate must pass every gate, then beat the champion on cfg.metric by more
+    than cfg.min_delta in the configured direction."""
+    failures = gate_failures(cfg.gates, candidate)
+    if failures:
+        return False, "fails gates: " + "; ".join(failures)
+    gates = f"; passes all {len(cfg.gates)} gate(s)" if cfg.gates else ""
+    if champion is None:
+        return True, f"no champion yet{gates}"
+    c, ch = candidate.get(cfg.metric), champion.get(cfg.metric)
+    if c is None or math.isnan(c):
+        return False, f"candidate has no usable {cfg.metric}"
+    if ch is None or math.isnan(ch):
+        return True, f"champion has no usable {cfg.metric}; candidate has {c:.4g}{gates}"
+    delta = (c - ch) if cfg.higher_is_better else (ch - c)
+    direction = "higher" if cfg.higher_is_better else "lower"
+    verdict = f"{cfg.metric} {c:.4g} vs champion {ch:.4g} ({direction} is better, improvement {delta:+.4g}, " \
+              f"min_delta {cfg.min_delta:g})"
+    if delta > cfg.min_delta:
+        return True, verdict + gates
+    return False, "not better: " + verdict
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of promote or rollback, as printed and as recorded on the version."""
+
+    name: str
+    version: str  # the version decided on (the candidate; for a rollback, the restored version)
+    champion_before: str | None
+    champion_after: str | None
+    decision: str  # promoted | forced | refused | unchanged | rolled_back
+    reason: str
+
+    @property
+    def refused(self) -> bool:
+        return self.decision == "refused"
+
+    def line(self) -> str:
+        return f"{self.name} version {self.version}: {self.decision} - {self.reason}"
+
+
+def champion_history(name: str) -> list[str]:
+    """Versions that were champion, oldest first (the registered-model tag `champion_history`)."""
+    rm = with_retry(_client().get_registered_model, name)
+    raw = (rm.tags or {}).get(HISTORY_TAG)
+    if not raw:
+        return []
+    try:
+        history = json.loads(raw)
+    except json.JSONDecodeError:
+        raise PolycolorError(f"registered model {name!r}: tag {HISTORY_TAG} is not a JSON list: {raw[:60]!r}") from None
+    return [str(v) for v in history]
+
+
+def _set_champion(name: str, version: str, history: list[str]) -> None:
+    client = _client()
+    with_retry(client.set_registered_model_tag, name, HISTORY_TAG, json.dumps(history[-HISTORY_MAX:]))
+    with_retry(client.set_registered_model_alias, name, CHAMPION, version)
+
+
+def _record(name: str, version: str, decision: str, reason: str) -> None:
+    client = _client()
+    for key, value in ((DECISION_TAG, decision), (REASON_TAG, reason), (AT_TAG, _now())):
+        with_retry(client.set_model_version_tag, name, version, key, value)
+
+
+def promote(name: str, cfg: PromoteConfig, *, version: str | int | None = None, force: bool = False) -> Decision:
+    """Compare version `version` (default: alias `candidate`) with `champion` and move `champion` when it wins.
+
+    With `force` it moves regardless and the reason records what it overrode. The decision is recorded on the
+    candidate version and returned; nothing is recorded when the candidate already is the champion.
+    """
+    current = aliases(name)
+    mv = get_version(name, version, CANDIDATE)
+    cand = str(mv.version)
+    champ = current.get(CHAMPION)
+    if champ == cand:
+        return Decision(name, cand, champ, champ, "unchanged", "already the champion")
+    keys = {cfg.metric, *(g.metric for g in cfg.gates)}
+    cand_metrics = version_metrics(mv, keys)
+    champ_metrics = version_metrics(get_version(name, champ), keys) if champ else None
+    ok, reason = decide(cfg, cand_metrics, champ_metrics)
+    if ok:
+        decision = "promoted"
+    elif force:
+        decision, reason = "forced", f"forced over: {reason}"
+    else:
+        decision = "refused"
+    if decision != "refused":
+        history = champion_history(name)
+        if champ and (not history or history[-1] != champ):  # champion set by hand: keep it restorable
+            history.append(champ)
+        _set_champion(name, cand, history + [cand])
+    _record(name, cand, decision, reason)
+    return Decision(name, cand, champ, cand if decision != "refused" else champ, decision, reason)
+
+
+def rollback(name: str) -> Decision:
+    """Point `champion` back at the previous champion in the history; the demoted version is tagged rolled_back."""
+    from mlflow.exceptions import MlflowException
+
+    champ = aliases(name).get(CHAMPION)
+    if champ is None:
+        raise PolycolorError(f"registered model {name!r} has no @champion to roll back")
+    history = champion_history(name)
+    while history and history[-1] == champ:
+        history.pop()
+    client = _client()
+    while history:  # skip versions deleted since they were champion
+        try:
+            with_retry(client.get_model_version, name, history[-1])
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            history.pop()
+    if not history:
+        raise PolycolorError(f"registered model {name!r}: no previous champion recorded before version {champ}")
+    target = history[-1]
+    _set_champion(name, target, history)
+    reason = f"rolled back from version {champ} to version {target}"
+    _record(name, champ, "rolled_back", reason)
+    return Decision(name, target, champ, target, "rolled_back", reason)
+
+
+# ------------------------------------------------------------------------------------------- listing
+
+def list_versions(name: str, metrics: Sequence[str] = TABLE_METRICS) -> list[dict[str, str]]:
+    """One row per version of `name`, newest first: version, aliases, created, run, decision and `metrics`."""
+    client = _client()
+    by_version: dict[str, list[str]] = {}
+    # search results carry no aliases (sqlite store), so they come from the registered model; a missing
+    # registered model is an error here, not an empty table
+    for alias, v in aliases(name).items():
+        by_version.setdefault(v, []).append(alias)
+    versions = with_retry(client.search_model_versions, f"name = '{name}'")
+    rows = []
+    for mv in sorted(versions, key=lambda m: int(m.version), reverse=True):
+        values = version_metrics(mv, metrics)
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        row = {
+            "version": str(mv.version),
+            "aliases": ",".join(sorted(by_version.get(str(mv.version), []))) or "-",
+            "created": created,
+            "run": (mv.run_id or "-")[:8],
+            "decision": (mv.tags or {}).get(DECISION_TAG, "-"),
+        }
+        row.update({m: (f"{values[m]:.4g}" if m in values else "-") for m in metrics})
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, str]]) -> str:
+    """Rows of equal keys as a left-aligned plain-text table with a header line."""
+    if not rows:
+        return "(no versions)"
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols).rstrip()]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in cols).rstrip() for r in rows]
+    return "\n".join(lines)

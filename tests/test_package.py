@@ -1,0 +1,209 @@
+"""The package stage: the pyfunc's wire format, the package folder, the model card, logging and registration."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from polycolor import modelio, package, pyfunc
+from polycolor.config import ModelConfig
+from polycolor.errors import PolycolorError
+from polycolor.model import ConditionalUNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_stage():
+    """stages/package.py as a module (stages/ is not a package; a unique name avoids clashing with others)."""
+    spec = importlib.util.spec_from_file_location("polycolor_stage_package", REPO / "stages" / "package.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+package_stage = _load_stage()
+
+EVAL = {
+    "val": {"psnr_mean": 31.5, "colour_accuracy": 0.98, "iou": 0.91, "ssim": 0.95, "n": 5},
+    "reference": {"psnr_mean": 20.0, "colour_accuracy": 1.0},
+    "ayna_real": {"psnr_mean": 28.0, "colour_accuracy": 0.96},
+    "ayna_real_reference": {"psnr_mean": 19.0},
+    "ood": {"skipped": "disabled"},
+}
+
+
+def tiny_model(path: Path, paint_everything: bool = True) -> Path:
+    """A tiny untrained model (widths (4, 8), 32 px). With paint_everything its mask head is biased to 1, so it
+    paints every pixel the requested colour: a deterministic output to check colours against."""
+    torch.manual_seed(0)
+    model = ConditionalUNet(ModelConfig(widths=(4, 8)), ("red", "blue"), 32)
+    if paint_everything:
+        with torch.no_grad():
+            model.out.bias.fill_(50.0)
+    modelio.save_model(path, model, meta={"epoch": 1})
+    return path
+
+
+def b64_png(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode(text: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(text))) as im:
+        assert im.mode == "RGB", f"output PNG mode {im.mode}, expected RGB"
+        return np.asarray(im)
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory) -> Path:
+    """An empty sqlite MLflow store with its schema, made once per module (migrating takes seconds)."""
+    from polycolor import tracking
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        tracking.configure()
+    return db
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, empty_db):
+    """A fresh sqlite MLflow store (a copy of the template) with one finished 'training' run and its run.json."""
+    import mlflow
+
+    from polycolor import tracking
+
+    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    tracking.configure()
+    exp = tracking.ensure_experiment("polycolor-test")
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_param("train.lr", 0.003)
+    info = {"run_id": run.info.run_id, "experiment_id": exp, "run_name": run.info.run_name,
+            "dvc_exp_name": "exp-tiny", "data_hash": "0123abcd", "git_commit": "feedface",
+            "tracking_uri": tracking.tracking_uri()}
+    tracking.write_run_info(tmp_path / "run.json", info)
+    (tmp_path / "eval.json").write_text(json.dumps(EVAL))
+    return tmp_path
+
+
+def test_pip_requirements_are_polycolor_dependencies_without_extras():
+    reqs = package.pip_requirements()
+    names = {r.split("<")[0].split(">")[0].split("=")[0].strip() for r in reqs}
+    assert {"torch", "mlflow", "pandas", "pillow"} <= names, reqs
+    assert not any("extra" in r for r in reqs), f"extras leaked into the requirements: {reqs}"
+
+
+def test_pyfunc_paints_any_size_and_mode_at_input_size(tmp_path):
+    loaded = modelio.load_model(tiny_model(tmp_path / "m.pt"))
+    rgba = Image.new("RGBA", (45, 30), (0, 0, 0, 0))  # transparent: composited over white
+    grey = Image.new("L", (64, 64), 255)
+    frame = pd.DataFrame({"image": [b64_png(rgba), b64_png(grey), b64_png(rgba)],
+                          "colour": ["red", "#0000ff", "Blue"]})
+    out = pyfunc.predict_frame(loaded, frame)
+    assert list(out.columns) == ["image"] and len(out) == 3
+    shapes = [decode(t).shape for t in out["image"]]
+    assert shapes == [(30, 45, 3), (64, 64, 3), (30, 45, 3)], f"outputs must keep input sizes, got {shapes}"
+    for text, rgb in zip(out["image"], [(255, 0, 0), (0, 0, 255), (0, 0, 255)]):
+        colours = {tuple(c) for c in np.unique(decode(text).reshape(-1, 3), axis=0).tolist()}
+        assert colours == {rgb}, f"the biased model paints everything {rgb}, got {colours}"
+
+
+def test_pyfunc_rejects_bad_rows_with_one_line_errors(tmp_path):
+    loaded = modelio.load_model(tiny_model(tmp_path / "m.pt"))
+    good = b64_png(Image.new("RGB", (32, 32), "white"))
+    cases = [
+        (pd.DataFrame({"image": [good]}), "missing colour"),
+        (pd.DataFrame({"image": ["not base64!"], "colour": ["red"]}), "not valid base64"),
+        (pd.DataFrame({"image": [base64.b64encode(b"plain text").decode()], "colour": ["red"]}), "decodable"),
+        (pd.DataFrame({"image": [good], "colour": ["no-such-colour"]}), "unknown colour"),
+    ]
+    for frame, expected in cases:
+        with pytest.raises(PolycolorError, match=expected) as e:
+            pyfunc.predict_frame(loaded, frame)
+        assert "\n" not in str(e.value)
+
+
+def test_card_markdown_and_example(tmp_path):
+    loaded = modelio.load_model(tiny_model(tmp_path / "m.pt"))
+    card = package.model_card(loaded, name="polycolor", run_info={"run_id": "r1", "git_commit": "c0ffee"},
+                              run_params={"train.lr": "0.003"}, eval_metrics=EVAL)
+    for key in ("params", "lineage", "metrics", "intended_use", "known_limits", "model"):
+        assert card[key], f"model card lacks {key}"
+    md = package.card_markdown(card)
+    assert "## Intended use" in md and "## Known limits" in md and "c0ffee" in md and "train.lr" in md
+    assert "| ood | skipped: disabled |" in md
+    example = package.input_example(32)
+    assert decode(example["image"][0]).shape == (32, 32, 3)
+
+
+def test_package_stage_builds_logs_and_registers(store):
+    model = tiny_model(store / "model.pt")
+    out, reg = store / "package", store / "registry.json"
+    argv = ["--params", str(REPO / "params.yaml"), "--model", str(model), "--metrics", str(store / "eval.json"),
+            "--run-info", str(store / "run.json"), "--out", str(out), "--registry-info", str(reg)]
+    assert package_stage.main(argv) == 0
+
+    # the package: models from code (no pickle), signature, example, requirements, model card
+    mlmodel = (out / "MLmodel").read_text()
+    assert "mlflow.pyfunc.loaders.code_model" in mlmodel and "signature:" in mlmodel
+    assert not list(out.rglob("*.pkl")), "the package must not hold pickles"
+    for name in ("input_example.json", "requirements.txt", "model_card.json", "MODEL_CARD.md", "artifacts/model.pt"):
+        assert (out / name).is_file(), f"package lacks {name}"
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["lineage"]["data_hash"] == "0123abcd" and card["metrics"]["val"]["psnr_mean"] == 31.5
+    assert card["params"] == {"train.lr": "0.003"}
+
+    import mlflow
+
+    answer = mlflow.pyfunc.load_model(str(out)).predict(package.input_example(32))
+    assert decode(answer["image"][0]).shape == (32, 32, 3)
+
+    # the registry: a new version with lineage and metric tags, alias candidate, linked to the training run
+    info = json.loads(reg.read_text())
+    run_id = json.loads((store / "run.json").read_text())["run_id"]
+    assert info["name"] == "polycolor" and info["version"] == "1" and info["run_id"] == run_id
+    assert info["model_uri"] == "models:/polycolor/1"
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version_by_alias("polycolor", "candidate")
+    assert str(mv.version) == "1" and mv.run_id == run_id
+    assert mv.tags["git_commit"] == "feedface" and mv.tags["dvc_exp_name"] == "exp-tiny"
+    assert float(mv.tags["eval.val.psnr_mean"]) == 31.5 and float(mv.tags["eval.ayna_real.psnr_mean"]) == 28.0
+    assert "eval.reference.psnr_mean" not in mv.tags, "reference scores are not the model's"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED", "packaging must not reopen or fail the training run"
+    logged = client.get_logged_model(info["logged_model_uri"].split("/")[-1])
+    assert logged.experiment_id == run.info.experiment_id and logged.source_run_id == run_id
+    assert logged.artifact_location.startswith((store / "mlartifacts").as_uri()), logged.artifact_location
+    assert "READY" in str(logged.status) and logged.params == {"train.lr": "0.003"}
+    assert [m.model_id for m in run.outputs.model_outputs] == [logged.model_id], "the run lists its model"
+    assert run.data.tags["polycolor.registered_version"] == "polycolor/1"
+
+
+def test_package_stage_errors_are_one_line_and_leave_no_output(store, capsys):
+    model = tiny_model(store / "model.pt")
+    out = store / "package"
+    base = ["--params", str(REPO / "params.yaml"), "--model", str(model), "--metrics", str(store / "eval.json"),
+            "--run-info", str(store / "run.json"), "--out", str(out), "--registry-info", str(store / "r.json")]
+    for flag, value, expected in [("--run-info", store / "nope.json", "run info not found"),
+                                  ("--metrics", store / "nope.json", "metrics file not found"),
+                                  ("--model", store / "nope.pt", "model file not found")]:
+        argv = list(base)
+        argv[argv.index(flag) + 1] = str(value)
+        assert package_stage.main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and expected in err[-1], err
+        assert not out.exists() and not (store / "r.json").exists()

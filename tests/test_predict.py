@@ -1,0 +1,170 @@
+"""`polycolor predict` as a user runs it (a subprocess): single images, the real Ayna validation split, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polycolor import modelio, predict
+from polycolor.colours import resolve_colour
+from polycolor.config import ModelConfig
+from polycolor.errors import PolycolorError
+from polycolor.model import ConditionalUNet
+
+AYNA_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "ayna-dataset" / "validation"
+WHITE = (255, 255, 255)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A tiny untrained model (widths (4, 8), 32 px) whose mask head is biased to 1: it paints every pixel the
+    requested colour, so outputs can be checked for colour."""
+    torch.manual_seed(0)
+    model = ConditionalUNet(ModelConfig(widths=(4, 8)), ("red", "blue"), 32)
+    with torch.no_grad():
+        model.out.bias.fill_(50.0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    modelio.save_model(path, model, meta={})
+    return path
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """A scratch cwd whose MLflow store does not exist: nothing here may create one or touch the repo's."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "polycolor.cli", "predict", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=180, env=os.environ.copy())
+
+
+def colours_of(path: Path) -> set[tuple[int, int, int]]:
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("RGB"))
+    return {tuple(c) for c in np.unique(a.reshape(-1, 3), axis=0).tolist()}
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> None:
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+@pytest.mark.skipif(not (AYNA_VAL / "data.json").is_file(), reason="no real Ayna validation split beside the repo")
+def test_predict_real_ayna_validation_split(model_file, work):
+    out = work / "painted"
+    proc = run_cli("--model", str(model_file), "--data", str(AYNA_VAL), "--output", str(out), cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    entries = json.loads((AYNA_VAL / "data.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(e["output_image"] for e in entries), \
+        "one PNG per entry, named as its output_image, and no temporary files left"
+    for e in entries:
+        with Image.open(AYNA_VAL / "inputs" / e["input_polygon"]) as src, Image.open(out / e["output_image"]) as res:
+            assert res.format == "PNG" and res.size == src.size, (e, res.size, src.size)
+        painted = colours_of(out / e["output_image"])
+        assert painted <= {WHITE, resolve_colour(e["colour"])} and resolve_colour(e["colour"]) in painted, (e, painted)
+
+
+def test_predict_single_image_any_size_and_mode(model_file, work):
+    src = work / "odd.png"
+    Image.new("LA", (50, 37), (0, 0)).save(src)  # grey + alpha, not square, not the model's size
+    out = work / "deep" / "out.png"
+    proc = run_cli("--model", str(model_file), "--input", str(src), "--colour", "#00ff00", "--output", str(out),
+                   cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as im:
+        assert im.size == (50, 37) and im.mode == "RGB"
+    assert colours_of(out) == {(0, 255, 0)}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.png"], "no temporary files left"
+    assert not (work / "mlflow.db").exists(), "predict from a file must not create an MLflow store"
+
+
+def test_predict_from_package_folder_and_default(model_file, work):
+    from polycolor import package
+
+    loaded = modelio.load_model(model_file)
+    card = package.model_card(loaded, name="polycolor", run_info={}, run_params={}, eval_metrics={})
+    package.save_package(work / "package", model_file, card, loaded.image_size)
+    src = work / "in.png"
+    Image.fromarray(package.example_outline(64)).save(src)
+    proc = run_cli("--model", "package", "--input", str(src), "--colour", "blue", "--output", "a.png", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("--input", str(src), "--colour", "blue", "--output", "b.png", cwd=work)  # no store: package/
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "a.png").read_bytes() == (work / "b.png").read_bytes()
+    assert colours_of(work / "a.png") == {(0, 0, 255)}
+
+
+def test_predict_bad_inputs_give_one_line_errors(model_file, work):
+    good = work / "in.png"
+    Image.new("RGB", (32, 32), "white").save(good)
+    (work / "notes.png").write_text("this is not an image\n")
+    out = work / "out.png"
+    out.write_bytes(b"old")
+    m = str(model_file)
+    cases = [
+        (("--model", m, "--input", str(good), "--colour", "reddish", "--output", str(out)), "unknown colour"),
+        (("--model", m, "--input", str(work / "notes.png"), "--colour", "red", "--output", str(out)),
+         "cannot decode image"),
+        (("--model", m, "--input", str(work / "absent.png"), "--colour", "red", "--output", str(out)),
+         "does not exist"),
+        (("--model", str(work / "absent.pt"), "--input", str(good), "--colour", "red", "--output", str(out)),
+         "model not found"),
+        (("--model", str(work / "notes.png"), "--input", str(good), "--colour", "red", "--output", str(out)),
+         "cannot load model file"),
+        (("--model", "models:/polycolor@champion", "--input", str(good), "--colour", "red", "--output", str(out)),
+         "no MLflow store"),
+        (("--model", m, "--data", str(work), "--output", str(work / "o")), "data.json"),
+    ]
+    for args, expected in cases:
+        assert_one_line_error(run_cli(*args, cwd=work), expected)
+    assert out.read_bytes() == b"old", "a failed run leaves an existing output as it was"
+    assert not (work / "mlflow.db").exists()
+
+
+def test_missing_alias_or_model_in_an_existing_store_is_one_line(model_file, work, capsys):
+    from polycolor import registry, tracking
+    from polycolor.cli import main
+
+    tracking.configure()  # creates the store in `work`
+    registry.register_version("polycolor", "/nonexistent/model", tags={})
+    good = work / "in.png"
+    Image.new("RGB", (32, 32), "white").save(good)
+    proc = run_cli("--model", "models:/polycolor@champion", "--input", str(good), "--colour", "red",
+                   "--output", "o.png", cwd=work)
+    assert_one_line_error(proc, "alias champion not found")
+    capsys.readouterr()
+    assert main(["predict", "--model", "models:/nosuchmodel/1", "--input", str(good), "--colour", "red",
+                 "--output", "o.png"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot resolve models:/nosuchmodel/1"), err
+
+
+def test_usage_errors_exit_2(model_file, work):
+    proc = run_cli("--model", str(model_file), "--input", "x.png", "--output", "o.png", cwd=work)
+    assert proc.returncode == 2 and "--colour" in proc.stderr
+    proc = run_cli("--model", str(model_file), "--output", "o.png", cwd=work)
+    assert proc.returncode == 2
+
+
+def test_model_reference_resolution(model_file, tmp_path):
+    assert predict.is_mlflow_uri("models:/polycolor@champion") and predict.is_mlflow_uri("runs:/abc/model")
+    assert not predict.is_mlflow_uri(str(model_file))
+    with predict.local_model_file(str(model_file)) as path:
+        assert path == model_file
+    (tmp_path / "pkg").mkdir()
+    with pytest.raises(PolycolorError, match="no MLmodel"):
+        with predict.local_model_file(str(tmp_path / "pkg")):
+            pass

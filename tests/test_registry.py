@@ -1,0 +1,201 @@
+"""Promotion by Model Registry aliases: the decision rule, the registry flow in a temporary sqlite store, the CLI."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polycolor import registry, tracking
+from polycolor.cli import REFUSED_EXIT, main
+from polycolor.config import Gate, PromoteConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = PromoteConfig(metric="val.psnr_mean", higher_is_better=True, min_delta=0.1,
+                    gates=(Gate("val.psnr_mean", min=30.0), Gate("val.colour_accuracy", min=0.95)))
+PARAMS = """
+mlflow: {experiment: polycolor-test, registered_model: polycolor}
+promote:
+  metric: val.psnr_mean
+  higher_is_better: true
+  min_delta: 0.1
+  gates:
+    - {metric: val.psnr_mean, min: 30.0}
+    - {metric: val.colour_accuracy, min: 0.95}
+"""
+
+
+# ------------------------------------------------------------------------------------------- decide()
+
+def test_decide_gates_first_champion_and_comparison():
+    good = {"val.psnr_mean": 31.0, "val.colour_accuracy": 0.99}
+    ok, why = registry.decide(CFG, good, None)
+    assert ok and "no champion" in why
+    ok, why = registry.decide(CFG, {"val.psnr_mean": 35.0, "val.colour_accuracy": 0.5}, None)
+    assert not ok and "val.colour_accuracy" in why and "min 0.95" in why
+    ok, why = registry.decide(CFG, {"val.colour_accuracy": 0.99}, None)
+    assert not ok and "val.psnr_mean not recorded" in why
+    ok, why = registry.decide(CFG, {"val.psnr_mean": math.nan, "val.colour_accuracy": 0.99}, None)
+    assert not ok and "NaN" in why
+    assert registry.decide(CFG, {**good, "val.psnr_mean": 31.5}, good)[0], "better by 0.5 > min_delta 0.1"
+    assert not registry.decide(CFG, {**good, "val.psnr_mean": 31.05}, good)[0], "better by 0.05 <= min_delta"
+    assert not registry.decide(CFG, {**good, "val.psnr_mean": 30.5}, good)[0], "worse"
+
+
+def test_decide_lower_is_better_and_max_gate():
+    cfg = PromoteConfig(metric="val.mae", higher_is_better=False, min_delta=0.0, gates=(Gate("val.mae", max=0.2),))
+    assert registry.decide(cfg, {"val.mae": 0.05}, {"val.mae": 0.1})[0]
+    assert not registry.decide(cfg, {"val.mae": 0.15}, {"val.mae": 0.1})[0]
+    ok, why = registry.decide(cfg, {"val.mae": 0.3}, None)
+    assert not ok and "max 0.2" in why
+
+
+def test_metric_tags_skip_reference_blocks_and_non_numbers():
+    tags = registry.metric_tags({"val": {"psnr_mean": 31.0, "n": 5, "ok": True}, "reference": {"psnr_mean": 20.0},
+                                 "ayna_real_reference": {"psnr_mean": 1.0}, "ood": {"skipped": "why"}})
+    assert tags == {"eval.val.psnr_mean": "31.0", "eval.val.n": "5.0"}
+
+
+# ------------------------------------------------------------------------------------------- the flow
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory) -> Path:
+    """An empty sqlite store with its schema, made once per module (migrating takes seconds)."""
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        tracking.configure()
+    return db
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, empty_db):
+    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    tracking.configure()
+    return tmp_path
+
+
+def add_version(psnr: float, accuracy: float = 0.99, name: str = "polycolor") -> str:
+    """Register a version (the source needs no real model for promotion) with eval.json-like metric tags."""
+    tags = registry.metric_tags({"val": {"psnr_mean": psnr, "colour_accuracy": accuracy}})
+    return str(registry.register_version(name, "/nonexistent/model", tags=tags).version)
+
+
+def cli(*args: str) -> int:
+    return main(list(args))
+
+
+def champion(name: str = "polycolor") -> str | None:
+    return registry.aliases(name).get(registry.CHAMPION)
+
+
+def version_tags(version: str) -> dict[str, str]:
+    import mlflow
+
+    return mlflow.MlflowClient().get_model_version("polycolor", version).tags
+
+
+def test_promotion_refuses_worse_accepts_better_and_rolls_back(store, capsys):
+    v1 = add_version(31.0)
+    assert registry.aliases("polycolor")[registry.CANDIDATE] == v1
+    assert cli("promote") == 0, "the first version that passes the gates becomes champion"
+    assert champion() == v1 and version_tags(v1)["promotion.decision"] == "promoted"
+    assert "no champion yet" in capsys.readouterr().out
+
+    v2 = add_version(30.5)  # passes the gates but is worse
+    assert cli("promote") == REFUSED_EXIT
+    out = capsys.readouterr().out
+    assert "refused" in out and "not better" in out
+    assert champion() == v1
+    tags = version_tags(v2)
+    assert tags["promotion.decision"] == "refused" and "30.5" in tags["promotion.reason"] and tags["promotion.at"]
+
+    v3 = add_version(32.0)
+    assert cli("promote") == 0 and champion() == v3
+    assert registry.champion_history("polycolor") == [v1, v3]
+
+    v4 = add_version(40.0, accuracy=0.5)  # best PSNR but fails the colour gate
+    assert cli("promote") == REFUSED_EXIT and champion() == v3
+    assert "fails gates" in version_tags(v4)["promotion.reason"]
+
+    assert cli("promote", "--rollback") == 0 and champion() == v1
+    assert version_tags(v3)["promotion.decision"] == "rolled_back"
+    capsys.readouterr()
+    assert cli("promote", "--rollback") == 1, "nothing before the first champion"
+    assert capsys.readouterr().err.strip().startswith("error: ")
+
+    assert cli("promote", "--version", v2, "--force") == 0 and champion() == v2
+    tags = version_tags(v2)
+    assert tags["promotion.decision"] == "forced" and tags["promotion.reason"].startswith("forced over: not better")
+    assert cli("promote", "--version", v2) == 0 and "already the champion" in capsys.readouterr().out
+    assert cli("promote", "--rollback") == 0 and champion() == v1
+
+    capsys.readouterr()
+    assert cli("models") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "registered model polycolor" and lines[1].split()[:2] == ["version", "aliases"]
+    rows = {ln.split()[0]: ln for ln in lines[2:]}
+    assert list(rows) == [v4, v3, v2, v1], "newest first"
+    assert "candidate" in rows[v4] and "champion" in rows[v1] and "rolled_back" in rows[v3]
+    assert "40" in rows[v4] and "0.5" in rows[v4], "metric columns"
+
+
+def test_version_metrics_fall_back_to_the_runs_eval_metrics(store):
+    import mlflow
+
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("polycolor-test")) as run:
+        mlflow.log_metric("eval.val.psnr_mean", 33.0)
+        mlflow.log_metric("eval.val.colour_accuracy", 0.97)
+    client = mlflow.MlflowClient()
+    client.create_registered_model("polycolor")
+    mv = client.create_model_version("polycolor", "/nonexistent/model", run_id=run.info.run_id,
+                                     tags={"eval.val.psnr_mean": "31.0"})
+    metrics = registry.version_metrics(mv, ["val.psnr_mean", "val.colour_accuracy"])
+    assert metrics == {"val.psnr_mean": 31.0, "val.colour_accuracy": 0.97}, "tags first, then the run"
+    d = registry.promote("polycolor", CFG, version=mv.version)
+    assert d.decision == "promoted"
+
+
+def test_cli_errors_are_one_line(store, capsys):
+    assert cli("models") == 1, "no registered model yet"
+    err = capsys.readouterr().err.strip()
+    assert err == "error: registered model 'polycolor' not found (run the package stage first)", err
+    add_version(31.0)
+    capsys.readouterr()  # MLflow's own "registered" lines
+    for args in (["promote", "--version", "99"], ["promote", "--name", "other"], ["promote", "--rollback"],
+                 ["promote", "--params", "missing.yaml"]):
+        assert cli(*args) == 1, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (args, err)
+    with pytest.raises(SystemExit) as e:
+        cli("promote", "--rollback", "--force")
+    assert e.value.code == 2
+
+
+def test_cli_exit_code_as_a_subprocess(store):
+    """The console entry point's exit status, as a shell sees it: refused is REFUSED_EXIT, not a traceback."""
+    add_version(31.0)
+    assert cli("promote") == 0
+    add_version(20.0)
+    proc = subprocess.run([sys.executable, "-m", "polycolor.cli", "promote"], capture_output=True, text=True,
+                          cwd=store, timeout=120)
+    assert proc.returncode == REFUSED_EXIT, proc.stderr
+    assert "Traceback" not in proc.stderr and "refused" in proc.stdout
+    assert champion() == "1"
+
+
+def test_commands_do_not_create_a_missing_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/absent.db")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    for args in (["models"], ["promote"], ["promote", "--rollback"]):
+        assert cli(*args) == 1
+        assert capsys.readouterr().err.strip().startswith("error: no MLflow store at ")
+    assert not (tmp_path / "absent.db").exists()

@@ -1,0 +1,125 @@
+"""`mlflow models serve -m models:/polycolor@champion --env-manager local` answers a request on loopback."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polycolor import modelio
+from polycolor.config import ModelConfig, PromoteConfig
+from polycolor.model import ConditionalUNet
+
+STARTUP_TIMEOUT_S = 120  # importing mlflow + torch and loading the model on a busy 2-core machine
+REQUEST_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post_json(url: str, payload: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+        return json.loads(resp.read())
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the server did not answer {url} within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the server and its workers (their own process group); escalate to SIGKILL after 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    try:  # workers can outlive a leader that exited on its own
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def champion_store(tmp_path, monkeypatch) -> Path:
+    """A sqlite store holding a training run, a packaged + registered tiny model, promoted to @champion."""
+    import mlflow
+
+    from polycolor import package, registry, tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    tracking.configure()
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("polycolor-test")) as run:
+        pass
+    torch.manual_seed(0)
+    model = ConditionalUNet(ModelConfig(widths=(4, 8)), ("red", "blue"), 32)
+    with torch.no_grad():
+        model.out.bias.fill_(50.0)  # the mask head paints every pixel: the answer's colour is checkable
+    modelio.save_model(tmp_path / "model.pt", model, meta={})
+    result = package.package_model(model_path=tmp_path / "model.pt", out_dir=tmp_path / "package",
+                                   run_info={"run_id": run.info.run_id},
+                                   eval_metrics={"val": {"psnr_mean": 30.0}}, name="polycolor")
+    decision = registry.promote("polycolor", PromoteConfig(gates=()), version=result.version)
+    assert decision.decision == "promoted", decision
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_serve_champion_answers_with_an_image_of_the_requested_colour(champion_store):
+    port = free_port()
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")  # MLflow execs `uvicorn`
+    log = champion_store / "serve.log"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/polycolor@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=champion_store,
+                                start_new_session=True)
+    try:
+        wait_until_up(proc, f"http://127.0.0.1:{port}/ping", log)
+        outline = Image.new("RGB", (48, 40), "white")  # not the model's size: the answer keeps it
+        outline.paste((0, 0, 0), (10, 10, 38, 12))
+        buf = io.BytesIO()
+        outline.save(buf, format="PNG")
+        request = {"dataframe_split": {"columns": ["image", "colour"],
+                                       "data": [[base64.b64encode(buf.getvalue()).decode(), "magenta"]]}}
+        answer = post_json(f"http://127.0.0.1:{port}/invocations", request)
+    finally:
+        stop(proc)
+    (row,) = answer["predictions"]
+    with Image.open(io.BytesIO(base64.b64decode(row["image"]))) as im:
+        assert im.format == "PNG" and im.size == (48, 40), (im.format, im.size)
+        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    assert {tuple(c) for c in np.unique(pixels, axis=0).tolist()} == {(255, 0, 255)}, "painted magenta"
