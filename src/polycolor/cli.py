@@ -4,6 +4,7 @@
   polycolor predict --model MODEL --data SPLIT_DIR --output OUT_DIR
   polycolor promote [--version N] [--force] | --rollback
   polycolor models
+  polycolor preset NAME          (prints `-S key=value` flags for `dvc exp run`)
 
 Exit codes: 0 done; 1 an error (one line `error: ...` on stderr, never a traceback for bad input); 2 a usage
 error (argparse); 3 `promote` refused the candidate.
@@ -17,8 +18,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from polycolor.config import Config, load_params
+from polycolor.config import Config, flatten, load_params, parse_config
 from polycolor.errors import PolycolorError
+from polycolor.tracking import repo_root
 
 REFUSED_EXIT = 3  # `promote` refused: distinct from 1 (an error) and 2 (a usage error)
 
@@ -98,10 +100,56 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def preset_flags(path: Path) -> list[str]:
+    """A preset file (a partial params.yaml) as `dvc exp run` flags: ["-S", "train.lr=0.02", ...].
+    Values are written without spaces (lists as [1,2]) so that `$(polycolor preset NAME)` splits into words safely."""
+    import json
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise PolycolorError(f"cannot read preset {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise PolycolorError(f"preset {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise PolycolorError(f"preset {path} must be a mapping of params sections")
+    flat = flatten(data)
+    parse_config(_nest(flat))  # a preset that would not validate is refused here, not half-way through a run
+    out = []
+    for key, value in flat.items():
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        if any(c.isspace() for c in text):
+            raise PolycolorError(f"preset {path}: {key} holds whitespace, which -S flags cannot carry: {text!r}")
+        out += ["-S", f"{key}={text}"]
+    return out
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def cmd_preset(args: argparse.Namespace) -> int:
+    path = Path(args.preset)
+    if not path.suffix:
+        path = repo_root() / "presets" / f"{args.preset}.yaml"
+    print(" ".join(preset_flags(path)))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
     "promote": cmd_promote,
     "models": cmd_models,
+    "preset": cmd_preset,
 }
 
 
@@ -143,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered versions, aliases and metrics")
     _registry_options(p)
+    p.set_defaults(parser=p)
+
+    p = sub.add_parser("preset", help="print a preset's params as `dvc exp run -S` flags",
+                       description="Usage: dvc exp run -n tiny $(polycolor preset tiny). NAME is a file in presets/ "
+                                   "(without .yaml) or a path to a YAML file.")
+    p.add_argument("preset", metavar="NAME")
     p.set_defaults(parser=p)
     return ap
 
