@@ -80,7 +80,7 @@ def project(tmp_path, store, monkeypatch) -> dict:
     if REAL_VAL.is_dir():
         extra["ayna_real"] = {"path": str(REAL_VAL), "required": False}
     params = {"seed": 7, "evaluate": {"extra_sets": extra, "ood_samples": 3, "ood_scale": [0.15, 0.48],
-                                      "ood_offset": 0.2, "grid_samples": 2, "batch_size": 4}}
+                                      "ood_offset": 0.2, "unseen_colour_samples": 2, "grid_samples": 2, "batch_size": 4}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     tracking.write_run_info(tmp_path / "run.json", {"run_id": store["run_id"], "experiment_id": store["exp_id"]})
     return {"dir": tmp_path, "params": params}
@@ -104,13 +104,13 @@ def test_end_to_end(project, store, capsys):
     assert len(warnings) == 1 and "missing_one" in warnings[0], err
 
     result = json.loads((d / "out" / "eval.json").read_text())
-    blocks = ["val", "reference", "ood", "ood_reference"]
+    blocks = ["val", "reference", "ood", "ood_reference", "unseen_colours", "unseen_colours_reference"]
     if REAL_VAL.is_dir():
         blocks += ["ayna_real", "ayna_real_reference"]
     for block in blocks:
         assert set(result[block]) == BLOCK_KEYS, f"{block}: {sorted(result[block])}"
     assert result["missing_one"] == {"skipped": f"{d / 'nowhere'} does not exist"}
-    assert result["val"]["n"] == 6 and result["ood"]["n"] == 3
+    assert result["val"]["n"] == 6 and result["ood"]["n"] == 3 and result["unseen_colours"]["n"] == 2
     for block in [b for b in blocks if b.endswith("reference")]:
         assert result[block]["psnr_min"] == M.PSNR_CAP and result[block]["iou"] == 1.0, block
 

@@ -5,6 +5,7 @@
   polycolor promote [--version N] [--force] | --rollback
   polycolor models
   polycolor preset NAME          (prints `-S key=value` flags for `dvc exp run`)
+  polycolor bench [--repro]      (speed figures -> metrics/benchmark.json)
 
 Exit codes: 0 done; 1 an error (one line `error: ...` on stderr, never a traceback for bad input); 2 a usage
 error (argparse); 3 `promote` refused the candidate.
@@ -145,11 +146,29 @@ def cmd_preset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Speed figures (see polycolor.bench) as a table and as JSON in --out."""
+    import json
+
+    from polycolor import bench
+    from polycolor.ayna import atomic_output
+
+    cfg = load_params(args.params)
+    figures = bench.run_bench(cfg, repo_root(), model_path=Path(args.model), train_metrics=Path(args.train_metrics),
+                              repro=args.repro)
+    print(bench.format_table(figures))
+    with atomic_output(Path(args.out)) as tmp:
+        Path(tmp).write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"-> {args.out}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
     "promote": cmd_promote,
     "models": cmd_models,
     "preset": cmd_preset,
+    "bench": cmd_bench,
 }
 
 
@@ -197,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Usage: dvc exp run -n tiny $(polycolor preset tiny). NAME is a file in presets/ "
                                    "(without .yaml) or a path to a YAML file.")
     p.add_argument("preset", metavar="NAME")
+    p.set_defaults(parser=p)
+
+    p = sub.add_parser("bench", help="measure training and inference speed; write metrics/benchmark.json",
+                       description="Training images/s against this machine's matmul ceiling, inference latency and "
+                                   "throughput, model size, peak RSS of the last training; --repro also times "
+                                   "each stage of a full dvc repro in a scratch copy.")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--model", default="models/model.pt")
+    p.add_argument("--train-metrics", default="metrics/train.json")
+    p.add_argument("--out", default="metrics/benchmark.json")
+    p.add_argument("--repro", action="store_true", help="also time a full dvc repro, stage by stage (minutes)")
     p.set_defaults(parser=p)
     return ap
 

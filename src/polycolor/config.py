@@ -28,7 +28,7 @@ HEADS = ("tanh", "composite")
 class IngestConfig:
     source: str = "synthetic"  # "synthetic" or a path to an Ayna-layout folder or .zip
     image_size: int = 128  # square side in pixels
-    train_samples: int = 3000  # synthetic training pairs
+    train_samples: int = 2000  # synthetic training pairs
     val_samples: int = 200  # synthetic validation pairs
     shapes: tuple[str, ...] = SHAPES
     colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple")
@@ -131,9 +131,9 @@ class LossConfig:
 class TrainConfig:
     lr: float = 3e-3
     batch_size: int = 16
-    epochs: int = 6
+    epochs: int = 3
     weight_decay: float = 1e-4
-    plateau_patience: int = 2  # epochs without val-loss improvement before the lr is cut
+    plateau_patience: int = 1  # epochs without val-loss improvement before the lr is cut
     plateau_factor: float = 0.5
     early_stopping_patience: int = 5  # epochs without improvement before stopping; 0 disables
     seed: int = 0
@@ -141,6 +141,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | true | false
     num_workers: int = 0  # DataLoader workers; the data sits in memory, so 0 is fastest on 2 cores
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    channels_last: bool = True  # NHWC memory format: about 1.4x faster convolutions on these CPUs
     grid_samples: int = 4  # rows of the per-epoch sample grid logged to MLflow
 
     def validate(self) -> None:
@@ -171,11 +172,14 @@ class EvaluateConfig:
     ood_samples: int = 64  # freshly generated polygons beyond the training pose ranges; 0 disables
     ood_scale: tuple[float, float] = (0.15, 0.48)
     ood_offset: float = 0.2
+    unseen_colour_samples: int = 64  # fresh polygons painted random #rrggbb colours no training sample had; 0 disables
     grid_samples: int = 8  # rows of the qualitative grid
     batch_size: int = 32
 
     def validate(self) -> None:
         _check(self.ood_samples >= 0, "evaluate.ood_samples", self.ood_samples, "must be >= 0")
+        _check(self.unseen_colour_samples >= 0, "evaluate.unseen_colour_samples", self.unseen_colour_samples,
+               "must be >= 0")
         _range(self.ood_scale, "evaluate.ood_scale", 0.05, 0.5)
         _check(0.0 <= self.ood_offset <= 0.4, "evaluate.ood_offset", self.ood_offset, "must be in [0, 0.4]")
         _check(self.grid_samples >= 1, "evaluate.grid_samples", self.grid_samples, "must be >= 1")

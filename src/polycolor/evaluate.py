@@ -43,6 +43,8 @@ VAL = "val"
 SET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 OOD = "ood"
 OOD_SEED_STREAM = 0x00D  # the OOD set's own random stream under `seed`, apart from ingest's draws
+UNSEEN = "unseen_colours"
+UNSEEN_SEED_STREAM = 0x0C0  # likewise for the unseen-colour set
 LATENCY_SAMPLES = 5  # images timed one by one for latency_ms_p50
 GRID_COLUMNS = ("input", "target", "prediction", "|error|")
 
@@ -102,6 +104,14 @@ def ood_arrays(cfg: Config, image_size: int) -> SplitArrays:
                            offset=e.ood_offset, seed=rng)
 
 
+def unseen_colour_arrays(cfg: Config, image_size: int) -> SplitArrays:
+    """evaluate.unseen_colour_samples fresh pairs at the generator's default poses, every one painted a random
+    #rrggbb (never near white): colours no training sample had, so only the rgb encoding can paint them."""
+    rng = np.random.default_rng([cfg.seed, UNSEEN_SEED_STREAM])
+    return generate_arrays(cfg.evaluate.unseen_colour_samples, image_size=image_size, shapes=SHAPES,
+                           random_colour_fraction=1.0, seed=rng)
+
+
 def load_sets(cfg: Config, data_dir: str | Path) -> tuple[list[EvalSet], dict[str, str]]:
     """The sets to score, val first, and {name: reason} for optional extra sets that are missing.
 
@@ -112,7 +122,7 @@ def load_sets(cfg: Config, data_dir: str | Path) -> tuple[list[EvalSet], dict[st
         if not SET_NAME.match(name):
             raise PolycolorError(f"evaluate.extra_sets: name {name!r} must be letters, digits, _ or - "
                                  "(it becomes an eval.json key and an MLflow metric name)")
-        if name in (VAL, OOD, "reference") or name.endswith("_reference"):
+        if name in (VAL, OOD, UNSEEN, "reference") or name.endswith("_reference"):
             raise PolycolorError(f"evaluate.extra_sets: name {name!r} is reserved, choose another")
     val = load_split(data_dir, None)
     sets = [EvalSet(VAL, val)]
@@ -129,6 +139,10 @@ def load_sets(cfg: Config, data_dir: str | Path) -> tuple[list[EvalSet], dict[st
         sets.append(EvalSet(OOD, ood_arrays(cfg, val.inputs.shape[1])))
     else:
         skipped[OOD] = "evaluate.ood_samples is 0"
+    if cfg.evaluate.unseen_colour_samples > 0:
+        sets.append(EvalSet(UNSEEN, unseen_colour_arrays(cfg, val.inputs.shape[1])))
+    else:
+        skipped[UNSEEN] = "evaluate.unseen_colour_samples is 0"
     return sets, skipped
 
 
@@ -183,7 +197,7 @@ def evaluate_model(loaded: LoadedModel, sets: list[EvalSet], cfg: EvaluateConfig
             rows.insert(0, "set", block)
             rows["index"] = keep[rows["index"].to_numpy()]  # index into the set as loaded
             frames.append(rows)
-            if block == s.name and s.name != OOD:  # the grid shows the model on val and the extra sets
+            if block == s.name and s.name not in (OOD, UNSEEN):  # the grid shows the model on val and the extra sets
                 for i in range(min(cfg.grid_samples, len(arrays))):
                     grid_rows.append(GridRow(f"{s.name} #{keep[i]} {arrays.colours[i]}", arrays.inputs[i],
                                              arrays.targets[i], preds[i]))
@@ -289,7 +303,7 @@ def run_evaluation(cfg: Config, *, model_path: Path, data_dir: Path, run_info_pa
     sets, skipped = load_sets(cfg, data_dir)
     run_id = check_run(run_info_path)
     for name, reason in skipped.items():
-        if name != OOD:  # ood_samples: 0 is a choice, not a problem
+        if name not in (OOD, UNSEEN):  # a 0 sample count is a choice, not a problem
             print(f"warning: evaluate.extra_sets.{name} skipped: {reason}", file=sys.stderr)
     ev = evaluate_model(loaded, sets, cfg.evaluate, skipped)
     for note in ev.notes:

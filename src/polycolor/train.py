@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,7 @@ def write_outputs(cfg: Config, result: TrainResult, *, vocab: tuple[str, ...], i
         "last_val_psnr": last.get("val_psnr"), "parameters": count_parameters(result.model),
         "images_per_s": result.images_per_s, "stopped_early": result.stopped_early,
         "resumed_from_epoch": result.resumed_from, "train_wall_s": result.wall_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # ru_maxrss is KiB on Linux
     }
     with atomic_output(metrics_path) as tmp:
         Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -7,6 +7,7 @@ that must run on one process only under torchrun/DDP are `is_main_process()` (lo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -33,7 +34,8 @@ from polycolor.modelio import atomic_torch_save, model_payload
 
 CHECKPOINT_FORMAT_VERSION = 1
 # Keys that may change without invalidating a checkpoint: more epochs continue the same run.
-RESUMABLE_KEYS = ("epochs", "early_stopping_patience", "grid_samples", "num_workers", "threads", "device")
+RESUMABLE_KEYS = ("epochs", "early_stopping_patience", "grid_samples", "num_workers", "threads", "device",
+                  "channels_last")
 
 LogFn = Callable[[dict[str, float], int], None]
 ImageLogFn = Callable[[np.ndarray, int], None]
@@ -143,14 +145,15 @@ class Trainer:
                  vocab: tuple[str, ...], image_size: int, data_id: str,
                  checkpoint_dir: str | Path | None = None,
                  log: LogFn | None = None, log_image: ImageLogFn | None = None,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = functools.partial(print, flush=True)):
         self.mcfg, self.lcfg, self.tcfg = model_cfg, loss_cfg, train_cfg
         self.device = resolve_device(train_cfg.device)
         self.amp = use_amp(train_cfg.amp, self.device)
         if train_cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(train_cfg.threads)
         torch.manual_seed(train_cfg.seed)
-        self.model = ConditionalUNet(model_cfg, vocab, image_size).to(self.device)
+        self.memory_format = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
+        self.model = ConditionalUNet(model_cfg, vocab, image_size).to(self.device, memory_format=self.memory_format)
         self.objective = Objective(loss_cfg).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -231,7 +234,8 @@ class Trainer:
     # ---- one epoch -----------------------------------------------------------------------------------------------
     def _batch(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         x, y, idx, rgb = (t.to(self.device, non_blocking=True) for t in batch)
-        return x.float() / 127.5 - 1.0, y.float() / 127.5 - 1.0, idx, rgb  # images to [-1, 1]
+        to_image = lambda t: (t.float() / 127.5 - 1.0).contiguous(memory_format=self.memory_format)  # noqa: E731
+        return to_image(x), to_image(y), idx, rgb  # images in [-1, 1]
 
     def train_epoch(self, data: TensorData) -> tuple[dict[str, float], float]:
         self.model.train()

@@ -1,0 +1,172 @@
+"""`polycolor bench`: speed figures on this machine, printed as a table and written to metrics/benchmark.json.
+
+Figures, all measured in the same process so ratios are comparable on a noisy machine:
+  matmul_gflops          dense fp32 matmul rate (2048 x 2048, torch threads as configured): the compute ceiling
+  train_gflop_per_image  model FLOPs of one training step per image (forward + backward, torch's FlopCounterMode)
+  train_images_per_s     training throughput at train.batch_size on synthetic data, after warm-up
+  train_ceiling_ratio    train_gflop_per_image x train_images_per_s / matmul_gflops
+  infer_ms_p50/p95       polycolor.inference.paint on one 128 px image (batch 1), as `polycolor predict` runs it
+  infer_images_per_s_b64 paint throughput at batch 64
+  parameters, model_file_mb  of models/model.pt when present, else of a fresh model from params
+  peak_rss_mb_train      peak resident memory of the last train stage (metrics/train.json)
+  stage_wall_s           with --repro: wall time of each stage of a real `dvc repro` in a scratch copy
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polycolor.config import Config
+from polycolor.inference import paint
+from polycolor.losses import Objective
+from polycolor.model import ConditionalUNet, count_parameters
+from polycolor.modelio import LoadedModel, load_model
+from polycolor.synth import generate_from_config
+
+STAGES = ("ingest", "augment", "train", "evaluate", "package")
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def _train_step(model: ConditionalUNet, objective: Objective, opt: torch.optim.Optimizer, x, y, idx, rgb) -> None:
+    out = model(x, idx, rgb)
+    loss, _ = objective(out, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
+    """FLOPs per image and images/s of real training steps with the configured model, batch and memory format."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size, bs = cfg.ingest.image_size, cfg.train.batch_size
+    data = generate_from_config(cfg.ingest, bs, 0)
+    vocab = tuple(sorted(set(data.colours)))
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = ConditionalUNet(cfg.model, vocab, size).to(memory_format=fmt).train()
+    objective = Objective(cfg.loss)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    to = lambda a: (torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1).contiguous(memory_format=fmt)  # noqa: E731
+    x, y = to(data.inputs), to(data.targets)
+    idx = torch.tensor([vocab.index(c) for c in data.colours])
+    rgb = torch.from_numpy(data.rgb).float() / 255
+    with FlopCounterMode(display=False) as counter:
+        _train_step(model, objective, opt, x, y, idx, rgb)
+    flops = counter.get_total_flops() / bs
+    for _ in range(2):
+        _train_step(model, objective, opt, x, y, idx, rgb)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        _train_step(model, objective, opt, x, y, idx, rgb)
+        times.append(time.perf_counter() - t)
+    return {"train_gflop_per_image": flops / 1e9, "train_images_per_s": bs / statistics.median(times)}
+
+
+def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30) -> dict[str, float]:
+    data = generate_from_config(cfg.ingest, 64, 1)
+    colours = list(data.colours)
+    if loaded.config.colour_encoding == "embedding":
+        colours = [c if c in loaded.vocab else loaded.vocab[0] for c in colours]
+    paint(loaded, data.inputs[:1], colours[:1])  # warm-up
+    times = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        paint(loaded, data.inputs[i % 64: i % 64 + 1], colours[i % 64: i % 64 + 1])
+        times.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter()
+    paint(loaded, data.inputs, colours, batch_size=64)
+    b64 = 64 / (time.perf_counter() - t)
+    return {"infer_ms_p50": float(np.percentile(times, 50)), "infer_ms_p95": float(np.percentile(times, 95)),
+            "infer_images_per_s_b64": b64}
+
+
+def repro_stage_times(root: Path) -> dict[str, float]:
+    """Wall time of each stage of a full `dvc repro`, stage by stage, in a scratch copy of the project (tracked and
+    new files as git sees them, no outputs), so the workspace, its cache and its MLflow store are untouched."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True,
+                           text=True, check=True).stdout.split()
+    scratch = Path(tempfile.mkdtemp(prefix="polycolor-bench-"))
+    try:
+        for f in files:
+            src = root / f
+            if src.is_file() and not f.startswith(("data/", "metrics/", "models/", "package/", "checkpoints/")) \
+                    and f != "dvc.lock":
+                (scratch / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, scratch / f)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        subprocess.run(["git", "init", "-q"], cwd=scratch, check=True, env=env)
+        times = {}
+        for stage in STAGES:
+            t = time.perf_counter()
+            p = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=scratch, env=env,
+                               capture_output=True, text=True)
+            times[stage] = time.perf_counter() - t
+            if p.returncode != 0:
+                raise RuntimeError(f"dvc repro {stage} failed in {scratch}:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+            print(f"  {stage}: {times[stage]:.1f} s", flush=True)
+        times["total"] = sum(times.values())
+        return times
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_bench(cfg: Config, root: Path, *, model_path: Path, train_metrics: Path, repro: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "cpu_count": os.cpu_count()}
+    out["matmul_gflops"] = matmul_gflops()
+    out.update(training_figures(cfg))
+    out["train_ceiling_ratio"] = out["train_gflop_per_image"] * out["train_images_per_s"] / out["matmul_gflops"]
+    if model_path.is_file():
+        loaded = load_model(model_path)
+        out["model_source"] = str(model_path)
+        out["model_file_mb"] = model_path.stat().st_size / 2**20
+    else:
+        fresh = ConditionalUNet(cfg.model, ("red",), cfg.ingest.image_size).eval()
+        loaded = LoadedModel(fresh, cfg.model, ("red",), cfg.ingest.image_size, {})
+        out["model_source"] = "fresh model from params (no models/model.pt)"
+    out["parameters"] = count_parameters(loaded.model)
+    out.update(inference_figures(loaded, cfg))
+    if train_metrics.is_file():
+        tm = json.loads(train_metrics.read_text())
+        for key in ("peak_rss_mb", "images_per_s", "train_wall_s"):
+            if key in tm:
+                out[f"last_train_{key}"] = tm[key]
+    if repro:
+        out["stage_wall_s"] = repro_stage_times(root)
+    return out
+
+
+def format_table(figures: dict[str, Any]) -> str:
+    rows = []
+    for k, v in figures.items():
+        if isinstance(v, dict):
+            rows += [(f"{k}.{kk}", vv) for kk, vv in v.items()]
+        else:
+            rows.append((k, v))
+    width = max(len(k) for k, _ in rows)
+    fmt = lambda v: f"{v:,.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows)
