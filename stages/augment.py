@@ -10,7 +10,7 @@ from pathlib import Path
 from polycolor.augment import augment_dataset
 from polycolor.ayna import atomic_output, write_png
 from polycolor.config import load_params
-from polycolor.errors import PolycolorError
+from polycolor.errors import run_guarded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,21 +21,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", default="metrics/augment_grid.png",
                         help="PNG grid: original input, original target, augmented input, augmented target")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_params(args.params)
-        start = time.perf_counter()
-        # Both outputs replace the old ones only when everything has been written.
-        with atomic_output(Path(args.out)) as tmp_out, atomic_output(Path(args.grid)) as tmp_grid:
-            result = augment_dataset(args.data, tmp_out, cfg.augment, cfg.seed)
-            write_png(tmp_grid, result.grid)
-    except (PolycolorError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_guarded(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = load_params(args.params)
+    start = time.perf_counter()
+    # Both outputs replace the old ones only when everything has been written.
+    with atomic_output(Path(args.out)) as tmp_out, atomic_output(Path(args.grid)) as tmp_grid:
+        result = augment_dataset(args.data, tmp_out, cfg.augment, cfg.seed)
+        write_png(tmp_grid, result.grid)
     n_orig = int((result.manifest["copy"] == 0).sum())
     print(f"augment: {n_orig} originals + {len(result.manifest) - n_orig} copies -> {args.out} "
           f"({result.affine_dropped} with flips/turns only: no affine draw kept the polygon whole) "
           f"in {time.perf_counter() - start:.1f}s; grid -> {args.grid}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from polycolor.config import load_params
-from polycolor.errors import PolycolorError
+from polycolor.errors import run_guarded
 from polycolor.evaluate import run_evaluation
 
 SHOWN = ("psnr_mean", "ssim", "colour_accuracy", "iou", "bleeding", "boundary_f1", "latency_ms_p50", "n")
@@ -24,14 +24,14 @@ def main(argv: list[str] | None = None) -> int:
                                                     "confusion.csv")
     ap.add_argument("--grid", required=True, help="qualitative grid PNG")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_params(args.params)
-        ev = run_evaluation(cfg, model_path=Path(args.model), data_dir=Path(args.data),
-                            run_info_path=Path(args.run_info), metrics_path=Path(args.metrics),
-                            tables_dir=Path(args.tables), grid_path=Path(args.grid))
-    except PolycolorError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_guarded(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = load_params(args.params)
+    ev = run_evaluation(cfg, model_path=Path(args.model), data_dir=Path(args.data),
+                        run_info_path=Path(args.run_info), metrics_path=Path(args.metrics),
+                        tables_dir=Path(args.tables), grid_path=Path(args.grid))
     print(f"{'block':<22}" + "".join(f"{k:>16}" for k in SHOWN))
     for block, values in ev.metrics.items():
         if "skipped" in values:
@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cells = [values.get(k) for k in SHOWN]
         print(f"{block:<22}" + "".join(f"{'-' if v is None else f'{v:.4g}':>16}" for v in cells))
-    return 0
 
 
 if __name__ == "__main__":

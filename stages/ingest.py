@@ -9,7 +9,7 @@ from pathlib import Path
 
 from polycolor.ayna import atomic_output
 from polycolor.config import load_params
-from polycolor.errors import PolycolorError
+from polycolor.errors import run_guarded
 from polycolor.ingest import ingest
 
 
@@ -18,18 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file")
     parser.add_argument("--out", default="data/dataset", help="dataset folder to (re)create")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_params(args.params)
-        start = time.perf_counter()
-        with atomic_output(Path(args.out)) as tmp:  # a failure leaves the previous dataset untouched
-            manifest = ingest(cfg.ingest, cfg.seed, tmp)
-    except (PolycolorError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_guarded(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = load_params(args.params)
+    start = time.perf_counter()
+    with atomic_output(Path(args.out)) as tmp:  # a failure leaves the previous dataset untouched
+        manifest = ingest(cfg.ingest, cfg.seed, tmp)
     counts = manifest["split"].value_counts()
     print(f"ingest: {counts.get('training', 0)} training + {counts.get('validation', 0)} validation samples "
           f"({cfg.ingest.source}, {cfg.ingest.image_size} px) -> {args.out} in {time.perf_counter() - start:.1f}s")
-    return 0
 
 
 if __name__ == "__main__":

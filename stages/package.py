@@ -9,12 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
 from polycolor import tracking
 from polycolor.ayna import atomic_output
 from polycolor.config import load_params
-from polycolor.errors import PolycolorError
+from polycolor.errors import run_guarded
 from polycolor.package import package_model, read_eval_metrics
 
 
@@ -28,24 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--registry-info", required=True, help="where the registered name/version go (JSON)")
     args = ap.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # DVC logs stay readable
-    try:
-        cfg = load_params(args.params)
-        run_info = tracking.read_run_info(args.run_info)
-        eval_metrics = read_eval_metrics(Path(args.metrics))
-        tracking.configure()
-        with atomic_output(args.out) as tmp:
-            result = package_model(model_path=Path(args.model), out_dir=Path(tmp), run_info=run_info,
-                                   eval_metrics=eval_metrics, name=cfg.mlflow.registered_model)
-        with atomic_output(args.registry_info) as tmp:
-            Path(tmp).write_text(json.dumps(result.registry_info(), indent=2, sort_keys=True) + "\n")
-    except PolycolorError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except MlflowException as e:
-        print(f"error: MLflow: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 1
+    return run_guarded(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = load_params(args.params)
+    run_info = tracking.read_run_info(args.run_info)
+    eval_metrics = read_eval_metrics(Path(args.metrics))
+    tracking.configure()
+    with atomic_output(args.out) as tmp:
+        result = package_model(model_path=Path(args.model), out_dir=Path(tmp), run_info=run_info,
+                               eval_metrics=eval_metrics, name=cfg.mlflow.registered_model)
+    with atomic_output(args.registry_info) as tmp:
+        Path(tmp).write_text(json.dumps(result.registry_info(), indent=2, sort_keys=True) + "\n")
     print(f"registered {result.model_uri} (alias @candidate) from run {result.run_id}; package in {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

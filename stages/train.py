@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from polycolor.config import load_params
-from polycolor.errors import PolycolorError
+from polycolor.errors import run_guarded
 from polycolor.train import run_training
 
 
@@ -22,18 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve", required=True, help="per-epoch curve (CSV, a DVC plot)")
     ap.add_argument("--run-info", required=True, help="MLflow run id and lineage (JSON) for evaluate and package")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_params(args.params)
-        run_training(cfg, train_dir=Path(args.train), val_dir=Path(args.val), checkpoint_dir=Path(args.checkpoints),
-                     model_path=Path(args.model), metrics_path=Path(args.metrics), curve_path=Path(args.curve),
-                     run_info_path=Path(args.run_info))
-    except PolycolorError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: training interrupted; last completed epoch kept in checkpoints/last.pt", file=sys.stderr)
-        return 130
-    return 0
+    return run_guarded(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = load_params(args.params)
+    run_training(cfg, train_dir=Path(args.train), val_dir=Path(args.val), checkpoint_dir=Path(args.checkpoints),
+                 model_path=Path(args.model), metrics_path=Path(args.metrics), curve_path=Path(args.curve),
+                 run_info_path=Path(args.run_info))
 
 
 if __name__ == "__main__":

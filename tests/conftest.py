@@ -69,3 +69,16 @@ def small_source(tmp_path: Path) -> Path:
         outs = [f"{c.lstrip('#')}_{names[i][:-4]}_{i}.png" for i, c in enumerate(a.colours)]
         ayna.write_split(root / split, inputs, a.targets, a.colours, names, outs)
     return root
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty sqlite MLflow store with its schema, made once per session (creating the schema takes seconds):
+    tests copy it to get a fresh store of their own."""
+    from polycolor import tracking
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        tracking.configure()
+    return db

@@ -66,26 +66,14 @@ def decode(text: str) -> np.ndarray:
         return np.asarray(im)
 
 
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory) -> Path:
-    """An empty sqlite MLflow store with its schema, made once per module (migrating takes seconds)."""
-    from polycolor import tracking
-
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-        tracking.configure()
-    return db
-
-
 @pytest.fixture
-def store(tmp_path, monkeypatch, empty_db):
+def store(tmp_path, monkeypatch, empty_mlflow_db):
     """A fresh sqlite MLflow store (a copy of the template) with one finished 'training' run and its run.json."""
     import mlflow
 
     from polycolor import tracking
 
-    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tracking.configure()

@@ -62,19 +62,9 @@ def test_metric_tags_skip_reference_blocks_and_non_numbers():
 
 # ------------------------------------------------------------------------------------------- the flow
 
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory) -> Path:
-    """An empty sqlite store with its schema, made once per module (migrating takes seconds)."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-        tracking.configure()
-    return db
-
-
 @pytest.fixture
-def store(tmp_path, monkeypatch, empty_db):
-    shutil.copy(empty_db, tmp_path / "mlflow.db")
+def store(tmp_path, monkeypatch, empty_mlflow_db):
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(PARAMS)

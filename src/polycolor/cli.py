@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from polycolor.config import Config, flatten, load_params, parse_config
-from polycolor.errors import PolycolorError
+from polycolor.errors import PolycolorError, run_guarded
 from polycolor.tracking import repo_root
 
 REFUSED_EXIT = 3  # `promote` refused: distinct from 1 (an error) and 2 (a usage error)
@@ -231,33 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _is_mlflow_error(e: BaseException) -> bool:
-    mod = sys.modules.get("mlflow.exceptions")  # only loaded when a command used MLflow
-    return mod is not None and isinstance(e, mod.MlflowException)
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `polycolor` console script; returns the exit code."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr for errors
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except PolycolorError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if _is_mlflow_error(e):
-            print(f"error: MLflow: {_one_line(e)}", file=sys.stderr)
-            return 1
-        raise
+    return run_guarded(lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":
