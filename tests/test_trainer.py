@@ -28,11 +28,25 @@ def make_trainer(ckpt_dir, train_cfg=TRAIN, log=None):
                    checkpoint_dir=ckpt_dir, log=log, say=lambda s: None)
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_resume_is_exact(tmp_path, schedule):
     data, _ = tiny_data()
-    straight = make_trainer(tmp_path / "a").fit(data, data)
-    make_trainer(tmp_path / "b", replace(TRAIN, epochs=1)).fit(data, data)
-    resumed_trainer = make_trainer(tmp_path / "b")
+    cfg = replace(TRAIN, schedule=schedule)
+    straight = make_trainer(tmp_path / "a", cfg).fit(data, data)
+    # With cosine the schedule spans train.epochs, so "1 epoch then resume" is an interrupted 2-epoch run.
+    first = make_trainer(tmp_path / "b", replace(cfg, epochs=1) if schedule == "plateau" else cfg)
+    if schedule == "cosine":
+        first.tcfg = replace(cfg, epochs=2)
+        real_train_epoch = first.train_epoch
+
+        def stop_after_one(d):
+            out = real_train_epoch(d)
+            if first.epoch == 0:
+                first.tcfg = replace(first.tcfg, epochs=1)  # the loop ends after this epoch, as a kill would
+            return out
+        first.train_epoch = stop_after_one
+    first.fit(data, data)
+    resumed_trainer = make_trainer(tmp_path / "b", cfg)
     resumed = resumed_trainer.fit(data, data)
     assert resumed.resumed_from == 1, "the second call should resume after epoch 1"
     assert [r["epoch"] for r in resumed.history] == [1, 2]

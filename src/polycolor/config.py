@@ -133,6 +133,7 @@ class TrainConfig:
     batch_size: int = 16
     epochs: int = 3
     weight_decay: float = 1e-4
+    schedule: str = "plateau"  # plateau: ReduceLROnPlateau on val loss; cosine: per-step cosine decay to 0
     plateau_patience: int = 1  # epochs without val-loss improvement before the lr is cut
     plateau_factor: float = 0.5
     early_stopping_patience: int = 5  # epochs without improvement before stopping; 0 disables
@@ -149,6 +150,7 @@ class TrainConfig:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.schedule in ("plateau", "cosine"), "train.schedule", self.schedule, "must be plateau or cosine")
         _check(self.plateau_patience >= 0, "train.plateau_patience", self.plateau_patience, "must be >= 0")
         _check(0 < self.plateau_factor < 1, "train.plateau_factor", self.plateau_factor, "must be in (0, 1)")
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience",

@@ -118,7 +118,8 @@ def use_amp(setting: str, device: torch.device) -> bool:
 
 def fingerprint(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, data_id: str) -> str:
     """Hash of everything a checkpoint depends on; a checkpoint with another fingerprint is not resumed."""
-    t = {k: v for k, v in asdict(train_cfg).items() if k not in RESUMABLE_KEYS}
+    resumable = RESUMABLE_KEYS if train_cfg.schedule == "plateau" else tuple(k for k in RESUMABLE_KEYS if k != "epochs")
+    t = {k: v for k, v in asdict(train_cfg).items() if k not in resumable}
     blob = json.dumps({"model": asdict(model_cfg), "loss": asdict(loss_cfg), "train": t, "data": data_id},
                       sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -156,8 +157,9 @@ class Trainer:
         self.model = ConditionalUNet(model_cfg, vocab, image_size).to(self.device, memory_format=self.memory_format)
         self.objective = Objective(loss_cfg).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience)
+        self.cosine: torch.optim.lr_scheduler.LambdaLR | None = None  # made in fit(), once steps are known
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.fingerprint = fingerprint(model_cfg, loss_cfg, train_cfg, data_id)
         self.ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -180,7 +182,8 @@ class Trainer:
             "epoch": self.epoch,
             "model": model_payload(self.model, meta={}),
             "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
+            "scheduler": self.plateau.state_dict(),
+            "cosine": self.cosine.state_dict() if self.cosine is not None else {},
             "scaler": self.scaler.state_dict(),
             "history": self.history,
             "best_val_loss": self.best_val_loss,
@@ -217,7 +220,8 @@ class Trainer:
             return
         self.model.load_state_dict(ck["model"]["state_dict"])
         self.opt.load_state_dict(ck["optimizer"])
-        self.sched.load_state_dict(ck["scheduler"])
+        self.plateau.load_state_dict(ck["scheduler"])
+        self._resumed_cosine = ck.get("cosine") or {}
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch = self.resumed_from = int(ck["epoch"])
         self.history = list(ck["history"])
@@ -256,6 +260,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
+            if self.cosine is not None:
+                self.cosine.step()
             b = len(x)
             n_seen += b
             sums["loss"] = sums.get("loss", 0.0) + loss.item() * b
@@ -295,7 +301,18 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------------------------------
     def fit(self, train: TensorData, val: TensorData) -> TrainResult:
         t_start = time.perf_counter()
+        self._resumed_cosine: dict = {}
         self.try_resume()
+        if self.tcfg.schedule == "cosine":
+            # lr x (1 + cos(pi * step / total)) / 2 over every step of every epoch: ends near 0, which the last
+            # epochs need to settle the mask boundary; the total depends on train.epochs (in the fingerprint).
+            total = max(1, self.tcfg.epochs * len(make_loader(train, self.tcfg.batch_size, 0, 0, 0)))
+            self.cosine = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+            if self._resumed_cosine:  # LambdaLR's constructor reset the lr to the base: put the saved one back
+                self.cosine.load_state_dict(self._resumed_cosine)
+                for group, lr in zip(self.opt.param_groups, self.cosine.get_last_lr()):
+                    group["lr"] = lr
         n_params = count_parameters(self.model)
         self.say(f"model: {n_params:,} parameters; device {self.device}; amp {'on' if self.amp else 'off'}; "
                  f"{len(train)} training / {len(val)} validation images")
@@ -308,7 +325,8 @@ class Trainer:
                 train_terms, rate = self.train_epoch(train)
                 rates.append(rate)
                 val_metrics = self.validate(val)
-                self.sched.step(val_metrics["val_loss"])
+                if self.cosine is None:
+                    self.plateau.step(val_metrics["val_loss"])
                 self.epoch += 1
                 improved = val_metrics["val_loss"] < self.best_val_loss
                 if improved:
