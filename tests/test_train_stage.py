@@ -1,7 +1,6 @@
 """The train stage's MLflow edge: one run with params, per-epoch metrics and lineage tags; failures mark the run."""
 
 import json
-from pathlib import Path
 
 import mlflow
 import pytest

@@ -1,13 +1,11 @@
 """The training loop on tiny data: exact resume, divergence stops with a clear error, MLflow run contents."""
 
-import json
 from dataclasses import replace
 
-import mlflow
 import pytest
 import torch
 
-from polycolor.config import Config, LossConfig, ModelConfig, TrainConfig, parse_config
+from polycolor.config import LossConfig, ModelConfig, TrainConfig
 from polycolor.errors import PolycolorError
 from polycolor.synth import generate_arrays
 from polycolor.trainer import Trainer, build_vocab, to_tensor_data

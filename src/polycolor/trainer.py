@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from polycolor.colours import canonical_colour
 from polycolor.config import LossConfig, ModelConfig, TrainConfig
 from polycolor.errors import PolycolorError
-from polycolor.inference import encode_colours, images_to_tensor
+from polycolor.inference import encode_colours
 from polycolor.losses import Objective
 from polycolor.model import ConditionalUNet, UNetOutput, count_parameters
 from polycolor.modelio import atomic_torch_save, model_payload
@@ -346,9 +346,6 @@ class Trainer:
                 self.say(f"epoch {self.epoch}/{self.tcfg.epochs}: train loss {row['train_loss']:.4f}, "
                          f"val loss {row['val_loss']:.4f}, val PSNR {row['val_psnr']:.2f} dB, "
                          f"lr {row['lr']:.2e}, {rate:.1f} img/s")
-            if self.tcfg.early_stopping_patience and self.bad_epochs >= self.tcfg.early_stopping_patience \
-                    and self.epoch < self.tcfg.epochs:
-                stopped_early = True
             if stopped_early:
                 self.say(f"early stopping: no val-loss improvement for {self.bad_epochs} epoch(s)")
         except (KeyboardInterrupt, Exception):
