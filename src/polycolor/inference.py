@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from polycolor.colours import canonical_colour, resolve_colour
 from polycolor.errors import PolycolorError
+from polycolor.model import UNetOutput, composite
 from polycolor.modelio import LoadedModel
 
 
@@ -44,6 +45,14 @@ def encode_colours(colours: list[str], vocab: tuple[str, ...], encoding: str) ->
     return torch.tensor(idx, dtype=torch.long), rgb
 
 
+def hard_image(pred: UNetOutput, colour_rgb: torch.Tensor) -> torch.Tensor:
+    """What inference outputs, (B, 3, H, W) in [-1, 1]: for the composite head the mask thresholded at 0.5
+    (sigmoid(logit) > 0.5), so images are two-valued like the data; the tanh head's image as it is."""
+    if pred.mask_logits is None:
+        return pred.image
+    return composite((pred.mask_logits > 0).float(), colour_rgb)
+
+
 @torch.no_grad()
 def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_size: int = 32) -> np.ndarray:
     """Fill each outline with its colour.
@@ -69,13 +78,8 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_siz
         x = images_to_tensor(inputs[sl]).to(device)  # (b, 3, h, w)
         if (h, w) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="nearest")
-        pred = model(x, idx[sl].to(device), rgb[sl].to(device))
-        if pred.mask_logits is not None:
-            mask = (pred.mask_logits > 0).float()  # sigmoid(logit) > 0.5; (b, 1, size, size)
-            colour = rgb[sl].to(device)[:, :, None, None]
-            image = (1.0 - mask * (1.0 - colour)) * 2.0 - 1.0
-        else:
-            image = pred.image
+        colour = rgb[sl].to(device)
+        image = hard_image(model(x, idx[sl].to(device), colour), colour)
         if (h, w) != (size, size):
             image = F.interpolate(image, size=(h, w), mode="nearest")
         out[sl] = tensor_to_images(image)

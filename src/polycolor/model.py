@@ -156,10 +156,14 @@ class ConditionalUNet(nn.Module):
         y = self.out(h)
         if self.cfg.head == "tanh":
             return UNetOutput(torch.tanh(y), None)
-        m = torch.sigmoid(y)  # (B, 1, H, W), 1 = paint
-        colour = colour_rgb[:, :, None, None]  # (B, 3, 1, 1) in [0, 1]
-        image = 1.0 - m * (1.0 - colour)  # white where m = 0, the colour where m = 1; in [0, 1]
-        return UNetOutput(image * 2.0 - 1.0, y)
+        return UNetOutput(composite(torch.sigmoid(y), colour_rgb), y)
+
+
+def composite(mask: torch.Tensor, colour_rgb: torch.Tensor) -> torch.Tensor:
+    """Paint `colour_rgb` (B, 3) in [0, 1] over white through `mask` (B, 1, H, W) in [0, 1], 1 = paint.
+    Returns (B, 3, H, W) in [-1, 1]: white where mask = 0, the colour where mask = 1."""
+    image = 1.0 - mask * (1.0 - colour_rgb[:, :, None, None])  # in [0, 1]
+    return image * 2.0 - 1.0
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from polycolor.colours import canonical_colour
 from polycolor.config import LossConfig, ModelConfig, TrainConfig
 from polycolor.errors import PolycolorError
-from polycolor.inference import encode_colours
+from polycolor.inference import encode_colours, hard_image
 from polycolor.losses import Objective
-from polycolor.model import ConditionalUNet, UNetOutput, count_parameters
+from polycolor.model import ConditionalUNet, count_parameters
 from polycolor.modelio import atomic_torch_save, model_payload
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -131,14 +131,6 @@ def psnr_batch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     t = ((target.float() + 1) * 127.5).round()
     mse = ((p - t) ** 2).flatten(1).mean(1)
     return torch.where(mse > 0, 10 * torch.log10(255.0**2 / mse.clamp_min(1e-12)), torch.full_like(mse, 100.0))
-
-
-def hard_image(pred: UNetOutput, rgb: torch.Tensor) -> torch.Tensor:
-    """What inference outputs: for the composite head the mask thresholded at 0.5; (B, 3, H, W) in [-1, 1]."""
-    if pred.mask_logits is None:
-        return pred.image
-    m = (pred.mask_logits > 0).float()
-    return (1.0 - m * (1.0 - rgb[:, :, None, None])) * 2.0 - 1.0
 
 
 class Trainer:
