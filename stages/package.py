@@ -4,13 +4,12 @@ version with alias `candidate`, and write metrics/registry.json."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from polycolor import tracking
-from polycolor.ayna import atomic_output
+from polycolor.ayna import atomic_output, write_json_atomic
 from polycolor.config import load_params
 from polycolor.errors import run_guarded
 from polycolor.package import package_model, read_eval_metrics
@@ -37,8 +36,7 @@ def run(args: argparse.Namespace) -> None:
     with atomic_output(args.out) as tmp:
         result = package_model(model_path=Path(args.model), out_dir=Path(tmp), run_info=run_info,
                                eval_metrics=eval_metrics, name=cfg.mlflow.registered_model)
-    with atomic_output(args.registry_info) as tmp:
-        Path(tmp).write_text(json.dumps(result.registry_info(), indent=2, sort_keys=True) + "\n")
+    write_json_atomic(args.registry_info, result.registry_info(), sort_keys=True)
     print(f"registered {result.model_uri} (alias @candidate) from run {result.run_id}; package in {args.out}")
 
 

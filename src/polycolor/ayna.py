@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -294,6 +295,12 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, sort_keys: bool = False) -> None:
+    """`obj` as indented JSON (with a final newline) at `path`, through atomic_output."""
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 @contextmanager

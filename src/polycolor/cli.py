@@ -148,17 +148,15 @@ def cmd_preset(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Speed figures (see polycolor.bench) as a table and as JSON in --out."""
-    import json
 
     from polycolor import bench
-    from polycolor.ayna import atomic_output
+    from polycolor.ayna import write_json_atomic
 
     cfg = load_params(args.params)
     figures = bench.run_bench(cfg, repo_root(), model_path=Path(args.model), train_metrics=Path(args.train_metrics),
                               repro=args.repro)
     print(bench.format_table(figures))
-    with atomic_output(Path(args.out)) as tmp:
-        Path(tmp).write_text(json.dumps(figures, indent=2) + "\n")
+    write_json_atomic(args.out, figures)
     print(f"-> {args.out}")
     return 0
 

@@ -7,14 +7,13 @@ Content: format version, state_dict, model config, colour vocabulary, image size
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from polycolor.ayna import atomic_output
 from polycolor.config import ModelConfig, _build
 from polycolor.errors import ConfigError, PolycolorError
 from polycolor.model import ConditionalUNet
@@ -32,17 +31,9 @@ class LoadedModel:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file beside `path`, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """torch.save through ayna.atomic_output: a crash never leaves a half-written file."""
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_payload(model: ConditionalUNet, *, meta: dict[str, Any]) -> dict[str, Any]:

@@ -161,10 +161,9 @@ def run_status_for(exc: BaseException | None) -> str:
 
 
 def write_run_info(path: str | Path, info: dict[str, Any]) -> None:
-    from polycolor.ayna import atomic_output
+    from polycolor.ayna import write_json_atomic
 
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(path, info, sort_keys=True)
 
 
 def read_run_info(path: str | Path) -> dict[str, Any]:

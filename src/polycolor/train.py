@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polycolor.ayna import atomic_output, load_split
+from polycolor.ayna import atomic_output, load_split, write_json_atomic
 from polycolor.colours import canonical_colour
 from polycolor.config import Config, flatten
 from polycolor.errors import PolycolorError
@@ -132,8 +132,7 @@ def write_outputs(cfg: Config, result: TrainResult, *, vocab: tuple[str, ...], i
         "resumed_from_epoch": result.resumed_from, "train_wall_s": result.wall_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # ru_maxrss is KiB on Linux
     }
-    with atomic_output(metrics_path) as tmp:
-        Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json_atomic(metrics_path, metrics)
     with atomic_output(curve_path) as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
     tracking.write_run_info(run_info_path, {
