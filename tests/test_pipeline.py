@@ -5,8 +5,6 @@ the main MLflow store with their own names, params, metrics and registered versi
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+
+from polycolor.bench import copy_project, pipeline_env
 
 pytestmark = pytest.mark.slow
 
@@ -42,21 +42,12 @@ def sh(args: list[str], cwd: Path, env: dict, timeout: int = 600, check: bool = 
 def project(tmp_path_factory):
     """A git repo holding the project's files (tracked and new, as git sees them) with tiny params."""
     root = tmp_path_factory.mktemp("e2e") / "polycolor"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    skip = ("data/", "metrics/", "dvc.lock", "package/", "models/", "checkpoints/")
-    for f in files:
-        if f.startswith(skip) or not (REPO / f).is_file():
-            continue
-        (root / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, root / f)
+    copy_project(REPO, root)
     params = deep_update(yaml.safe_load((root / "params.yaml").read_text()), TINY)
     extra = {"ayna_real": {"path": str(AYNA_VAL), "required": True}} if AYNA_VAL.is_dir() else {}
     params["evaluate"]["extra_sets"] = extra
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONUNBUFFERED"] = "1"
+    env = pipeline_env()
     # A local identity: DVC commits experiments to hidden refs, and CI machines may have no global git config.
     for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "ci@polycolor.invalid"],
                  ["git", "config", "user.name", "polycolor tests"], ["git", "add", "-A"],

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from polycolor.config import Config
-from polycolor.inference import paint
+from polycolor.inference import images_to_tensor, paint
 from polycolor.losses import Objective
 from polycolor.model import ConditionalUNet, count_parameters
 from polycolor.modelio import LoadedModel, load_model
@@ -68,8 +68,7 @@ def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
     model = ConditionalUNet(cfg.model, vocab, size).to(memory_format=fmt).train()
     objective = Objective(cfg.loss)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    to = lambda a: (torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1).contiguous(memory_format=fmt)  # noqa: E731
-    x, y = to(data.inputs), to(data.targets)
+    x, y = (images_to_tensor(a).contiguous(memory_format=fmt) for a in (data.inputs, data.targets))
     idx = torch.tensor([vocab.index(c) for c in data.colours])
     rgb = torch.from_numpy(data.rgb).float() / 255
     with FlopCounterMode(display=False) as counter:
@@ -103,21 +102,36 @@ def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30) -> di
             "infer_images_per_s_b64": b64}
 
 
-def repro_stage_times(root: Path) -> dict[str, float]:
-    """Wall time of each stage of a full `dvc repro`, stage by stage, in a scratch copy of the project (tracked and
-    new files as git sees them, no outputs), so the workspace, its cache and its MLflow store are untouched."""
+OUTPUTS = ("data/", "metrics/", "models/", "package/", "checkpoints/", "dvc.lock")  # what a fresh project lacks
+
+
+def copy_project(root: Path, dest: Path) -> None:
+    """The project's files as git sees them (tracked and new, not ignored) without pipeline outputs, into `dest`:
+    a fresh checkout to run the pipeline in without touching the workspace, its cache or its MLflow store."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True,
                            text=True, check=True).stdout.split()
+    for f in files:
+        src = root / f
+        if src.is_file() and not f.startswith(OUTPUTS):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+
+
+def pipeline_env() -> dict[str, str]:
+    """This environment without MLflow and DVC settings, with this Python's bin/ first on PATH, so that the
+    stages' `python` is this one and every store is the copy's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def repro_stage_times(root: Path) -> dict[str, float]:
+    """Wall time of each stage of a full `dvc repro`, stage by stage, in a scratch copy of the project."""
     scratch = Path(tempfile.mkdtemp(prefix="polycolor-bench-"))
     try:
-        for f in files:
-            src = root / f
-            if src.is_file() and not f.startswith(("data/", "metrics/", "models/", "package/", "checkpoints/")) \
-                    and f != "dvc.lock":
-                (scratch / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, scratch / f)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        copy_project(root, scratch)
+        env = pipeline_env()
         subprocess.run(["git", "init", "-q"], cwd=scratch, check=True, env=env)
         times = {}
         for stage in STAGES:
