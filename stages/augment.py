@@ -7,10 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from polycolor.augment import augment_dataset
-from polycolor.ayna import atomic_output, write_png
 from polycolor.config import load_params
+from polycolor.data.augment import augment_dataset
+from polycolor.data.ayna import write_png
 from polycolor.errors import run_guarded
+from polycolor.fileio import atomic_output
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from polycolor.config import load_params
 from polycolor.errors import run_guarded
-from polycolor.evaluate import run_evaluation
+from polycolor.evaluation.evaluate import run_evaluation
 
 SHOWN = ("psnr_mean", "ssim", "colour_accuracy", "iou", "bleeding", "boundary_f1", "latency_ms_p50", "n")
 

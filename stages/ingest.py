@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from polycolor.ayna import atomic_output
 from polycolor.config import load_params
+from polycolor.data.ingest import ingest
 from polycolor.errors import run_guarded
-from polycolor.ingest import ingest
+from polycolor.fileio import atomic_output
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 from polycolor import tracking
-from polycolor.ayna import atomic_output, write_json_atomic
 from polycolor.config import load_params
 from polycolor.errors import run_guarded
-from polycolor.package import package_model, read_eval_metrics
+from polycolor.fileio import atomic_output, write_json_atomic
+from polycolor.serving.package import package_model, read_eval_metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from polycolor.config import load_params
 from polycolor.errors import run_guarded
-from polycolor.train import run_training
+from polycolor.training.train import run_training
 
 
 def main(argv: list[str] | None = None) -> int:

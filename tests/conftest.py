@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 
 from polycolor.config import IngestConfig
-from polycolor.ingest import ingest
+from polycolor.data.ingest import ingest
 
 REPO = Path(__file__).parents[1]
 AYNA_DIR = REPO.parent / "shared" / "ayna-dataset"
@@ -57,7 +57,7 @@ def stage():
 def small_source(tmp_path: Path) -> Path:
     """A fresh, writable Ayna-layout folder at 32 px (3 training, 2 validation pairs; two training entries share
     one input file, as in the real data), for tests that break it on purpose."""
-    from polycolor import ayna, synth
+    from polycolor.data import ayna, synth
 
     root = tmp_path / "source"
     for split, n, seed in (("training", 3, 1), ("validation", 2, 2)):

@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from polycolor import augment, ayna, synth
-from polycolor.config import AugmentConfig
-
 from conftest import REPO, tree_digest
+
+from polycolor.config import AugmentConfig
+from polycolor.data import augment, ayna, synth
 
 NONE = AugmentConfig(copies=1, hflip=0.0, vflip=0.0, rot90=False, degrees=0.0, scale=(1.0, 1.0), translate=0.0)
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polycolor import ayna, synth
+from polycolor import fileio
 from polycolor.colours import AYNA_COLOURS
+from polycolor.data import ayna, synth
 from polycolor.errors import PolycolorError
-
 
 # --- the real data ------------------------------------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ def _old_output(path):
 def test_atomic_output_replaces_a_folder_on_success(tmp_path):
     out = tmp_path / "out"
     _old_output(out)
-    with ayna.atomic_output(out) as tmp:
+    with fileio.atomic_output(out) as tmp:
         assert tmp.parent == out.parent and not tmp.exists()
         tmp.mkdir()
         (tmp / "new.txt").write_text("new")
@@ -217,7 +217,7 @@ def test_atomic_output_keeps_the_old_output_on_error(tmp_path):
     out = tmp_path / "out"
     _old_output(out)
     with pytest.raises(RuntimeError):
-        with ayna.atomic_output(out) as tmp:
+        with fileio.atomic_output(out) as tmp:
             tmp.mkdir()
             (tmp / "half.txt").write_text("half")
             raise RuntimeError("boom")
@@ -228,12 +228,12 @@ def test_atomic_output_keeps_the_old_output_on_error(tmp_path):
 def test_atomic_output_files_keep_their_suffix(tmp_path):
     target = tmp_path / "grid.png"
     target.write_bytes(b"old")
-    with ayna.atomic_output(target) as tmp:
+    with fileio.atomic_output(target) as tmp:
         assert tmp.suffix == ".png"
         ayna.write_png(tmp, np.zeros((4, 4, 3), np.uint8))
     assert ayna.load_image(target).shape == (4, 4, 3)
     with pytest.raises(PolycolorError):
-        with ayna.atomic_output(target) as tmp:
+        with fileio.atomic_output(target) as tmp:
             tmp.write_bytes(b"partial")
             raise PolycolorError("bad")
     assert ayna.load_image(target).shape == (4, 4, 3)

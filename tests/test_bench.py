@@ -5,8 +5,8 @@ import json
 from polycolor.bench import format_table, inference_figures, training_figures
 from polycolor.cli import main
 from polycolor.config import parse_config
-from polycolor.model import ConditionalUNet
-from polycolor.modelio import LoadedModel
+from polycolor.nn.model import ConditionalUNet
+from polycolor.nn.modelio import LoadedModel
 
 TINY = parse_config({"ingest": {"image_size": 32, "outline_width": [1, 2]}, "model": {"widths": [4, 8], "embed_dim": 8},
                      "train": {"batch_size": 4}})

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from polycolor.colours import AYNA_COLOURS, canonical_colour, resolve_colour, rgb_to_hex
-from polycolor.config import SHAPES, IngestConfig, load_params, parse_config
+from polycolor.colours import (
+    AYNA_COLOURS,
+    SHAPES,
+    canonical_colour,
+    resolve_colour,
+    rgb_to_hex,
+)
+from polycolor.config import IngestConfig, load_params, parse_config
 from polycolor.errors import ConfigError, PolycolorError
 
 REPO = Path(__file__).parents[1]
@@ -50,7 +56,6 @@ def test_bad_colours_are_one_line_errors(bad, words):
     ({"ingest": {"val_samples": 0}}, "ingest.val_samples", "0"),
     ({"ingest": {"shapes": ["triangle", "hexagram"]}}, "ingest.shapes", "'hexagram'"),
     ({"ingest": {"colours": ["red", "blurple"]}}, "ingest.colours", "'blurple'"),
-    ({"ingest": {"source": "/no/such/ayna-folder"}}, "ingest.source", "/no/such/ayna-folder"),
     ({"ingest": {"image_size": 8}}, "ingest.image_size", "8"),
     ({"ingest": {"scale": [0.4, 0.2]}}, "ingest.scale", "[0.4, 0.2]"),
     ({"ingest": {"random_colour_fraction": 1.5}}, "ingest.random_colour_fraction", "1.5"),

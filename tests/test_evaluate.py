@@ -13,15 +13,15 @@ import torch
 import yaml
 from PIL import Image
 
-from polycolor import evaluate as E
-from polycolor import metrics as M
 from polycolor import tracking
-from polycolor.ayna import write_split
 from polycolor.config import ModelConfig, parse_config
+from polycolor.data.ayna import write_split
+from polycolor.data.synth import generate_arrays
 from polycolor.errors import PolycolorError
-from polycolor.model import ConditionalUNet
-from polycolor.modelio import save_model
-from polycolor.synth import generate_arrays
+from polycolor.evaluation import evaluate as E
+from polycolor.evaluation import metrics as M
+from polycolor.nn.model import ConditionalUNet
+from polycolor.nn.modelio import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_VAL = ROOT / ".." / "shared" / "ayna-dataset" / "validation"
@@ -222,7 +222,7 @@ def test_bad_extra_set_names_are_errors(tmp_path):
 def test_embedding_model_leaves_out_unknown_colours():
     torch.manual_seed(0)
     model = ConditionalUNet(ModelConfig(widths=(4, 8), colour_encoding="embedding"), ("red", "blue"), 32)
-    from polycolor.modelio import LoadedModel
+    from polycolor.nn.modelio import LoadedModel
 
     loaded = LoadedModel(model.eval(), model.cfg, model.vocab, 32, {})
     arrays = generate_arrays(4, image_size=32, colours=("red", "green"), seed=2)

@@ -14,14 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, TINY, tree_digest
 from PIL import Image
 
-from polycolor import ayna
 from polycolor.config import IngestConfig
+from polycolor.data import ayna
+from polycolor.data.ingest import ingest
 from polycolor.errors import PolycolorError
-from polycolor.ingest import ingest
-
-from conftest import REPO, TINY, tree_digest
 
 
 def write_params(path: Path, **ingest_overrides) -> Path:
@@ -115,6 +114,10 @@ def test_source_without_the_layout(tmp_path):
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
     with pytest.raises(PolycolorError, match="is not a readable .zip"):
         ingest(IngestConfig(source=str(tmp_path / "bad.zip")), 0, tmp_path / "ds2")
+    # the filesystem check lives in ingest, not in config validation (config stays pure)
+    IngestConfig(source="/no/such/ayna-folder").validate()
+    with pytest.raises(PolycolorError, match="'/no/such/ayna-folder' is neither 'synthetic' nor an existing"):
+        ingest(IngestConfig(source="/no/such/ayna-folder"), 0, tmp_path / "ds3")
 
 
 # --- the stage: bad input leaves the previous output untouched -----------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from polycolor import metrics as M
+from polycolor.evaluation import metrics as M
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)

@@ -5,9 +5,9 @@ import torch
 
 from polycolor.config import LossConfig, ModelConfig
 from polycolor.errors import PolycolorError
-from polycolor.losses import Objective, ssim
-from polycolor.model import ConditionalUNet
-from polycolor.modelio import load_model, save_model
+from polycolor.nn.losses import Objective, ssim
+from polycolor.nn.model import ConditionalUNet
+from polycolor.nn.modelio import load_model, save_model
 
 VOCAB = ("blue", "red")
 COMBOS = [(c, e, h) for c in ("bottleneck", "input", "film") for e in ("embedding", "rgb") for h in ("tanh", "composite")]

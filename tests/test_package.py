@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from polycolor import modelio, package, pyfunc
 from polycolor.config import ModelConfig
 from polycolor.errors import PolycolorError
-from polycolor.model import ConditionalUNet
+from polycolor.nn import modelio
+from polycolor.nn.model import ConditionalUNet
+from polycolor.serving import package, pyfunc
 
 REPO = Path(__file__).resolve().parents[1]
 

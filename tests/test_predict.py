@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from polycolor import modelio, predict
 from polycolor.colours import resolve_colour
 from polycolor.config import ModelConfig
 from polycolor.errors import PolycolorError
-from polycolor.model import ConditionalUNet
+from polycolor.nn import modelio
+from polycolor.nn.model import ConditionalUNet
+from polycolor.serving import predict
 
 AYNA_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "ayna-dataset" / "validation"
 WHITE = (255, 255, 255)
@@ -92,7 +93,7 @@ def test_predict_single_image_any_size_and_mode(model_file, work):
 
 
 def test_predict_from_package_folder_and_default(model_file, work):
-    from polycolor import package
+    from polycolor.serving import package
 
     loaded = modelio.load_model(model_file)
     card = package.model_card(loaded, name="polycolor", run_info={}, run_params={}, eval_metrics={})
@@ -135,8 +136,9 @@ def test_predict_bad_inputs_give_one_line_errors(model_file, work):
 
 
 def test_missing_alias_or_model_in_an_existing_store_is_one_line(model_file, work, capsys):
-    from polycolor import registry, tracking
+    from polycolor import tracking
     from polycolor.cli import main
+    from polycolor.serving import registry
 
     tracking.configure()  # creates the store in `work`
     registry.register_version("polycolor", "/nonexistent/model", tags={})

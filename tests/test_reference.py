@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polycolor import metrics as M
-from polycolor.ayna import load_split
+from polycolor.data.ayna import load_split
+from polycolor.data.synth import generate_arrays
 from polycolor.errors import PolycolorError
-from polycolor.reference import enclosed_mask, reference_fill
-from polycolor.synth import generate_arrays
+from polycolor.evaluation import metrics as M
+from polycolor.evaluation.reference import enclosed_mask, reference_fill
 
 REAL_VAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "ayna-dataset" / "validation"
 

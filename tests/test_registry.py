@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from polycolor import registry, tracking
+from polycolor import tracking
 from polycolor.cli import REFUSED_EXIT, main
 from polycolor.config import Gate, PromoteConfig
+from polycolor.serving import registry
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = PromoteConfig(metric="val.psnr_mean", higher_is_better=True, min_delta=0.1,

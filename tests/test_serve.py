@@ -20,9 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from polycolor import modelio
 from polycolor.config import ModelConfig, PromoteConfig
-from polycolor.model import ConditionalUNet
+from polycolor.nn import modelio
+from polycolor.nn.model import ConditionalUNet
 
 STARTUP_TIMEOUT_S = 120  # importing mlflow + torch and loading the model on a busy 2-core machine
 REQUEST_TIMEOUT_S = 30
@@ -76,7 +76,8 @@ def champion_store(tmp_path, monkeypatch) -> Path:
     """A sqlite store holding a training run, a packaged + registered tiny model, promoted to @champion."""
     import mlflow
 
-    from polycolor import package, registry, tracking
+    from polycolor import tracking
+    from polycolor.serving import package, registry
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

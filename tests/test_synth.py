@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from polycolor import ayna, synth
-from polycolor.colours import AYNA_COLOURS
-from polycolor.config import SHAPES, IngestConfig
+from polycolor.colours import AYNA_COLOURS, SHAPES
+from polycolor.config import IngestConfig
+from polycolor.data import ayna, synth
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -7,8 +7,8 @@ import pytest
 
 from polycolor.config import parse_config
 from polycolor.errors import PolycolorError
-from polycolor.modelio import load_model
-from polycolor.train import run_training
+from polycolor.nn.modelio import load_model
+from polycolor.training.train import run_training
 
 TINY_PARAMS = {
     "model": {"widths": [4, 8], "embed_dim": 8},
@@ -55,7 +55,7 @@ def test_a_training_run_lands_in_mlflow(tiny_dataset, tmp_path, store, monkeypat
 
 def test_an_exception_leaves_the_run_failed(tiny_dataset, tmp_path, store, monkeypatch):
     cfg = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 1e9}})
-    import polycolor.trainer as trainer_mod
+    import polycolor.training.trainer as trainer_mod
 
     def boom(self, data):  # a failure in the middle of training
         raise PolycolorError("loss became nan at epoch 1, step 1; training diverged: lower train.lr (now 1e9)")
@@ -71,7 +71,7 @@ def test_an_exception_leaves_the_run_failed(tiny_dataset, tmp_path, store, monke
 
 def test_interrupt_marks_the_run_killed(tiny_dataset, tmp_path, store, monkeypatch):
     cfg = parse_config(TINY_PARAMS)
-    import polycolor.trainer as trainer_mod
+    import polycolor.training.trainer as trainer_mod
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", lambda self, data: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from polycolor.config import LossConfig, ModelConfig, TrainConfig
+from polycolor.data.synth import generate_arrays
 from polycolor.errors import PolycolorError
-from polycolor.synth import generate_arrays
-from polycolor.trainer import Trainer, build_vocab, to_tensor_data
+from polycolor.training.trainer import Trainer, build_vocab, to_tensor_data
 
 MODEL = ModelConfig(widths=(4, 8), embed_dim=8, colour_encoding="embedding", head="composite")
 TRAIN = TrainConfig(lr=3e-3, batch_size=4, epochs=2, seed=3, plateau_patience=1)

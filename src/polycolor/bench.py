@@ -5,7 +5,7 @@ Figures, all measured in the same process so ratios are comparable on a noisy ma
   train_gflop_per_image  model FLOPs of one training step per image (forward + backward, torch's FlopCounterMode)
   train_images_per_s     training throughput at train.batch_size on synthetic data, after warm-up
   train_ceiling_ratio    train_gflop_per_image x train_images_per_s / matmul_gflops
-  infer_ms_p50/p95       polycolor.inference.paint on one 128 px image (batch 1), as `polycolor predict` runs it
+  infer_ms_p50/p95       polycolor.nn.inference.paint on one 128 px image (batch 1), as `polycolor predict` runs it
   infer_images_per_s_b64 paint throughput at batch 64
   parameters, model_file_mb  of models/model.pt when present, else of a fresh model from params
   peak_rss_mb_train      peak resident memory of the last train stage (metrics/train.json)
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from polycolor.config import Config
-from polycolor.inference import images_to_tensor, paint
-from polycolor.losses import Objective
-from polycolor.model import ConditionalUNet, count_parameters
-from polycolor.modelio import LoadedModel, load_model
-from polycolor.synth import generate_from_config
+from polycolor.data.synth import generate_from_config
+from polycolor.nn.inference import images_to_tensor, paint
+from polycolor.nn.losses import Objective
+from polycolor.nn.model import ConditionalUNet, count_parameters
+from polycolor.nn.modelio import LoadedModel, load_model
 
 STAGES = ("ingest", "augment", "train", "evaluate", "package")
 

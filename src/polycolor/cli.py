@@ -21,7 +21,7 @@ from pathlib import Path
 
 from polycolor.config import Config, flatten, load_params, parse_config
 from polycolor.errors import PolycolorError, run_guarded
-from polycolor.tracking import repo_root
+from polycolor.paths import repo_root
 
 REFUSED_EXIT = 3  # `promote` refused: distinct from 1 (an error) and 2 (a usage error)
 
@@ -46,8 +46,8 @@ def _model_name(args: argparse.Namespace, *, params_required: bool) -> tuple[str
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Paint one image (--input, --colour) or a split (--data) with --model (default: @champion, else package/)."""
-    from polycolor.ayna import load_image, read_split
     from polycolor.colours import resolve_colour
+    from polycolor.data.ayna import load_image, read_split
 
     if args.input is not None and args.colour is None:
         args.parser.error("--input needs --colour")
@@ -59,7 +59,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         image = load_image(args.input, None)  # (H, W, 3) uint8, any mode converted as ingest does
     else:
         read_split(args.data)
-    from polycolor import predict
+    from polycolor.serving import predict
 
     name, _ = _model_name(args, params_required=False)
     loaded = predict.load(args.model, name)
@@ -74,7 +74,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Promote @candidate (or --version) to @champion when it wins, or --rollback; REFUSED_EXIT when refused."""
-    from polycolor import registry
+    from polycolor.serving import registry
 
     if args.rollback and (args.version is not None or args.force):
         args.parser.error("--rollback takes neither --version nor --force")
@@ -90,7 +90,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Print the registered model's versions, aliases, promotion decisions and metrics as a table."""
-    from polycolor import registry
+    from polycolor.serving import registry
 
     name, cfg = _model_name(args, params_required=False)
     registry.connect()
@@ -150,7 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Speed figures (see polycolor.bench) as a table and as JSON in --out."""
 
     from polycolor import bench
-    from polycolor.ayna import write_json_atomic
+    from polycolor.fileio import write_json_atomic
 
     cfg = load_params(args.params)
     figures = bench.run_bench(cfg, repo_root(), model_path=Path(args.model), train_metrics=Path(args.train_metrics),

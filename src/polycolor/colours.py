@@ -23,6 +23,9 @@ AYNA_COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (128, 0, 128),
 }
 
+# The 8 Ayna shapes: the names the generator draws and the words data file names are matched against.
+SHAPES: tuple[str, ...] = ("triangle", "square", "pentagon", "hexagon", "octagon", "circle", "star", "diamond")
+
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 

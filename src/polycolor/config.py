@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
-from polycolor.colours import resolve_colour
+from polycolor.colours import SHAPES, resolve_colour
 from polycolor.errors import ConfigError, PolycolorError
+from polycolor.paths import repo_path
 
-SHAPES: tuple[str, ...] = ("triangle", "square", "pentagon", "hexagon", "octagon", "circle", "star", "diamond")
 CONDITIONINGS = ("bottleneck", "input", "film")
 COLOUR_ENCODINGS = ("embedding", "rgb")
 HEADS = ("tanh", "composite")
@@ -57,17 +57,10 @@ class IngestConfig:
         _range(self.rotation, "ingest.rotation", -3600.0, 3600.0)
         _check(0.0 <= self.offset <= 0.4, "ingest.offset", self.offset, "must be in [0, 0.4]")
         _range(self.outline_width, "ingest.outline_width", 1, 8)
-        if self.source != "synthetic":
-            _check(self.source_path().exists(), "ingest.source", self.source,
-                   "is neither 'synthetic' nor an existing folder or .zip")
 
     def source_path(self) -> Path:
-        """`source` as a path: absolute as given, else relative to the project root (tracking.repo_root), so that a
-        queued DVC experiment, which runs in a temporary copy of the repo, still finds ../shared beside it."""
-        from polycolor.tracking import repo_root  # stdlib-only module; imported here to keep config import-light
-
-        p = Path(self.source).expanduser()
-        return p if p.is_absolute() else repo_root() / p
+        """`source` as a path, resolved against the project root (see paths.repo_path)."""
+        return repo_path(self.source)
 
 
 @dataclass(frozen=True)

@@ -19,36 +19,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from polycolor.errors import PolycolorError
+from polycolor.fileio import write_json_atomic
+from polycolor.paths import default_tracking_uri, repo_root, sqlite_path
 
 T = TypeVar("T")
 
-def repo_root(start: str | Path | None = None) -> Path:
-    """The project root: DVC_ROOT when DVC runs us (the parent repo for queued experiments), else the nearest
-    folder above `start` (default: cwd) that holds dvc.yaml."""
-    env = os.environ.get("DVC_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = Path(start or Path.cwd()).resolve()
-    for p in (here, *here.parents):
-        if (p / "dvc.yaml").is_file():
-            return p
-    return here
-
-
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set, else sqlite:///<repo root>/mlflow.db."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def artifact_root() -> str:
     """Where new experiments keep artifacts: beside the sqlite store, absolute, so queued runs share it."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):].split("?")[0]).parent / "mlartifacts").as_uri()
-    return (repo_root() / "mlartifacts").as_uri()
+    db = sqlite_path(tracking_uri())
+    return ((db.parent if db else repo_root()) / "mlartifacts").as_uri()
 
 
 def configure() -> str:
@@ -63,8 +47,8 @@ def configure() -> str:
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):].split("?")[0])
+    db = sqlite_path(uri)
+    if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(db) + ".lock", timeout=300):
             with_retry(mlflow.MlflowClient().search_experiments, max_results=1)
@@ -161,8 +145,6 @@ def run_status_for(exc: BaseException | None) -> str:
 
 
 def write_run_info(path: str | Path, info: dict[str, Any]) -> None:
-    from polycolor.ayna import write_json_atomic
-
     write_json_atomic(path, info, sort_keys=True)
 
 

@@ -12,14 +12,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polycolor.ayna import atomic_output, load_split, write_json_atomic
+from polycolor import tracking
 from polycolor.colours import canonical_colour
 from polycolor.config import Config, flatten
+from polycolor.data.ayna import load_split
 from polycolor.errors import PolycolorError
-from polycolor.model import count_parameters
-from polycolor.modelio import save_model
-from polycolor import tracking
-from polycolor.trainer import TensorData, Trainer, TrainResult, build_vocab, is_main_process, to_tensor_data
+from polycolor.fileio import atomic_output, write_json_atomic
+from polycolor.nn.model import count_parameters
+from polycolor.nn.modelio import save_model
+from polycolor.training.trainer import (
+    TensorData,
+    Trainer,
+    TrainResult,
+    build_vocab,
+    is_main_process,
+    to_tensor_data,
+)
 
 
 def folder_digest(*folders: Path) -> str:

@@ -15,7 +15,7 @@ from torch import nn
 
 from polycolor.config import LossConfig
 from polycolor.errors import PolycolorError
-from polycolor.model import UNetOutput
+from polycolor.nn.model import UNetOutput
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

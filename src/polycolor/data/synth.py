@@ -25,9 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from polycolor.ayna import SplitArrays
-from polycolor.colours import AYNA_COLOURS, canonical_colour, resolve_colour, rgb_to_hex
-from polycolor.config import SHAPES, IngestConfig
+from polycolor.colours import (
+    AYNA_COLOURS,
+    SHAPES,
+    canonical_colour,
+    resolve_colour,
+    rgb_to_hex,
+)
+from polycolor.config import IngestConfig
+from polycolor.data.ayna import SplitArrays
 
 MARGIN = 2  # px of white kept between the polygon and the image border
 NEAR_WHITE = 64  # a random colour needs some channel at least this far below 255, so the fill stays visible

@@ -2,7 +2,7 @@
 
 Background = the white pixels connected to the image border (4-connected, so paint cannot leak out through a
 diagonal gap in the outline); everything else (the outline and all it encloses) is painted the requested colour,
-the rest stays white. It is scored by the same code as the model (polycolor.metrics) and shows where the ceiling
+the rest stays white. It is scored by the same code as the model (polycolor.evaluation.metrics) and shows where the ceiling
 is: on the real Ayna data it reproduces the targets exactly.
 """
 
@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from polycolor.colours import resolve_colour
 from polycolor.errors import PolycolorError
-from polycolor.metrics import painted_mask
+from polycolor.evaluation.metrics import painted_mask
 
 
 def enclosed_mask(outline: np.ndarray) -> np.ndarray:

@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from polycolor.colours import canonical_colour
 from polycolor.config import LossConfig, ModelConfig, TrainConfig
 from polycolor.errors import PolycolorError
-from polycolor.inference import encode_colours, hard_image
-from polycolor.losses import Objective
-from polycolor.model import ConditionalUNet, count_parameters
-from polycolor.modelio import atomic_torch_save, model_payload
+from polycolor.nn.inference import encode_colours, hard_image
+from polycolor.nn.losses import Objective
+from polycolor.nn.model import ConditionalUNet, count_parameters
+from polycolor.nn.modelio import atomic_torch_save, model_payload
 
 CHECKPOINT_FORMAT_VERSION = 1
 # Keys that may change without invalidating a checkpoint: more epochs continue the same run.

@@ -1,13 +1,14 @@
 """The MLflow pyfunc that serves a polycolor model ("models from code": MLflow runs this file, nothing is unpickled).
 
-The package stage passes this file's path as `python_model`; MLflow copies it into the model folder and executes it
-on load, where `mlflow.models.set_model` below hands over the model object. The weights come in as the artifact
+The package stage passes the path of `pyfunc_entry.py` (beside this file) as `python_model`; MLflow copies that file
+into the model folder and executes it on load, where `mlflow.models.set_model` hands over a `PolycolorModel`. This
+module itself has no import side effects. The weights come in as the artifact
 `model` (models/model.pt), loaded with modelio.load_model (torch.load weights_only=True).
 
 Wire format (one row per image):
   input:  DataFrame with columns `image` (base64-encoded PNG, any size and mode) and `colour` (name or #rrggbb);
   output: DataFrame with column `image` (base64-encoded RGB PNG of the input's size).
-Prediction itself is polycolor.inference.paint (through predict.paint_images, which groups rows by size);
+Prediction itself is polycolor.nn.inference.paint (through predict.paint_images, which groups rows by size);
 this file only decodes and encodes.
 """
 
@@ -25,10 +26,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from polycolor import modelio
-from polycolor.ayna import load_image
+from polycolor.data.ayna import load_image
 from polycolor.errors import PolycolorError
-from polycolor.predict import MODEL_ARTIFACT, paint_images
+from polycolor.nn import modelio
+from polycolor.serving.predict import MODEL_ARTIFACT, paint_images
 
 INPUT_COLUMNS = ("image", "colour")
 OUTPUT_COLUMN = "image"
@@ -86,5 +87,3 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
             model_input = pd.DataFrame(model_input)
         return predict_frame(self.loaded, model_input)
 
-
-mlflow.models.set_model(PolycolorModel())

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from polycolor.colours import canonical_colour, resolve_colour
 from polycolor.errors import PolycolorError
-from polycolor.model import UNetOutput, composite
-from polycolor.modelio import LoadedModel
+from polycolor.nn.model import UNetOutput, composite
+from polycolor.nn.modelio import LoadedModel
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Sets: the validation split ("val"), each `evaluate.extra_sets` entry (e.g. "ayna_real", the real Ayna validation
 data) and an out-of-distribution set generated in memory ("ood": wider scale and offset than training). Each set is
-scored twice with polycolor.metrics: the model's predictions (polycolor.inference.paint) under the set's name, the
-flood-fill reference (polycolor.reference) under "<name>_reference" ("reference" for val).
+scored twice with polycolor.evaluation.metrics: the model's predictions (polycolor.nn.inference.paint) under the set's name, the
+flood-fill reference (polycolor.evaluation.reference) under "<name>_reference" ("reference" for val).
 
 Outputs (written by `write_outputs`, each atomically): metrics/eval.json ({block: {metric: value}}, a block per
 set and scorer), the tables folder (samples.csv: one row per sample, set and scorer; per_colour.csv and
@@ -28,16 +28,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from polycolor import metrics as M
 from polycolor import tracking
-from polycolor.ayna import SplitArrays, atomic_output, load_split, write_png
-from polycolor.colours import AYNA_COLOURS, canonical_colour
-from polycolor.config import SHAPES, Config, EvaluateConfig
+from polycolor.colours import AYNA_COLOURS, SHAPES, canonical_colour
+from polycolor.config import Config, EvaluateConfig
+from polycolor.data.ayna import SplitArrays, load_split, write_png
+from polycolor.data.synth import generate_arrays
 from polycolor.errors import PolycolorError
-from polycolor.inference import paint
-from polycolor.modelio import LoadedModel, load_model
-from polycolor.reference import reference_fill
-from polycolor.synth import generate_arrays
+from polycolor.evaluation import metrics as M
+from polycolor.evaluation.reference import reference_fill
+from polycolor.fileio import atomic_output
+from polycolor.nn.inference import paint
+from polycolor.nn.modelio import LoadedModel, load_model
+from polycolor.paths import repo_path
 
 VAL = "val"
 SET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -87,13 +89,6 @@ def reference_block(name: str) -> str:
     return "reference" if name == VAL else f"{name}_reference"
 
 
-def resolve_set_path(path: str) -> Path:
-    """An extra set's folder: absolute as given, relative to the project root (tracking.repo_root) otherwise, so
-    that a stage run from a DVC queue's temporary copy still finds ../shared beside the real checkout."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else tracking.repo_root() / p
-
-
 def ood_arrays(cfg: Config, image_size: int) -> SplitArrays:
     """evaluate.ood_samples fresh pairs at image_size px: every shape, the 8 Ayna colours, evaluate.ood_scale and
     evaluate.ood_offset, full rotation; deterministic in `seed` (its own stream, apart from ingest's)."""
@@ -128,7 +123,7 @@ def load_sets(cfg: Config, data_dir: str | Path) -> tuple[list[EvalSet], dict[st
     sets = [EvalSet(VAL, val)]
     skipped: dict[str, str] = {}
     for name, extra in cfg.evaluate.extra_sets.items():
-        path = resolve_set_path(extra.path)
+        path = repo_path(extra.path)
         if not path.exists():
             if extra.required:
                 raise PolycolorError(f"evaluate.extra_sets.{name}: required set {path} does not exist")

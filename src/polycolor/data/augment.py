@@ -31,8 +31,8 @@ from skimage.measure import label
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from polycolor import ayna
 from polycolor.config import AugmentConfig
+from polycolor.data import ayna
 
 MAX_TRIES = 10
 SPLIT = "training"  # only training data is augmented; validation is never touched
@@ -220,7 +220,7 @@ def augment_dataset(data_dir: str | Path, out_dir: str | Path, cfg: AugmentConfi
     """Write `out_dir/training` (originals + augmented copies, Ayna layout) and `out_dir/manifest.csv`.
 
     data_dir is a dataset written by ingest (its `training/` split is read; validation is never augmented).
-    out_dir is created and must not exist: use it inside ayna.atomic_output.
+    out_dir is created and must not exist: use it inside fileio.atomic_output.
     """
     src = Path(data_dir) / SPLIT
     samples = ayna.read_split(src)

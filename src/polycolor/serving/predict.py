@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from polycolor import modelio
-from polycolor.ayna import OUTPUTS, atomic_output, load_image, read_split, write_png
+from polycolor.data.ayna import OUTPUTS, load_image, read_split, write_png
 from polycolor.errors import PolycolorError
-from polycolor.inference import paint
+from polycolor.fileio import atomic_output
+from polycolor.nn import modelio
+from polycolor.nn.inference import paint
 
 DEFAULT_PACKAGE = "package"  # the package stage's output, relative to the repo root
 CHAMPION_URI = "models:/{name}@champion"
@@ -51,7 +52,8 @@ def is_mlflow_uri(ref: str) -> bool:
 
 def champion_uri(registered_model: str) -> str | None:
     """models:/<name>@champion when the tracking store exists and has that alias, else None."""
-    from polycolor import registry, tracking
+    from polycolor import tracking
+    from polycolor.serving import registry
 
     if registry.missing_store() is not None:
         return None
@@ -89,14 +91,15 @@ def local_model_file(ref: str | None, registered_model: str = "polycolor") -> It
     if ref is None:
         ref = champion_uri(registered_model)
         if ref is None:
-            from polycolor.tracking import repo_root
+            from polycolor.paths import repo_root
 
             pkg = repo_root() / DEFAULT_PACKAGE
             if not pkg.is_dir():
                 raise PolycolorError(f"no model given, no @champion in the registry and no {pkg}: pass --model")
             ref = str(pkg)
     if is_mlflow_uri(ref):
-        from polycolor import registry, tracking
+        from polycolor import tracking
+        from polycolor.serving import registry
 
         missing = registry.missing_store()
         if missing is not None:

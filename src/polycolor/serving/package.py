@@ -1,9 +1,9 @@
 """The deployment package: an MLflow pyfunc model (models from code) with a signature, an input example, its
 requirements and a model card; logged to the training run and registered as a new version with alias `candidate`.
 
-The pyfunc is src/polycolor/pyfunc.py (its path is the `python_model`), the weights travel as the artifact `model`
+The pyfunc is serving/pyfunc.py (its entry file serving/pyfunc_entry.py is the `python_model`), the weights travel as the artifact `model`
 (the self-describing models/model.pt) and are read back with torch.load(weights_only=True): nothing is unpickled.
-The package needs the polycolor package installed where it runs (MLflow copies pyfunc.py, which imports polycolor);
+The package needs the polycolor package installed where it runs (MLflow copies pyfunc_entry.py, which imports polycolor);
 `mlflow models serve --env-manager local` in the project's environment is the supported way to serve it.
 """
 
@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polycolor import modelio, pyfunc, registry
 from polycolor.errors import PolycolorError
-from polycolor.model import count_parameters
+from polycolor.nn import modelio
+from polycolor.nn.model import count_parameters
+from polycolor.serving import pyfunc, registry
 
-PYFUNC_SOURCE = Path(pyfunc.__file__).resolve()  # the models-from-code file MLflow copies into the package
+# The models-from-code file MLflow copies into the package and executes on load (read as a file, never imported).
+PYFUNC_ENTRY = Path(__file__).resolve().with_name("pyfunc_entry.py")
 LOGGED_MODEL_NAME = "model"  # name of the logged model within the training run
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
@@ -43,7 +45,7 @@ KNOWN_LIMITS = (
     "images can break up and very small images lose detail.",
     "One polygon per image; several shapes, text, photos or filled shapes are outside what it was trained on.",
     "The output holds exactly white and the requested colour (composite head); anti-aliasing is not reproduced.",
-    "Serving needs the polycolor package installed (pyfunc.py imports it); use --env-manager local in the "
+    "Serving needs the polycolor package installed (pyfunc_entry.py imports it); use --env-manager local in the "
     "project's environment.",
 )
 
@@ -193,7 +195,7 @@ def write_card(card: dict[str, Any], folder: Path) -> dict[str, Path]:
 def pyfunc_spec(model_path: Path, card_files: dict[str, Path], image_size: int) -> dict[str, Any]:
     """The keyword arguments shared by mlflow.pyfunc.save_model (package/) and log_model (the run)."""
     return {
-        "python_model": str(PYFUNC_SOURCE),
+        "python_model": str(PYFUNC_ENTRY),
         "artifacts": {pyfunc.MODEL_ARTIFACT: str(model_path), **{k: str(v) for k, v in card_files.items()}},
         "signature": model_signature(),
         "input_example": input_example(image_size),
@@ -250,7 +252,7 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
     """The package stage's work: build `out_dir`, log the model to the training run, register a new version of
     `name` tagged with lineage and metrics, and point the alias `candidate` at it.
 
-    `out_dir` must not exist (main passes ayna.atomic_output's temporary); MLflow must be configured.
+    `out_dir` must not exist (main passes fileio.atomic_output's temporary); MLflow must be configured.
     """
     import mlflow
 

@@ -1,6 +1,6 @@
 """Build data/dataset: the training and validation splits in the Ayna layout, plus manifest.csv.
 
-Two sources (ingest.source): `synthetic` draws pairs with polycolor.synth (seeded, no network, no shared files);
+Two sources (ingest.source): `synthetic` draws pairs with polycolor.data.synth (seeded, no network, no shared files);
 anything else is a folder or .zip in the Ayna layout, every sample of which is validated, converted to RGB and
 resized (nearest) to ingest.image_size before it is written again.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from polycolor import ayna, synth
 from polycolor.config import IngestConfig
+from polycolor.data import ayna, synth
 from polycolor.errors import PolycolorError
 
 SPLITS = ("training", "validation")
@@ -112,7 +112,7 @@ def ingest_folder(cfg: IngestConfig, root: Path, out_dir: Path) -> list[dict]:
 def ingest(cfg: IngestConfig, seed: int, out_dir: str | Path) -> pd.DataFrame:
     """Write the dataset into out_dir (created; it must not exist yet) and return its manifest.
 
-    Use inside ayna.atomic_output so that a failure leaves the previous dataset as it was.
+    Use inside fileio.atomic_output so that a failure leaves the previous dataset as it was.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 from polycolor.config import Gate, PromoteConfig
 from polycolor.errors import PolycolorError
+from polycolor.paths import sqlite_path
 from polycolor.tracking import configure, tracking_uri, with_retry
 
 CANDIDATE = "candidate"
@@ -38,12 +39,8 @@ TABLE_METRICS = ("val.psnr_mean", "val.colour_accuracy", "val.iou", "ayna_real.p
 def missing_store() -> Path | None:
     """The sqlite file of the tracking URI when it does not exist yet (configuring would create an empty store,
     so commands that only read check this first); None when it exists or the store is not sqlite."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):].split("?")[0])
-        if not db.is_file():
-            return db
-    return None
+    db = sqlite_path(tracking_uri())
+    return db if db is not None and not db.is_file() else None
 
 
 def connect() -> None:

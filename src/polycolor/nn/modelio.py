@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from polycolor.ayna import atomic_output
 from polycolor.config import ModelConfig, _build
 from polycolor.errors import ConfigError, PolycolorError
-from polycolor.model import ConditionalUNet
+from polycolor.fileio import atomic_output
+from polycolor.nn.model import ConditionalUNet
 
 MODEL_FORMAT_VERSION = 1
 
@@ -31,7 +31,7 @@ class LoadedModel:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save through ayna.atomic_output: a crash never leaves a half-written file."""
+    """torch.save through fileio.atomic_output: a crash never leaves a half-written file."""
     with atomic_output(path) as tmp:
         torch.save(obj, tmp)
 

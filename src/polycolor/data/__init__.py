@@ -1,0 +1,1 @@
+"""The Ayna layout, the synthetic generator, and the work of the ingest and augment stages."""

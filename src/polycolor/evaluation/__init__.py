@@ -1,0 +1,1 @@
+"""Evaluation: metrics defined once, the flood-fill reference, and the evaluate stage's work."""

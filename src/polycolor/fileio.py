@@ -1,0 +1,70 @@
+"""Output files that are never half-written: atomic writes of files and folders, and JSON read/write.
+
+A stage that fails leaves its previous output exactly as it was. Stdlib only; imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, sort_keys: bool = False) -> None:
+    """`obj` as indented JSON (with a final newline) at `path`, through atomic_output."""
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write into (a file or a folder, not yet created).
+
+    On success the temporary replaces `path` (an old output is removed only then); on an exception it is deleted
+    and `path` stays exactly as it was. The temporary keeps `path`'s suffix, so writers that infer the format
+    from it (PIL, pandas) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = path.parent / f".{path.name}.tmp-{tag}{path.suffix}"
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if not (tmp.exists() or tmp.is_symlink()):
+        raise FileNotFoundError(f"atomic_output: nothing was written for {path}")
+    if not (path.exists() or path.is_symlink()):
+        os.rename(tmp, path)
+    elif not tmp.is_dir() and not path.is_dir():
+        os.replace(tmp, path)  # atomic for a file over a file
+    else:
+        # A folder cannot be renamed over a non-empty folder: move the old one aside, move the new one in,
+        # and put the old one back if that fails.
+        old = path.parent / f".{path.name}.old-{tag}"
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)
+            _remove(tmp)
+            raise
+        _remove(old)
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON document at `path` (errors propagate: callers say what the file is for)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,1 @@
+"""Training: the loop (Trainer) and the train stage's glue (data in, model file, metrics and MLflow run out)."""
