@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from polycolor.colours import (
     AYNA_COLOURS,
@@ -67,6 +68,30 @@ def test_bad_colours_are_one_line_errors(bad, words):
     ({"augment": {"scale": [0.0, 1.0]}}, "augment.scale", "[0.0, 1.0]"),
     ({"augment": {"rot90": "yes"}}, "augment.rot90", "'yes'"),
     ({"seed": -1}, "seed", "-1"),
+    ({"model": {"widths": [8]}}, "model.widths", "(8,)"),
+    ({"model": {"conditioning": "cross"}}, "model.conditioning", "'cross'"),
+    ({"model": {"head": "sigmoid"}}, "model.head", "'sigmoid'"),
+    ({"loss": {"l1": -0.5}}, "loss.l1", "-0.5"),
+    ({"loss": {"perceptual_net": "vgg19"}}, "loss.perceptual_net", "'vgg19'"),
+    # No active term: the loss would be the sum of nothing (it used to crash training with a TypeError).
+    ({"loss": {"l1": 0, "l2": 0, "perceptual": 0, "mask": 0}}, "loss needs at least one weight above 0", "'mask': 0.0"),
+    ({"model": {"head": "tanh"}, "loss": {"l1": 0, "l2": 0, "perceptual": 0, "mask": 1.0}},
+     "with model.head tanh", "'perceptual': 0.0"),
+    ({"train": {"lr": 0}}, "train.lr", "0"),
+    ({"train": {"schedule": "step"}}, "train.schedule", "'step'"),
+    ({"train": {"plateau_factor": 1.0}}, "train.plateau_factor", "1.0"),
+    ({"evaluate": {"ood_samples": -1}}, "evaluate.ood_samples", "-1"),
+    ({"evaluate": {"ood_scale": [0.3, 0.9]}}, "evaluate.ood_scale", "[0.3, 0.9]"),
+    ({"evaluate": {"extra_sets": {"real": {"required": True}}}}, "evaluate.extra_sets.real", "path"),
+    ({"promote": {"metric": "psnr_mean"}}, "promote.metric", "'psnr_mean'"),
+    ({"promote": {"min_delta": -1}}, "promote.min_delta", "-1.0"),
+    # A gate with no bound passes every model.
+    ({"promote": {"gates": [{"metric": "val.iou"}]}}, "promote.gates[0] needs a min or a max", "'val.iou'"),
+    ({"promote": {"gates": [{"metric": "val.mae", "min": 0.5, "max": 0.1}]}}, "promote.gates[0]", "[0.5, 0.1]"),
+    ({"promote": {"gates": [{"metric": "val", "min": 1}]}}, "promote.gates[0].metric", "'val'"),
+    ({"mlflow": {"experiment": " "}}, "mlflow.experiment", "' '"),
+    ({"mlflow": {"registered_model": ""}}, "mlflow.registered_model", "''"),
+    ({"mlflow": {"registered_model": "team/polycolor"}}, "mlflow.registered_model", "'team/polycolor'"),
 ])
 def test_config_errors_name_key_and_value(params, key, value):
     with pytest.raises(ConfigError) as e:
@@ -74,6 +99,23 @@ def test_config_errors_name_key_and_value(params, key, value):
     msg = str(e.value)
     assert "\n" not in msg, msg
     assert key in msg and value in msg, msg
+
+
+def test_config_errors_cover_every_section_of_params():
+    """Each top-level key of params.yaml has at least one bad-value case above."""
+    cases = next(m for m in test_config_errors_name_key_and_value.pytestmark if m.name == "parametrize").args[1]
+    covered = {key for params, _, _ in cases for key in params}
+    sections = set(yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert not sections - covered, f"params sections without an error case: {sorted(sections - covered)}"
+
+
+@pytest.mark.parametrize("loss, head", [
+    ({"l1": 0, "l2": 0, "perceptual": 0, "mask": 1.0}, "composite"),  # the mask alone trains the composite head
+    ({"l1": 0, "l2": 0, "perceptual": 0.1, "mask": 0}, "tanh"),
+])
+def test_a_loss_with_one_active_term_is_valid(loss, head):
+    cfg = parse_config({"loss": loss, "model": {"head": head}})
+    assert cfg.loss.mask == loss["mask"] and cfg.model.head == head
 
 
 def test_repo_params_are_valid():

@@ -22,6 +22,7 @@ from polycolor.paths import repo_path
 CONDITIONINGS = ("bottleneck", "input", "film")
 COLOUR_ENCODINGS = ("embedding", "rgb")
 HEADS = ("tanh", "composite")
+IMAGE_LOSS_TERMS = ("l1", "l2", "perceptual")  # loss terms on the painted image; `mask` needs the composite head
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,19 @@ class LossConfig:
     mask: float = 1.0  # weight of the mask BCE term (composite head only)
 
     def validate(self) -> None:
-        for key in ("l1", "l2", "perceptual", "mask"):
-            v = getattr(self, key)
+        weights = {k: getattr(self, k) for k in (*IMAGE_LOSS_TERMS, "mask")}
+        for key, v in weights.items():
             _check(v >= 0.0, f"loss.{key}", v, "must be >= 0")
         _check(self.perceptual_net in ("ssim", "vgg16"), "loss.perceptual_net", self.perceptual_net,
                "must be ssim or vgg16")
+        # A loss with no term is no loss at all (the sum of nothing): nothing would train.
+        _check(any(v > 0 for v in weights.values()), "loss", weights, "needs at least one weight above 0")
+
+    def validate_for(self, head: str) -> None:
+        """The tanh head has no mask, so there loss.mask is no term: some image term must be active."""
+        image_terms = {k: getattr(self, k) for k in IMAGE_LOSS_TERMS}
+        _check(head != "tanh" or any(v > 0 for v in image_terms.values()), "loss", image_terms,
+               "needs l1, l2 or perceptual above 0 with model.head tanh (it has no mask for loss.mask)")
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,13 @@ class Gate:
     min: float | None = None
     max: float | None = None
 
+    def validate(self, key: str) -> None:
+        _check_metric_name(self.metric, f"{key}.metric")
+        # A gate with no bound passes every model: it would only look like a safeguard.
+        _check(self.min is not None or self.max is not None, key, self.metric, "needs a min or a max")
+        if self.min is not None and self.max is not None:
+            _check(self.min <= self.max, key, [self.min, self.max], "must have min <= max")
+
 
 @dataclass(frozen=True)
 class PromoteConfig:
@@ -195,11 +211,25 @@ class PromoteConfig:
     min_delta: float = 0.0  # the candidate must be better by more than this
     gates: tuple[Gate, ...] = ()
 
+    def validate(self) -> None:
+        _check_metric_name(self.metric, "promote.metric")
+        _check(self.min_delta >= 0.0, "promote.min_delta", self.min_delta, "must be >= 0")
+        for i, gate in enumerate(self.gates):
+            gate.validate(f"promote.gates[{i}]")
+
 
 @dataclass(frozen=True)
 class MlflowConfig:
     experiment: str = "polycolor"
     registered_model: str = "polycolor"
+
+    def validate(self) -> None:
+        _check(bool(self.experiment.strip()), "mlflow.experiment", self.experiment, "must not be empty")
+        _check(bool(self.registered_model.strip()), "mlflow.registered_model", self.registered_model,
+               "must not be empty")
+        # MLflow's own rule for model names; `models:/<name>@<alias>` URIs could not name it either.
+        _check(not any(c in self.registered_model for c in "/:"), "mlflow.registered_model",
+               self.registered_model, "must not contain '/' or ':'")
 
 
 @dataclass(frozen=True)
@@ -221,11 +251,18 @@ class Config:
             v = getattr(self, f.name)
             if hasattr(v, "validate"):
                 v.validate()
+        self.loss.validate_for(self.model.head)
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
     if not ok:
         raise ConfigError(f"{key} {why}, got {value!r}")
+
+
+def _check_metric_name(name: str, key: str) -> None:
+    """A metric as registry and promote read it: `<eval.json block>.<metric>`, e.g. val.psnr_mean."""
+    block, _, metric = name.partition(".")
+    _check(bool(block.strip() and metric.strip()), key, name, "must be <block>.<metric>, e.g. val.psnr_mean")
 
 
 def _range(pair: tuple, key: str, lo: float, hi: float) -> None:
