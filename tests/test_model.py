@@ -36,15 +36,32 @@ def test_output_shape_equals_input_shape(conditioning, encoding, head):
     assert (out.mask_logits is not None) == (head == "composite")
 
 
-@pytest.mark.parametrize("conditioning,encoding,head", COMBOS)
-def test_a_different_colour_changes_the_output(conditioning, encoding, head):
-    model = tiny(conditioning, encoding, head).eval()
+def colour_effect(model: ConditionalUNet) -> float:
+    """Largest change in what the network computes from the colour, blue vs red on one image: the mask logits for
+    the composite head (its image paints the requested colour whatever the mask, so comparing images would show an
+    effect even from a network that ignores the colour), the image for the tanh head."""
     x, _, _ = batch()
     x = x[:1]
     with torch.no_grad():
-        a = model(x, torch.tensor([0]), torch.tensor([[0.0, 0.0, 1.0]])).image
-        b = model(x, torch.tensor([1]), torch.tensor([[1.0, 0.0, 0.0]])).image
-    assert (a - b).abs().max() > 1e-6, f"{conditioning}/{encoding}/{head}: colour has no effect"
+        a = model(x, torch.tensor([0]), torch.tensor([[0.0, 0.0, 1.0]]))
+        b = model(x, torch.tensor([1]), torch.tensor([[1.0, 0.0, 0.0]]))
+    if a.mask_logits is not None:
+        return (a.mask_logits - b.mask_logits).abs().max().item()
+    return (a.image - b.image).abs().max().item()
+
+
+@pytest.mark.parametrize("conditioning,encoding,head", COMBOS)
+def test_a_different_colour_changes_the_output(conditioning, encoding, head):
+    model = tiny(conditioning, encoding, head).eval()
+    assert colour_effect(model) > 1e-6, f"{conditioning}/{encoding}/{head}: colour has no effect"
+
+
+@pytest.mark.parametrize("head", ["tanh", "composite"])
+def test_colour_effect_is_zero_when_the_network_ignores_the_colour(head, monkeypatch):
+    """The check above can fail: with the colour vector zeroed the conditioned output is identical for both colours."""
+    model = tiny(encoding="rgb", head=head).eval()
+    monkeypatch.setattr(model.colour, "forward", lambda idx, rgb: torch.zeros(len(rgb), model.cfg.embed_dim))
+    assert colour_effect(model) == 0.0
 
 
 def test_bottleneck_map_follows_image_size_and_depth():
