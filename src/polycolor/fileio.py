@@ -1,10 +1,12 @@
-"""Output files that are never half-written: atomic writes of files and folders, and JSON read/write.
+"""Output files that are never half-written (atomic writes of files and folders), JSON read/write, and the content
+digest of folders.
 
 A stage that fails leaves its previous output exactly as it was. Stdlib only; imports nothing of the package.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -68,3 +70,20 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 def read_json(path: str | Path) -> Any:
     """The JSON document at `path` (errors propagate: callers say what the file is for)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def folder_digest(*folders: str | Path) -> str:
+    """16 hex digits of sha256 over the relative path and the bytes of every file in the folders, in sorted order.
+
+    The one data hash of the project: the train stage records it as `data_hash` (run tag, run.json, model card,
+    registry version tag) over the folders the model was fit on, and as the data part of the checkpoint
+    fingerprint. Same files, same digest, wherever the folders sit.
+    """
+    h = hashlib.sha256()
+    for folder in folders:
+        folder = Path(folder)
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(folder)).encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
