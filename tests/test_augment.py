@@ -13,9 +13,11 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, tree_digest
+from helpers import format_problems
 
 from polycolor.config import AugmentConfig
 from polycolor.data import augment, ayna, synth
+from polycolor.images import painted_mask
 
 NONE = AugmentConfig(copies=1, hflip=0.0, vflip=0.0, rot90=False, degrees=0.0, scale=(1.0, 1.0), translate=0.0)
 
@@ -34,9 +36,10 @@ def test_every_augmented_pair_stays_aligned_two_valued_and_framed(pairs):
         for k in range(2):
             inp, tgt, affine = aug(pairs.inputs[i], pairs.targets[i], augment.pair_seed(0, i, k))
             affine_used += affine
-            assert ayna.format_problems(inp, tgt) == [], f"pair {i} copy {k}"  # fill covers outline, two values
-            assert not augment.touches_border(tgt), f"pair {i} copy {k} touches the border"
-            assert augment.outline_closed(inp, tgt), f"pair {i} copy {k} has a gap in its outline"
+            assert format_problems(inp, tgt) == [], f"pair {i} copy {k}"  # fill covers outline, two values
+            outline, filled = painted_mask(inp), painted_mask(tgt)  # (H, W)
+            assert not augment.at_border(filled), f"pair {i} copy {k} touches the border"
+            assert augment.outline_closed(outline, filled), f"pair {i} copy {k} has a gap in its outline"
             colours = {tuple(v) for v in np.unique(tgt.reshape(-1, 3), axis=0).tolist()}
             assert colours == {(255, 255, 255), tuple(pairs.rgb[i].tolist())}, "the target colour never changes"
     assert affine_used > 0.5 * 2 * len(pairs), "most copies get the affine step, even with 1 px outlines"
@@ -44,13 +47,13 @@ def test_every_augmented_pair_stays_aligned_two_valued_and_framed(pairs):
 
 def test_checks_reject_misaligned_or_cut_pairs(pairs):
     inp, tgt = pairs.inputs[0], pairs.targets[0]
-    assert ayna.format_problems(inp, np.roll(tgt, 2, axis=0)) != [], "a target moved apart from its input"
-    assert augment.touches_border(np.roll(tgt, 40, axis=1))
+    assert format_problems(inp, np.roll(tgt, 2, axis=0)) != [], "a target moved apart from its input"
+    assert augment.at_border(painted_mask(np.roll(tgt, 40, axis=1)))
     broken = inp.copy()
-    ys, xs = np.nonzero((inp != 255).any(-1))
+    ys, xs = np.nonzero(painted_mask(inp))
     top = ys == ys.min()
     broken[ys.min() - 1: ys.min() + 4, xs[top].min(): xs[top].max() + 1] = 255  # cut the outline's top edge
-    assert not augment.outline_closed(broken, tgt)
+    assert not augment.outline_closed(painted_mask(broken), painted_mask(tgt))
 
 
 def test_pipeline_applies_the_same_flip_to_both(pairs):
@@ -75,7 +78,7 @@ def test_in_frame_affine_keeps_a_shape_at_the_edge_inside():
     aug = augment.Augmenter(dataclasses.replace(NONE, degrees=180.0, scale=(1.2, 1.5), translate=0.5))
     for seed in range(20):
         inp, tgt, _ = aug(a.inputs[0], a.targets[0], seed)
-        assert not augment.touches_border(tgt) and ayna.format_problems(inp, tgt) == []
+        assert not augment.at_border(painted_mask(tgt)) and format_problems(inp, tgt) == []
 
 
 def test_augmentation_is_seeded_and_leaves_global_rng_alone(pairs):
@@ -106,7 +109,7 @@ def test_augment_dataset_layout_counts_and_reproducibility(tmp_path, tiny_datase
         assert samples[j].output_path.read_bytes() == s.output_path.read_bytes()
     data = ayna.load_split(tmp_path / "a" / "training")
     for i in range(len(data)):
-        assert ayna.format_problems(data.inputs[i], data.targets[i]) == [], samples[i].output_path.name
+        assert format_problems(data.inputs[i], data.targets[i]) == [], samples[i].output_path.name
         src = originals[i if i < 10 else (i - 10) // 2]  # originals, then each sample's copies in turn
         assert data.shapes[i] == src.shape and data.colours[i] == src.colour
     assert res.grid.shape == (4 * (32 + 4) + 4, 4 * (32 + 4) + 4, 3)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from helpers import format_problems
 
 from polycolor import fileio
 from polycolor.colours import AYNA_COLOURS
@@ -33,7 +34,7 @@ def test_real_pairs_have_the_ayna_look(ayna_dir):
         data = ayna.load_split(ayna_dir / split)
         assert data.inputs.shape[1:] == (128, 128, 3)
         for i in range(len(data)):
-            assert ayna.format_problems(data.inputs[i], data.targets[i]) == [], f"{split} entry {i}"
+            assert format_problems(data.inputs[i], data.targets[i]) == [], f"{split} entry {i}"
             colours = {tuple(v) for v in np.unique(data.targets[i].reshape(-1, 3), axis=0).tolist()}
             assert colours == {(255, 255, 255), tuple(data.rgb[i].tolist())}
 
@@ -42,13 +43,13 @@ def test_format_checker_catches_bad_pairs(ayna_dir):
     data = ayna.load_split(ayna_dir / "validation")
     inp, tgt = data.inputs[0], data.targets[0]
     shifted = np.roll(tgt, 3, axis=1)  # a target misaligned by 3 px leaves outline pixels uncovered
-    assert any("not covered" in p for p in ayna.format_problems(inp, shifted))
+    assert any("not covered" in p for p in format_problems(inp, shifted))
     blurred = inp.copy()
     blurred[(inp == 0).all(-1) & (np.arange(128)[None, :] % 2 == 0)] = 128  # anti-aliasing-like grey
-    assert any("exactly black and white" in p for p in ayna.format_problems(blurred, tgt))
+    assert any("exactly black and white" in p for p in format_problems(blurred, tgt))
     two_colours = tgt.copy()
     two_colours[:4, :4] = (1, 2, 3)
-    assert any("one colour" in p for p in ayna.format_problems(inp, two_colours))
+    assert any("one colour" in p for p in format_problems(inp, two_colours))
 
 
 def test_guess_shape():

@@ -206,7 +206,7 @@ def test_grid_layout():
     t = np.full((16, 16, 3), 255, dtype=np.uint8)
     p = t.copy()
     p[4:8, 4:8] = (255, 0, 0)
-    grid = E.make_grid([E.GridRow("a", t, t, p), E.GridRow("b", t, t, t)], gap=2, label=10)
+    grid = E.labelled_grid([E.GridRow("a", t, t, p), E.GridRow("b", t, t, t)], gap=2, label=10)
     assert grid.shape == (10 + 2 * (10 + 16 + 2) + 2, 4 * 18 + 2, 3)
     err = grid[10 + 10:10 + 10 + 16, 3 * 18 + 2:3 * 18 + 2 + 16]  # row 0, |error| column
     assert err[5, 5].tolist() == [255, 255, 255] and err[0, 0].tolist() == [0, 0, 0]

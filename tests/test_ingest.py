@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, TINY, tree_digest
+from helpers import format_problems
 from PIL import Image
 
 from polycolor.config import IngestConfig
@@ -50,7 +51,7 @@ def test_synthetic_dataset_layout_and_manifest(tiny_dataset):
             assert tuple(rows.loc[i, ["r", "g", "b"]]) == s.rgb
             assert s.input_path.name == f"{i:05d}_{s.shape}.png"
             assert s.output_path.name == f"{i:05d}_{s.colour.lstrip('#')}_{s.shape}.png"
-            assert ayna.format_problems(data.inputs[i], data.targets[i]) == []
+            assert format_problems(data.inputs[i], data.targets[i]) == []
 
 
 def test_synthetic_ingest_is_byte_identical_and_seeded(tmp_path, tiny_dataset):
@@ -101,7 +102,7 @@ def test_non_rgb_and_other_sizes_are_converted(tmp_path, small_source):
         im = Image.open(tmp_path / "ds" / "training" / name)
         assert (im.mode, im.size) == ("RGB", (32, 32)), name
     data = ayna.load_split(tmp_path / "ds" / "training")
-    assert ayna.format_problems(data.inputs[2], data.targets[2]) == []
+    assert format_problems(data.inputs[2], data.targets[2]) == []
     up = ayna.load_split(small_source / "validation", size=48)
     assert ingest(IngestConfig(source=str(small_source), image_size=48), 0, tmp_path / "ds48") is not None
     assert np.array_equal(ayna.load_split(tmp_path / "ds48" / "validation").targets, up.targets)

@@ -12,6 +12,7 @@ from polycolor.data.synth import generate_arrays
 from polycolor.errors import PolycolorError
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.reference import enclosed_mask, reference_fill
+from polycolor.images import painted_mask
 
 REAL_VAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "ayna-dataset" / "validation"
 
@@ -35,7 +36,7 @@ def test_fills_outline_and_inside():
 def test_open_outline_paints_only_the_outline():
     img = outline_square(gap=True)
     mask = enclosed_mask(img)
-    assert np.array_equal(mask, M.painted_mask(img)), "through the gap the inside is background: only the outline"
+    assert np.array_equal(mask, painted_mask(img)), "through the gap the inside is background: only the outline"
 
 
 def test_diagonal_gap_does_not_leak():

@@ -7,10 +7,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import format_problems
 
 from polycolor.colours import AYNA_COLOURS, SHAPES
 from polycolor.config import IngestConfig
 from polycolor.data import ayna, synth
+from polycolor.images import painted_mask
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -35,8 +37,8 @@ def test_synthetic_pairs_pass_the_shared_checker(size, widths):
     assert a.inputs.shape == a.targets.shape == (48, size, size, 3)
     assert a.inputs.dtype == np.uint8 and a.rgb.shape == (48, 3)
     for i in range(len(a)):
-        assert ayna.format_problems(a.inputs[i], a.targets[i]) == [], f"sample {i} ({a.shapes[i]})"
-        filled = (a.targets[i] != 255).any(-1)
+        assert format_problems(a.inputs[i], a.targets[i]) == [], f"sample {i} ({a.shapes[i]})"
+        filled = painted_mask(a.targets[i])
         assert tuple(a.targets[i][filled][0]) == tuple(a.rgb[i])
         border = np.concatenate([filled[0], filled[-1], filled[:, 0], filled[:, -1]])
         assert not border.any(), f"sample {i} touches the border"
@@ -89,9 +91,9 @@ def test_pose_follows_the_ranges():
 def test_too_large_shapes_are_kept_inside_the_frame():
     a = synth.generate_arrays(24, image_size=32, scale=(0.5, 0.5), offset=0.4, seed=0)
     for i in range(len(a)):
-        filled = (a.targets[i] != 255).any(-1)
+        filled = painted_mask(a.targets[i])
         assert not (filled[0].any() or filled[-1].any() or filled[:, 0].any() or filled[:, -1].any())
-        assert ayna.format_problems(a.inputs[i], a.targets[i]) == []
+        assert format_problems(a.inputs[i], a.targets[i]) == []
 
 
 def test_generate_from_config_matches_generate_arrays():

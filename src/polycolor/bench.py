@@ -30,7 +30,8 @@ import torch
 
 from polycolor.config import Config
 from polycolor.data.synth import generate_from_config
-from polycolor.nn.inference import images_to_tensor, paint
+from polycolor.images import images_to_tensor
+from polycolor.nn.inference import encode_colours, paint, paintable
 from polycolor.nn.losses import Objective
 from polycolor.nn.model import ConditionalUNet, count_parameters
 from polycolor.nn.modelio import LoadedModel, load_model
@@ -69,8 +70,7 @@ def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
     objective = Objective(cfg.loss)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     x, y = (images_to_tensor(a).contiguous(memory_format=fmt) for a in (data.inputs, data.targets))
-    idx = torch.tensor([vocab.index(c) for c in data.colours])
-    rgb = torch.from_numpy(data.rgb).float() / 255
+    idx, rgb = encode_colours(data.colours, vocab, cfg.model.colour_encoding)
     with FlopCounterMode(display=False) as counter:
         _train_step(model, objective, opt, x, y, idx, rgb)
     flops = counter.get_total_flops() / bs
@@ -86,9 +86,8 @@ def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
 
 def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30) -> dict[str, float]:
     data = generate_from_config(cfg.ingest, 64, 1)
-    colours = list(data.colours)
-    if loaded.config.colour_encoding == "embedding":
-        colours = [c if c in loaded.vocab else loaded.vocab[0] for c in colours]
+    known = set(paintable(data.colours, loaded.vocab, loaded.config.colour_encoding).tolist())
+    colours = [c if i in known else loaded.vocab[0] for i, c in enumerate(data.colours)]  # embedding: vocab only
     paint(loaded, data.inputs[:1], colours[:1])  # warm-up
     times = []
     for i in range(repeats):
@@ -102,7 +101,7 @@ def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30) -> di
             "infer_images_per_s_b64": b64}
 
 
-OUTPUTS = ("data/", "metrics/", "models/", "package/", "checkpoints/", "dvc.lock")  # what a fresh project lacks
+PIPELINE_OUTPUTS = ("data/", "metrics/", "models/", "package/", "checkpoints/", "dvc.lock")  # a fresh clone lacks
 
 
 def copy_project(root: Path, dest: Path) -> None:
@@ -112,7 +111,7 @@ def copy_project(root: Path, dest: Path) -> None:
                            text=True, check=True).stdout.split()
     for f in files:
         src = root / f
-        if src.is_file() and not f.startswith(OUTPUTS):
+        if src.is_file() and not f.startswith(PIPELINE_OUTPUTS):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
 

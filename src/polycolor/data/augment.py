@@ -33,6 +33,7 @@ from torchvision.transforms import v2
 
 from polycolor.config import AugmentConfig
 from polycolor.data import ayna
+from polycolor.images import WHITE, painted_mask
 
 MAX_TRIES = 10
 SPLIT = "training"  # only training data is augmented; validation is never touched
@@ -66,10 +67,9 @@ class InFrameAffine(v2.RandomAffine):
         height, width = images[0].shape[-2:]
         painted = torch.zeros((height, width), dtype=torch.bool)
         for img in images:
-            painted |= (img != 255).any(dim=-3).reshape(-1, height, width).any(dim=0)  # (H, W)
-        at_border = bool(painted[0].any() or painted[-1].any() or painted[:, 0].any() or painted[:, -1].any())
+            painted |= painted_mask(img, channel_axis=-3).reshape(-1, height, width).any(dim=0)  # (H, W)
         rows = painted.any(dim=1)  # (H,)
-        if not rows.any() or at_border:
+        if not rows.any() or at_border(painted):
             return super().make_params(flat_inputs)
         # The leftmost and rightmost painted pixel of each row span the same convex hull as all of them.
         ys = torch.nonzero(rows).flatten()
@@ -96,16 +96,17 @@ class InFrameAffine(v2.RandomAffine):
         return dict(angle=angle, translate=(int(translate[0]), int(translate[1])), scale=scale, shear=(0.0, 0.0))
 
 
-def _painted(chw: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels of a (3, H, W) image that are not white. Channel-first, so the reduction is cheap."""
-    return (chw != 255).any(axis=0)
-
-
-def _at_border(mask: np.ndarray) -> bool:
+def at_border(mask: np.ndarray | torch.Tensor) -> bool:
+    """Whether a (H, W) bool mask (numpy or torch) has a pixel on the outermost rows or columns."""
     return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
-def _closed(outline: np.ndarray, filled: np.ndarray) -> bool:
+def outline_closed(outline: np.ndarray, filled: np.ndarray) -> bool:
+    """Whether an outline still separates the polygon's inside from the outside.
+
+    outline: (H, W) bool, the input's painted pixels; filled: (H, W) bool, the target's. The outline is closed when
+    no 4-connected group of white input pixels holds both a pixel inside the filled region and one outside it.
+    """
     white = ~outline
     groups, n = label(white, connectivity=1, return_num=True)  # 4-connected: a diagonal outline step does not leak
     inside = np.zeros(n + 1, dtype=bool)
@@ -113,20 +114,6 @@ def _closed(outline: np.ndarray, filled: np.ndarray) -> bool:
     outside = np.zeros(n + 1, dtype=bool)
     outside[groups[white & ~filled]] = True
     return not (inside[1:] & outside[1:]).any()
-
-
-def touches_border(image: np.ndarray) -> bool:
-    """Whether any non-white pixel of a (H, W, 3) image lies on its outermost rows or columns."""
-    return _at_border(_painted(np.moveaxis(image, -1, 0)))
-
-
-def outline_closed(inp: np.ndarray, tgt: np.ndarray) -> bool:
-    """Whether the input's outline (H, W, 3) still separates the polygon's inside from the outside.
-
-    The outline is closed when no 4-connected group of white input pixels holds both a pixel inside the target's
-    filled region and one outside it.
-    """
-    return _closed(_painted(np.moveaxis(inp, -1, 0)), _painted(np.moveaxis(tgt, -1, 0)))
 
 
 def pair_seed(seed: int, index: int, copy: int) -> int:
@@ -147,7 +134,7 @@ class Augmenter:
             translate=(cfg.translate, cfg.translate) if cfg.translate > 0 else None,
             scale=cfg.scale,
             interpolation=v2.InterpolationMode.NEAREST,  # keeps both images two-valued
-            fill=255,  # the Ayna background
+            fill=WHITE,  # the Ayna background
         )
         self.transform = v2.Compose([self.exact, self.affine])
         self.max_tries = max_tries
@@ -160,18 +147,18 @@ class Augmenter:
         """
         x = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(inp)).permute(2, 0, 1))  # (3, H, W)
         y = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(tgt)).permute(2, 0, 1))  # (3, H, W)
-        outline, filled = _painted(x.numpy()), _painted(y.numpy())  # (H, W)
-        orig_border, orig_closed = _at_border(filled), _closed(outline, filled)
+        outline, filled = painted_mask(x.numpy(), channel_axis=0), painted_mask(y.numpy(), channel_axis=0)  # (H, W)
+        orig_border, orig_closed = at_border(filled), outline_closed(outline, filled)
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also queues CUDA/XPU seeding
             for _ in range(self.max_tries):
                 xa, ya = self.transform(x, y)  # one call: both images get the same parameters
-                a_outline, a_filled = _painted(xa.numpy()), _painted(ya.numpy())  # (H, W)
-                if not orig_border and _at_border(a_filled):
+                a_outline, a_filled = painted_mask(xa.numpy(), 0), painted_mask(ya.numpy(), 0)  # (H, W)
+                if not orig_border and at_border(a_filled):
                     continue
                 if (a_outline & ~a_filled).any():  # an outline pixel left uncovered (cannot happen; checked anyway)
                     continue
-                if orig_closed and not _closed(a_outline, a_filled):
+                if orig_closed and not outline_closed(a_outline, a_filled):
                     continue
                 return _hwc(xa), _hwc(ya), True
             xa, ya = self.exact(x, y)
@@ -268,10 +255,10 @@ def augment_dataset(data_dir: str | Path, out_dir: str | Path, cfg: AugmentConfi
     for j in sorted(show):
         originals = [ayna.load_image(samples[j].input_path), ayna.load_image(samples[j].output_path)]
         grid_rows_list.append(originals + grid_tiles.get(j, []))
-    return AugmentResult(manifest, make_grid(grid_rows_list), dropped)
+    return AugmentResult(manifest, tile_grid(grid_rows_list), dropped)
 
 
-def make_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4, gap_value: int = 160) -> np.ndarray:
+def tile_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4, gap_value: int = 160) -> np.ndarray:
     """Tile rows of equally sized (H, W, 3) uint8 images into one image, separated by grey gaps."""
     n_cols = max(len(r) for r in rows)
     h, w, _ = rows[0][0].shape

@@ -29,7 +29,6 @@ OUTPUTS = "outputs"
 _KEYS = ("input_polygon", "colour", "output_image")
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ["split", "input", "output", "colour", "r", "g", "b", "shape"]
-_WHITE = 255
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
         rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (_WHITE, _WHITE, _WHITE, 255))
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # opaque white: the Ayna background
         return Image.alpha_composite(white, rgba).convert("RGB")
     return im.convert("RGB")
 
@@ -258,27 +257,3 @@ def write_manifest(path: str | Path, rows: list[dict]) -> pd.DataFrame:
     df = df[MANIFEST_COLUMNS + extra]
     df.to_csv(path, index=False, lineterminator="\n")
     return df
-
-
-def format_problems(inp: np.ndarray, tgt: np.ndarray) -> list[str]:
-    """What makes a pair differ from the Ayna look; empty when it matches.
-
-    inp, tgt: uint8 (H, W, 3). The Ayna look: the input holds exactly white and black; the target holds exactly
-    white and one other colour; every black outline pixel of the input is coloured in the target (the fill covers
-    the outline). Used on real and synthetic data alike and after augmentation.
-    """
-    problems = []
-    if inp.shape != tgt.shape:
-        return [f"input {inp.shape} and target {tgt.shape} differ in shape"]
-    in_vals = np.unique(inp.reshape(-1, 3), axis=0)
-    if {tuple(v) for v in in_vals.tolist()} != {(0, 0, 0), (255, 255, 255)}:
-        problems.append(f"input should hold exactly black and white, holds {len(in_vals)} values")
-    tgt_vals = np.unique(tgt.reshape(-1, 3), axis=0)
-    if len(tgt_vals) != 2 or (255, 255, 255) not in {tuple(v) for v in tgt_vals.tolist()}:
-        problems.append(f"target should hold exactly white and one colour, holds {len(tgt_vals)} values")
-    outline = (inp != _WHITE).any(-1)  # (H, W)
-    filled = (tgt != _WHITE).any(-1)  # (H, W)
-    uncovered = int((outline & ~filled).sum())
-    if uncovered:
-        problems.append(f"{uncovered} outline pixels are not covered by the target's fill")
-    return problems

@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from polycolor import tracking
-from polycolor.colours import AYNA_COLOURS, SHAPES, canonical_colour
+from polycolor.colours import AYNA_COLOURS, SHAPES
 from polycolor.config import Config, EvaluateConfig
 from polycolor.data.ayna import SplitArrays, load_split, write_png
 from polycolor.data.synth import generate_arrays
@@ -37,7 +37,7 @@ from polycolor.errors import PolycolorError
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.reference import reference_fill
 from polycolor.fileio import atomic_output
-from polycolor.nn.inference import paint
+from polycolor.nn.inference import paint, paintable
 from polycolor.nn.modelio import LoadedModel, load_model
 from polycolor.paths import repo_path
 
@@ -148,15 +148,6 @@ def subset(arrays: SplitArrays, keep: np.ndarray) -> SplitArrays:
                        shapes=[arrays.shapes[i] for i in keep])
 
 
-def paintable(loaded: LoadedModel, arrays: SplitArrays) -> np.ndarray:
-    """Indices of the samples the model can paint: all of them, except with the embedding encoding, whose table
-    knows only the training colours."""
-    if loaded.config.colour_encoding != "embedding":
-        return np.arange(len(arrays))
-    vocab = set(loaded.vocab)
-    return np.array([i for i, c in enumerate(arrays.colours) if canonical_colour(c) in vocab], dtype=int)
-
-
 def score_set(predict: M.Predictor, arrays: SplitArrays) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
     """(summary block, per-sample rows, predictions (N, H, W, 3) uint8) of one predictor on one set."""
     preds = predict(arrays.inputs, arrays.colours)
@@ -176,7 +167,7 @@ def evaluate_model(loaded: LoadedModel, sets: list[EvalSet], cfg: EvaluateConfig
     grid_rows: list[GridRow] = []
     notes: list[str] = []
     for s in sets:
-        keep = paintable(loaded, s.arrays)
+        keep = paintable(s.arrays.colours, loaded.vocab, loaded.config.colour_encoding)
         if len(keep) == 0:
             reason = "no sample has a colour from the model's vocabulary (embedding encoding)"
             metrics[s.name] = metrics[reference_block(s.name)] = {"skipped": reason}
@@ -199,7 +190,7 @@ def evaluate_model(loaded: LoadedModel, sets: list[EvalSet], cfg: EvaluateConfig
     for name, reason in (skipped or {}).items():
         metrics[name] = {"skipped": reason}
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["set", *M.SAMPLE_COLUMNS])
-    return Evaluation(metrics=metrics, samples=samples, grid=make_grid(grid_rows), notes=notes)
+    return Evaluation(metrics=metrics, samples=samples, grid=labelled_grid(grid_rows), notes=notes)
 
 
 def error_map(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -208,7 +199,7 @@ def error_map(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.repeat(err[..., None], 3, axis=-1)
 
 
-def make_grid(rows: list[GridRow], gap: int = 2, label: int = 12) -> np.ndarray:
+def labelled_grid(rows: list[GridRow], gap: int = 2, label: int = 12) -> np.ndarray:
     """(H, W, 3) uint8 grid: a header naming the columns, then per row a label line and the tiles
     input | target | prediction | |error|.
 

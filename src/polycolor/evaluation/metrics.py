@@ -6,8 +6,7 @@ the mean over its samples of the per-sample value (not pooled over pixels), exce
 
 Definitions (the README copies these):
   white / painted  A pixel is *white* when all three channels are >= WHITE_MIN (240); every other pixel is
-                   *painted*. The tolerance keeps a near-white background from a free-RGB (tanh) head from counting
-                   as paint; the data itself is exactly two-valued, so for targets it changes nothing.
+                   *painted* (polycolor.images.painted_mask, the one definition, which says why 240).
   true polygon     The painted pixels of the target (fill and outline: the Ayna targets colour the outline too).
   PSNR             10 log10(255^2 / MSE) on the uint8 values (MAX = 255), per image; identical images (MSE = 0)
                    and anything above it are capped at PSNR_CAP = 100 dB so that means stay finite.
@@ -53,8 +52,8 @@ from skimage.metrics import structural_similarity
 from skimage.segmentation import find_boundaries
 
 from polycolor.colours import AYNA_COLOURS, resolve_colour
+from polycolor.images import painted_mask
 
-WHITE_MIN = 240  # a pixel whose channels are all >= this is white (background)
 PSNR_CAP = 100.0  # dB; the PSNR of identical images (and the ceiling of every PSNR)
 BOUNDARY_TOLERANCE = 2  # pixels (Chebyshev) within which a boundary pixel counts as matched
 WHITE_RGB = (255, 255, 255)
@@ -70,11 +69,6 @@ SAMPLE_METRICS = ("psnr", "ssim", "mae", "mse", "colour_correct", "ciede2000", "
 SAMPLE_COLUMNS = ("index", "colour", "shape", "requested", "painted", *SAMPLE_METRICS)
 
 Predictor = Callable[[np.ndarray, list[str]], np.ndarray]  # (N, H, W, 3) uint8 + N colours -> (N, H, W, 3) uint8
-
-
-def painted_mask(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W) bool: pixels that are not white (some channel < WHITE_MIN)."""
-    return (image < WHITE_MIN).any(axis=-1)
 
 
 def psnr(target: np.ndarray, pred: np.ndarray) -> float:
@@ -264,12 +258,6 @@ def breakdown(samples: pd.DataFrame, by: str | list[str]) -> pd.DataFrame:
     table = grouped[list(SAMPLE_METRICS)].mean()
     table.insert(0, "n", grouped.size())
     return table.reset_index()
-
-
-def confusion_counts(samples: pd.DataFrame) -> pd.DataFrame:
-    """requested x painted count matrix (rows: requested label, columns: painted label) from per-sample rows."""
-    known = samples.dropna(subset=["painted"])
-    return pd.crosstab(known["requested"], known["painted"])
 
 
 def latency_ms_p50(predict: Predictor, inputs: np.ndarray, colours: Sequence[str], samples: int = 5) -> float:

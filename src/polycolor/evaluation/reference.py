@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from polycolor.colours import resolve_colour
 from polycolor.errors import PolycolorError
-from polycolor.evaluation.metrics import painted_mask
+from polycolor.images import WHITE, painted_mask
 
 
 def enclosed_mask(outline: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def reference_fill(inputs: np.ndarray, colours: Sequence[str]) -> np.ndarray:
         raise PolycolorError(f"inputs must be (N, H, W, 3) RGB images, got shape {inputs.shape}")
     if len(colours) != len(inputs):
         raise PolycolorError(f"{len(inputs)} images but {len(colours)} colours")
-    out = np.full_like(inputs, 255)
+    out = np.full_like(inputs, WHITE)
     for i, (image, colour) in enumerate(zip(inputs, colours)):
         out[i][enclosed_mask(image)] = resolve_colour(colour)
     return out

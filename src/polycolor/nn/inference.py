@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from polycolor.colours import canonical_colour, resolve_colour
 from polycolor.errors import PolycolorError
+from polycolor.images import images_to_tensor, tensor_to_images
 from polycolor.nn.model import UNetOutput, composite
 from polycolor.nn.modelio import LoadedModel
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return t / 127.5 - 1.0
-
-
-def tensor_to_images(t: torch.Tensor) -> np.ndarray:
-    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), rounded."""
-    x = ((t.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def encode_colours(colours: list[str], vocab: tuple[str, ...], encoding: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +34,15 @@ def encode_colours(colours: list[str], vocab: tuple[str, ...], encoding: str) ->
             )
         idx.append(index[key])
     return torch.tensor(idx, dtype=torch.long), rgb
+
+
+def paintable(colours: Sequence[str], vocab: Sequence[str], encoding: str) -> np.ndarray:
+    """Indices (K,) int of the colours a model can paint: all of them with the rgb encoding; with the embedding
+    encoding only those in its vocabulary (its table knows the training colours and nothing else)."""
+    if encoding != "embedding":
+        return np.arange(len(colours))
+    known = set(vocab)
+    return np.array([i for i, c in enumerate(colours) if canonical_colour(c) in known], dtype=int)
 
 
 def hard_image(pred: UNetOutput, colour_rgb: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch import nn
 
 from polycolor.config import LossConfig
 from polycolor.errors import PolycolorError
+from polycolor.images import painted_mask
 from polycolor.nn.model import UNetOutput
 
 
@@ -77,8 +78,8 @@ class VGGPerceptual(nn.Module):
 
 
 def target_mask(target: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W) float, 1 where the pixel is not white (the painted polygon)."""
-    return (target < 0.999).any(dim=1, keepdim=True).float()
+    """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W) float, 1 where the pixel is painted (images.painted_mask)."""
+    return painted_mask(target, channel_axis=1)[:, None].float()
 
 
 class Objective(nn.Module):

@@ -1,0 +1,59 @@
+"""The image conventions: one painted-pixel rule on both scales, and exact uint8 <-> [-1, 1] conversions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from conftest import TINY
+
+from polycolor.data.synth import generate_from_config
+from polycolor.images import (
+    WHITE_MIN,
+    images_to_tensor,
+    painted_mask,
+    tensor_to_images,
+    to_signed,
+    to_uint8,
+)
+from polycolor.nn.inference import paintable
+
+EVERY_VALUE = np.arange(256, dtype=np.uint8)
+
+
+def test_uint8_round_trips_through_the_signed_scale():
+    u = torch.from_numpy(EVERY_VALUE)
+    assert to_signed(u)[0].item() == -1.0 and to_signed(u)[255].item() == 1.0, "black is -1, white exactly 1"
+    assert torch.equal(to_uint8(to_signed(u)), u)
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    t = images_to_tensor(images)
+    assert t.shape == (2, 3, 5, 7) and t.dtype == torch.float32
+    np.testing.assert_array_equal(tensor_to_images(t), images)
+    assert to_uint8(torch.tensor([-3.0, 3.0])).tolist() == [0, 255], "out-of-range values are clamped"
+
+
+def test_painted_is_one_rule_on_both_scales():
+    # Every uint8 value in each channel position, as a (256, 1, 3) image per channel.
+    for c in range(3):
+        img = np.full((256, 1, 3), 255, dtype=np.uint8)
+        img[:, 0, c] = EVERY_VALUE
+        expected = EVERY_VALUE < WHITE_MIN  # (256,)
+        np.testing.assert_array_equal(painted_mask(img)[:, 0], expected)
+        signed = images_to_tensor(img[None])  # (1, 3, 256, 1) in [-1, 1]
+        np.testing.assert_array_equal(painted_mask(signed, channel_axis=1)[0, :, 0].numpy(), expected)
+    assert painted_mask(np.array([[239, 255, 255]], np.uint8))[0] and not painted_mask(np.array([[240] * 3]))[0]
+
+
+def test_on_the_data_the_old_thresholds_agree_with_the_rule():
+    """Targets and inputs are two-valued, so `!= 255` (augment, ayna) and `< 0.999` (the loss) gave these masks."""
+    a = generate_from_config(TINY, 12, 0)
+    for images in (a.inputs, a.targets):
+        np.testing.assert_array_equal(painted_mask(images), (images != 255).any(-1))
+        signed = images_to_tensor(images)
+        assert torch.equal(painted_mask(signed, channel_axis=1), (signed < 0.999).any(1))
+
+
+def test_paintable_keeps_vocabulary_colours_for_the_embedding_only():
+    colours = ["red", "Blue ", "#123456", "green"]
+    assert paintable(colours, ("blue", "red"), "embedding").tolist() == [0, 1], "canonical names match"
+    assert paintable(colours, ("blue", "red"), "rgb").tolist() == [0, 1, 2, 3]
+    assert paintable(["green"], ("red",), "embedding").dtype.kind == "i"
