@@ -144,11 +144,6 @@ def paint_to_file(loaded: modelio.LoadedModel, image: np.ndarray, colour: str, o
         write_png(tmp, painted)
 
 
-def predict_file(loaded: modelio.LoadedModel, input_path: Path, colour: str, output_path: Path) -> None:
-    """Paint one image file (any size and mode, read as ingest reads it) with `colour` into `output_path`."""
-    paint_to_file(loaded, load_image(input_path, None), colour, output_path)
-
-
 def predict_split(loaded: modelio.LoadedModel, split_dir: Path, out_dir: Path) -> list[Path]:
     """Paint every entry of an Ayna split (its data.json) and write one PNG per entry into `out_dir`, named as
     the entry's output_image; returns the written paths in data.json order."""
