@@ -16,10 +16,11 @@ WHITE = 255  # the background value on the uint8 scale, every channel
 
 # A pixel is *painted* when some channel is below WHITE_MIN on the uint8 scale, otherwise it is *white*.
 # Why 240 and not "!= 255":
-# - The data is exactly two-valued: white, and a colour with some channel <= 191 (the 8 Ayna colours reach 165 or
-#   less; synth redraws random colours above 255 - NEAR_WHITE = 191). So on inputs, targets and augmented copies any
-#   threshold in (191, 255] gives the same mask, and the older definitions (`!= 255` in augment and ayna, `< 0.999`
-#   in the loss, i.e. below 254.9) agree with this one pixel for pixel: augmentation and training are unchanged.
+# - The data is exactly two-valued: white, and a colour with some channel <= 191 (each of the 8 Ayna colours has a
+#   channel at 0; synth redraws random colours whose darkest channel is above 255 - NEAR_WHITE = 191). So on inputs,
+#   targets and augmented copies any threshold in (191, 255] gives the same mask, and the older definitions (`!= 255`
+#   in augment and ayna, `< 0.999` in the loss, i.e. below 254.9) agree with this one pixel for pixel: augmentation
+#   and training are unchanged (tests/test_images.py checks it on generated data).
 # - Predictions are not always two-valued: the tanh head's free RGB leaves near-white noise (250, 252, ...) on the
 #   background, which must not count as paint or bleeding. Evaluation has always used 240, so its figures stay.
 # On the signed scale the same rule reads: a value is painted when the uint8 value it converts to (to_uint8:
