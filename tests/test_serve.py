@@ -124,3 +124,44 @@ def test_serve_champion_answers_with_an_image_of_the_requested_colour(champion_s
         assert im.format == "PNG" and im.size == (48, 40), (im.format, im.size)
         pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
     assert {tuple(c) for c in np.unique(pixels, axis=0).tolist()} == {(255, 0, 255)}, "painted magenta"
+
+
+def post_expecting_error(url: str, payload: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.slow
+def test_serve_refuses_bad_rows_with_the_reason_and_no_traceback(champion_store):
+    """A 5000 x 5000 PNG (a few KB, 25 Mpx > serving.max_pixels' default 16.7 Mpx) and bytes that are no image:
+    HTTP 400 whose top-level `message` says why (MLflow prefixes it with the request), no server traceback."""
+    port = free_port()
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    log = champion_store / "serve.log"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/polycolor@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    big = io.BytesIO()
+    Image.new("1", (5000, 5000), 1).save(big, format="PNG")
+    rows = {"too large: 5000 x 5000 px, limit 16777216 px": base64.b64encode(big.getvalue()).decode(),
+            "the base64 data is not a decodable image": base64.b64encode(b"plain text, not a PNG").decode()}
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=champion_store,
+                                start_new_session=True)
+    try:
+        wait_until_up(proc, f"http://127.0.0.1:{port}/ping", log)
+        answers = {reason: post_expecting_error(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": {
+            "columns": ["image", "colour"], "data": [[text, "red"]]}}) for reason, text in rows.items()}
+    finally:
+        stop(proc)
+    for reason, (status, body) in answers.items():
+        assert status == 400, (status, body)
+        assert body["error_code"] == "INVALID_PARAMETER_VALUE", body
+        assert f"row 0: {reason}" in body["message"], body["message"]
+        assert "stack_trace" not in body and "Traceback" not in json.dumps(body), body
+        assert str(champion_store) not in json.dumps(body) and "polycolor-pyfunc-" not in json.dumps(body), body
