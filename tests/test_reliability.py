@@ -163,6 +163,14 @@ def test_predict_refuses_a_large_image_with_the_reason(work):
     line = one_line_error(cli(*args, "--input", "in.png", cwd=work))  # params.yaml here: 4000 px
     assert "too large: 64 x 64 px, limit 4000 px (serving.max_pixels)" in line, line
     assert not (work / "out.png").exists()
+    split = work / "split"
+    for sub in ("inputs", "outputs"):
+        (split / sub).mkdir(parents=True)
+        shutil.copy(work / "in.png", split / sub / "in.png")
+    (split / "data.json").write_text('[{"input_polygon": "in.png", "colour": "red", "output_image": "in.png"}]')
+    line = one_line_error(cli("predict", "--model", "model.pt", "--data", "split", "--output", "painted", cwd=work))
+    assert "too large: 64 x 64 px, limit 4000 px" in line, line
+    assert not (work / "painted").exists()
 
 
 def test_pyfunc_refuses_a_large_image_as_an_invalid_parameter(tmp_path):
