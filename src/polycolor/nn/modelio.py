@@ -55,7 +55,7 @@ def save_model(path: str | Path, model: ConditionalUNet, *, meta: dict[str, Any]
     atomic_torch_save(model_payload(model, meta=meta), path)
 
 
-def restore_hint(path: Path) -> str:
+def _restore_hint(path: Path) -> str:
     return f"restore it with `dvc checkout {path}` or use a registered version (--model models:/polycolor@champion)"
 
 
@@ -68,10 +68,10 @@ def load_payload(path: str | Path) -> dict[str, Any]:
     # one (torch: RuntimeError or OSError Errno 22, depending on where it was cut) is said as such, with the way back.
     size = path.stat().st_size
     if size == 0:
-        raise PolycolorError(f"cannot load model file {path}: it is empty (0 bytes); {restore_hint(path)}")
+        raise PolycolorError(f"cannot load model file {path}: it is empty (0 bytes); {_restore_hint(path)}")
     if not zipfile.is_zipfile(path):
         raise PolycolorError(f"cannot load model file {path}: it is truncated or not a model file ({size} bytes, "
-                             f"no complete torch archive); {restore_hint(path)}")
+                             f"no complete torch archive); {_restore_hint(path)}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
