@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from helpers import format_problems
+from PIL import Image
 
 from polycolor import fileio
 from polycolor.colours import AYNA_COLOURS

@@ -92,6 +92,11 @@ def test_bad_colours_are_one_line_errors(bad, words):
     ({"mlflow": {"experiment": " "}}, "mlflow.experiment", "' '"),
     ({"mlflow": {"registered_model": ""}}, "mlflow.registered_model", "''"),
     ({"mlflow": {"registered_model": "team/polycolor"}}, "mlflow.registered_model", "'team/polycolor'"),
+    ({"train": {"lr": float("inf")}}, "train.lr", "inf"),
+    ({"loss": {"l1": float("nan")}}, "loss.l1", "nan"),
+    ({"ingest": {"image_size": 100}}, "ingest.image_size", "100"),  # 4 levels: divisible by 8
+    ({"ingest": {"image_size": 48}, "model": {"widths": [4, 8, 16, 32, 64, 128]}}, "ingest.image_size", "48"),
+    ({"serving": {"max_pixels": 0}}, "serving.max_pixels", "0"),
 ])
 def test_config_errors_name_key_and_value(params, key, value):
     with pytest.raises(ConfigError) as e:
@@ -116,6 +121,17 @@ def test_config_errors_cover_every_section_of_params():
 def test_a_loss_with_one_active_term_is_valid(loss, head):
     cfg = parse_config({"loss": loss, "model": {"head": head}})
     assert cfg.loss.mask == loss["mask"] and cfg.model.head == head
+def test_yaml_inf_and_a_size_the_unet_cannot_halve_fail_at_validation(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  lr: .inf\n")
+    with pytest.raises(ConfigError, match=r"train.lr must be a finite number, got inf"):
+        load_params(p)
+    p.write_text("ingest:\n  image_size: 34\nmodel:\n  widths: [4, 8, 16]\n")
+    with pytest.raises(ConfigError, match=r"ingest.image_size must be divisible by 4 .* got 34"):
+        load_params(p)
+    p.write_text("ingest:\n  image_size: 44\nmodel:\n  widths: [4, 8, 16, 32]\n")
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        load_params(p)
 
 
 def test_repo_params_are_valid():

@@ -13,6 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -97,30 +99,66 @@ def champion_store(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-@pytest.mark.slow
-def test_serve_champion_answers_with_an_image_of_the_requested_colour(champion_store):
+@contextmanager
+def serving(store: Path) -> Iterator[str]:
+    """`mlflow models serve` of the store's @champion on a free loopback port; yields its base URL, then stops it."""
     port = free_port()
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")  # MLflow execs `uvicorn`
-    log = champion_store / "serve.log"
+    log = store / "serve.log"
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/polycolor@champion",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with open(log, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=champion_store,
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=store,
                                 start_new_session=True)
     try:
         wait_until_up(proc, f"http://127.0.0.1:{port}/ping", log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@pytest.mark.slow
+def test_serve_champion_answers_with_an_image_of_the_requested_colour(champion_store):
+    with serving(champion_store) as url:
         outline = Image.new("RGB", (48, 40), "white")  # not the model's size: the answer keeps it
         outline.paste((0, 0, 0), (10, 10, 38, 12))
         buf = io.BytesIO()
         outline.save(buf, format="PNG")
         request = {"dataframe_split": {"columns": ["image", "colour"],
                                        "data": [[base64.b64encode(buf.getvalue()).decode(), "magenta"]]}}
-        answer = post_json(f"http://127.0.0.1:{port}/invocations", request)
-    finally:
-        stop(proc)
+        answer = post_json(f"{url}/invocations", request)
     (row,) = answer["predictions"]
     with Image.open(io.BytesIO(base64.b64decode(row["image"]))) as im:
         assert im.format == "PNG" and im.size == (48, 40), (im.format, im.size)
         pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
     assert {tuple(c) for c in np.unique(pixels, axis=0).tolist()} == {(255, 0, 255)}, "painted magenta"
+
+
+def post_expecting_error(url: str, payload: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.slow
+def test_serve_refuses_bad_rows_with_the_reason_and_no_traceback(champion_store):
+    """A 5000 x 5000 PNG (a few KB, 25 Mpx > serving.max_pixels' default 16.7 Mpx) and bytes that are no image:
+    HTTP 400 whose top-level `message` says why (MLflow prefixes it with the request), no server traceback."""
+    big = io.BytesIO()
+    Image.new("1", (5000, 5000), 1).save(big, format="PNG")
+    rows = {"too large: 5000 x 5000 px, limit 16777216 px": base64.b64encode(big.getvalue()).decode(),
+            "the base64 data is not a decodable image": base64.b64encode(b"plain text, not a PNG").decode()}
+    with serving(champion_store) as url:
+        answers = {reason: post_expecting_error(f"{url}/invocations", {"dataframe_split": {
+            "columns": ["image", "colour"], "data": [[text, "red"]]}}) for reason, text in rows.items()}
+    for reason, (status, body) in answers.items():
+        assert status == 400, (status, body)
+        assert body["error_code"] == "INVALID_PARAMETER_VALUE", body
+        assert f"row 0: {reason}" in body["message"], body["message"]
+        assert "stack_trace" not in body and "Traceback" not in json.dumps(body), body
+        assert str(champion_store) not in json.dumps(body) and "polycolor-pyfunc-" not in json.dumps(body), body

@@ -36,7 +36,7 @@ from polycolor.nn.losses import Objective
 from polycolor.nn.model import ConditionalUNet, count_parameters
 from polycolor.nn.modelio import LoadedModel, load_model
 
-STAGES = ("ingest", "augment", "train", "evaluate", "package")
+STAGES = ("check", "ingest", "augment", "train", "evaluate", "package")
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:

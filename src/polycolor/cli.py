@@ -53,18 +53,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.parser.error("--input needs --colour")
     if args.data is not None and args.colour is not None:
         args.parser.error("--colour goes with --input; with --data the colours come from data.json")
+    name, cfg = _model_name(args, params_required=False)
+    max_pixels = cfg.serving.max_pixels
     # Bad inputs fail before the model (torch, perhaps a registry download) is loaded.
     if args.input is not None:
         resolve_colour(args.colour)
-        image = load_image(args.input, None)  # (H, W, 3) uint8, any mode converted as ingest does
+        image = load_image(args.input, None, max_pixels)  # (H, W, 3) uint8, any mode converted as ingest does
     else:
         read_split(args.data)
     from polycolor.serving import predict
 
-    name, _ = _model_name(args, params_required=False)
     loaded = predict.load(args.model, name)
     if args.data is not None:
-        written = predict.predict_split(loaded, Path(args.data), Path(args.output))
+        written = predict.predict_split(loaded, Path(args.data), Path(args.output), max_pixels)
         print(f"wrote {len(written)} images to {args.output}")
     else:
         predict.paint_to_file(loaded, image, args.colour, Path(args.output))

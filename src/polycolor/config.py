@@ -7,6 +7,7 @@ key and the value (`train.lr must be > 0, got -1.0`), raised as ConfigError.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -219,6 +220,17 @@ class PromoteConfig:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    # Largest image `polycolor predict` and the scoring server decode, in pixels (width x height), checked from
+    # the file's header before decoding. Measured peak RSS of `polycolor predict` (docs/reliability.md):
+    # 4096 x 4096 (the default) 1.5 GB, 12000 x 12000 6.7 GB; refused, 0.15 GB.
+    max_pixels: int = 4096 * 4096
+
+    def validate(self) -> None:
+        _check(self.max_pixels >= 1, "serving.max_pixels", self.max_pixels, "must be >= 1")
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     experiment: str = "polycolor"
     registered_model: str = "polycolor"
@@ -242,6 +254,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
+    serving: ServingConfig = ServingConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     def validate(self) -> None:
@@ -252,6 +265,11 @@ class Config:
             if hasattr(v, "validate"):
                 v.validate()
         self.loss.validate_for(self.model.head)
+        # Across sections: each of the UNet's len(widths) - 1 poolings halves the side, and the decoder must
+        # come back to it exactly (a 100 px input with 4 levels would be 100 -> 50 -> 25 -> 12 -> 24 != 25).
+        factor = 2 ** (len(self.model.widths) - 1)
+        _check(self.ingest.image_size % factor == 0, "ingest.image_size", self.ingest.image_size,
+               f"must be divisible by {factor} (2^(levels-1) for the {len(self.model.widths)} levels of model.widths)")
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
@@ -307,6 +325,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .inf / .nan pass every `>` check; no param can use them
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, bool):  # YAML and `dvc exp run -S train.amp=true` give a bool for "true"

@@ -44,11 +44,31 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = path.parent / f".{path.name}.tmp-{tag}{path.suffix}"
     try:
         yield tmp
+    except OSError as e:
+        _remove(tmp)
+        raise _as_user_path(e, tmp, path) from None
     except BaseException:
         _remove(tmp)
         raise
     if not (tmp.exists() or tmp.is_symlink()):
         raise FileNotFoundError(f"atomic_output: nothing was written for {path}")
+    try:
+        _move_into_place(tmp, path, tag)
+    except OSError as e:
+        _remove(tmp)
+        raise _as_user_path(e, tmp, path) from None
+
+
+def _as_user_path(e: OSError, tmp: Path, path: Path) -> OSError:
+    """`e` naming `path` (what the user asked for) instead of the hidden temporary beside it, which they never
+    named: `[Errno 13] cannot write out.png: Permission denied`. Errors about other files pass unchanged."""
+    names = {str(tmp), tmp.name}
+    if e.filename is None or str(e.filename) not in names and not str(e.filename).startswith(str(tmp) + os.sep):
+        return e
+    return type(e)(e.errno, f"cannot write {path}: {e.strerror}")
+
+
+def _move_into_place(tmp: Path, path: Path, tag: str) -> None:
     if not (path.exists() or path.is_symlink()):
         os.rename(tmp, path)
     elif not tmp.is_dir() and not path.is_dir():

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from polycolor.errors import PolycolorError
 from polycolor.fileio import write_json_atomic
@@ -46,13 +48,40 @@ def configure() -> str:
     from filelock import FileLock
 
     uri = tracking_uri()
+    default_store = not os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri sets it
     mlflow.set_tracking_uri(uri)
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(db) + ".lock", timeout=300):
             with_retry(mlflow.MlflowClient().search_experiments, max_results=1)
+        if default_store:
+            check_store_belongs_here(db)
     return uri
+
+
+def check_store_belongs_here(db: Path) -> None:
+    """Refuse a default store whose experiments keep their artifacts in another checkout's mlartifacts/.
+
+    artifact_root() is absolute, so after `mv` or `cp -a` of a checkout its store still names the old folder:
+    runs would write their artifacts into the original checkout (or fail where it is gone). Said in one line
+    with what to do, before any run is opened.
+    """
+    import mlflow
+    from mlflow.entities import ViewType
+
+    here = db.parent / "mlartifacts"
+    for exp in with_retry(mlflow.MlflowClient().search_experiments, view_type=ViewType.ALL):
+        loc = urlparse(exp.artifact_location or "")
+        if loc.scheme != "file":
+            continue
+        where = Path(url2pathname(loc.path))
+        if where.name == here.name and where != here:
+            raise PolycolorError(
+                f"the MLflow store {db} keeps experiment {exp.name!r}'s artifacts in {where}, outside this checkout "
+                f"{db.parent} (it was moved or copied): move it back, point at the original store "
+                f"(MLFLOW_TRACKING_URI=sqlite:///{where.parent / db.name}), or start a fresh store here "
+                f"(mv mlflow.db mlflow.db.old && mv mlartifacts mlartifacts.old)")
 
 
 def is_locked_error(exc: BaseException) -> bool:

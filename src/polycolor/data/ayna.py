@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,20 +140,61 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+class ImageTooLarge(PolycolorError):
+    """An image whose header declares more pixels than allowed; raised before its pixels are decoded."""
+
+    def __init__(self, where: str, width: int | None, height: int | None, limit: int, key: str):
+        dims = f"{width} x {height} px" if width is not None else "more pixels than Pillow decodes"
+        self.reason = f"too large: {dims}, limit {limit} px ({key})"
+        super().__init__(f"{where} is {self.reason}")
+
+
+def _declared_size(path: Path) -> tuple[int, int] | tuple[None, None]:
+    """Width and height from the file's header alone. Image.open refuses an image over twice
+    Image.MAX_IMAGE_PIXELS (a "decompression bomb") without saying its size; the format's own header parser,
+    which Image.open calls before that refusal, reads it without decoding a pixel."""
+    Image.init()
+    with open(path, "rb") as f:
+        prefix = f.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None and not accept(prefix):
+                continue
+            f.seek(0)
+            try:
+                return factory(f, str(path)).size
+            except (OSError, SyntaxError, ValueError, IndexError, TypeError):
+                continue  # as Image.open does: try the next format that accepts the prefix
+    return None, None
+
+
+def load_image(path: str | Path, size: int | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image as uint8 (H, W, 3) RGB.
 
     Any mode is converted to RGB; when `size` is given and the image is not size x size it is resized with
     NEAREST (so two-valued images stay two-valued). A missing or undecodable file is a PolycolorError naming it.
+    With `max_pixels`, an image whose header declares more (width x height) is an ImageTooLarge before decoding:
+    a 168 KB PNG can declare 12000 x 12000 px, 7 GB decoded.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # Pillow's "could be a decompression bomb" warning: ours is the limit here
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)  # reads the header only
+        with im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageTooLarge(f"image {path}", im.width, im.height, max_pixels, "serving.max_pixels")
             im.load()  # decode now, so a truncated file fails here and not later
             rgb = _to_rgb(im)
     except FileNotFoundError:
         raise PolycolorError(f"image {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        w, h = _declared_size(path)
+        if max_pixels is not None:
+            raise ImageTooLarge(f"image {path}", w, h, max_pixels, "serving.max_pixels") from None
+        raise ImageTooLarge(f"image {path}", w, h, int(2 * Image.MAX_IMAGE_PIXELS), "Pillow's bomb limit") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise PolycolorError(f"cannot decode image {path}: {e}") from None
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.NEAREST)

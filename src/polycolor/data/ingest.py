@@ -109,6 +109,18 @@ def ingest_folder(cfg: IngestConfig, root: Path, out_dir: Path) -> list[dict]:
     return rows
 
 
+def check_source(cfg: IngestConfig) -> None:
+    """The cheap half of ingest_folder, without decoding or writing: the source exists, holds the Ayna layout and
+    each split's data.json is valid (entries, files present, colours). A PolycolorError otherwise.
+
+    The check stage runs it before any other stage, so bad data fails before DVC deletes an output."""
+    if cfg.source == "synthetic":
+        return
+    with open_source(cfg.source_path()) as root:
+        for split in SPLITS:
+            ayna.read_split(root / split)
+
+
 def ingest(cfg: IngestConfig, seed: int, out_dir: str | Path) -> pd.DataFrame:
     """Write the dataset into out_dir (created; it must not exist yet) and return its manifest.
 

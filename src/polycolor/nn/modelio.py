@@ -7,6 +7,9 @@ Content: format version, state_dict, model config, colour vocabulary, image size
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +55,23 @@ def save_model(path: str | Path, model: ConditionalUNet, *, meta: dict[str, Any]
     atomic_torch_save(model_payload(model, meta=meta), path)
 
 
+def _restore_hint(path: Path) -> str:
+    return f"restore it with `dvc checkout {path}` or use a registered version (--model models:/polycolor@champion)"
+
+
 def load_payload(path: str | Path) -> dict[str, Any]:
-    """torch.load(weights_only=True) with one-line errors for a missing or unreadable file."""
+    """torch.load(weights_only=True) with one-line errors for a missing, empty, truncated or unreadable file."""
     path = Path(path)
     if not path.is_file():
         raise PolycolorError(f"model file not found: {path}")
+    # torch.save writes a zip archive whose directory sits at the end: an empty file (torch: IndexError) or a cut
+    # one (torch: RuntimeError or OSError Errno 22, depending on where it was cut) is said as such, with the way back.
+    size = path.stat().st_size
+    if size == 0:
+        raise PolycolorError(f"cannot load model file {path}: it is empty (0 bytes); {_restore_hint(path)}")
+    if not zipfile.is_zipfile(path):
+        raise PolycolorError(f"cannot load model file {path}: it is truncated or not a model file ({size} bytes, "
+                             f"no complete torch archive); {_restore_hint(path)}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
@@ -64,6 +79,20 @@ def load_payload(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise PolycolorError(f"{path} is not a polycolor model file (no state_dict)")
     return payload
+
+
+def content_hash(payload: dict[str, Any]) -> str:
+    """sha256 of what a model file computes: its weights (names, dtypes, shapes, bytes), model config, colour
+    vocabulary and image size. `meta` (lineage, epoch) is left out, so the same model written twice (a re-run
+    after a fix, a retrained identical model) has one hash: the registry keys versions on it."""
+    h = hashlib.sha256()
+    spec = {k: payload.get(k) for k in ("format_version", "model_config", "vocab", "image_size")}
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    for name in sorted(payload["state_dict"]):
+        t = payload["state_dict"][name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def model_from_payload(payload: dict[str, Any], source: str = "model") -> LoadedModel:

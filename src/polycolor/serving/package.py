@@ -102,7 +102,7 @@ def model_signature() -> Any:
 
 
 def model_card(loaded: modelio.LoadedModel, *, name: str, run_info: dict[str, Any], run_params: dict[str, str],
-               eval_metrics: dict[str, Any]) -> dict[str, Any]:
+               eval_metrics: dict[str, Any], max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT) -> dict[str, Any]:
     """The model card as plain JSON data: what the model is, where it came from, how well it does, what it is for.
 
     No timestamps, so an unchanged model gives an unchanged card.
@@ -133,6 +133,7 @@ def model_card(loaded: modelio.LoadedModel, *, name: str, run_info: dict[str, An
         "interface": {
             "input": "DataFrame: image (base64-encoded PNG, any size and mode), colour (name or #rrggbb)",
             "output": "DataFrame: image (base64-encoded RGB PNG, the input's size)",
+            "max_pixels": max_pixels,  # serving.max_pixels: a larger image is refused (HTTP 400) before decoding
         },
     }
 
@@ -172,7 +173,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += ["", "## Known limits", *(f"- {x}" for x in card["known_limits"]), "", "## Params"]
     lines += [f"- `{k}`: {v}" for k, v in card["params"].items()] or ["(none recorded)"]
     lines += ["", "## Interface", f"- input: {card['interface']['input']}",
-              f"- output: {card['interface']['output']}", ""]
+              f"- output: {card['interface']['output']}",
+              f"- largest image: {card['interface'].get('max_pixels', '-')} px (width x height; more is refused)", ""]
     return "\n".join(lines)
 
 
@@ -192,10 +194,12 @@ def write_card(card: dict[str, Any], folder: Path) -> dict[str, Path]:
     return {"model_card_json": folder / CARD_JSON, "model_card_md": folder / CARD_MD}
 
 
-def pyfunc_spec(model_path: Path, card_files: dict[str, Path], image_size: int) -> dict[str, Any]:
-    """The keyword arguments shared by mlflow.pyfunc.save_model (package/) and log_model (the run)."""
+def pyfunc_spec(model_path: Path, card_files: dict[str, Path], image_size: int, max_pixels: int) -> dict[str, Any]:
+    """The keyword arguments shared by mlflow.pyfunc.save_model (package/) and log_model (the run). The pixel
+    limit travels as the model_config, read by the pyfunc's load_context: serving never reads params.yaml."""
     return {
         "python_model": str(PYFUNC_ENTRY),
+        "model_config": {pyfunc.MAX_PIXELS_KEY: int(max_pixels)},
         "artifacts": {pyfunc.MODEL_ARTIFACT: str(model_path), **{k: str(v) for k, v in card_files.items()}},
         "signature": model_signature(),
         "input_example": input_example(image_size),
@@ -214,18 +218,19 @@ def check_package(path: Path, image_size: int) -> None:
         raise PolycolorError(f"package {path}: the pyfunc answered columns {list(out.columns)} x {len(out)} rows")
 
 
-def save_package(out_dir: Path, model_path: Path, card: dict[str, Any], image_size: int) -> None:
+def save_package(out_dir: Path, model_path: Path, card: dict[str, Any], image_size: int,
+                 max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT) -> None:
     """mlflow.pyfunc.save_model into `out_dir` (must not exist yet), the card also at its top level, then check it."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="polycolor-card-") as tmp:
         card_files = write_card(card, Path(tmp))
-        mlflow.pyfunc.save_model(path=str(out_dir), **pyfunc_spec(model_path, card_files, image_size))
+        mlflow.pyfunc.save_model(path=str(out_dir), **pyfunc_spec(model_path, card_files, image_size, max_pixels))
     write_card(card, out_dir)  # beside MLmodel, where people look first
     check_package(out_dir, image_size)
 
 
-def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int) -> str:
+def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int, max_pixels: int) -> str:
     """Log the pyfunc as logged model `model` of the training run `run`; returns its models:/<model id> URI.
 
     The logged model is created in the run's experiment with the run as its source, then filled by Model.log with
@@ -243,31 +248,41 @@ def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int
         card_files = write_card(card, Path(tmp))
         info = with_retry(Model.log, artifact_path=None, name=LOGGED_MODEL_NAME, flavor=mlflow.pyfunc,
                           run_id=run.info.run_id, model_id=logged.model_id,
-                          **pyfunc_spec(model_path, card_files, image_size))
+                          **pyfunc_spec(model_path, card_files, image_size, max_pixels))
     return info.model_uri
 
 
 def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], eval_metrics: dict[str, Any],
-                  name: str) -> PackageResult:
+                  name: str, max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT) -> PackageResult:
     """The package stage's work: build `out_dir`, log the model to the training run, register a new version of
-    `name` tagged with lineage and metrics, and point the alias `candidate` at it.
+    `name` tagged with lineage, metrics and its content hash, and point the alias `candidate` at it.
 
+    Idempotent on the model's content: when a version with the same content hash (weights, model config,
+    vocabulary, image size) is registered already, that version is re-tagged and made `candidate` instead, and
+    nothing is logged again, so a re-run after a fix does not add a duplicate version.
     `out_dir` must not exist (main passes fileio.atomic_output's temporary); MLflow must be configured.
     """
     import mlflow
 
     from polycolor.tracking import with_retry
 
-    loaded = modelio.load_model(model_path)
+    payload = modelio.load_payload(model_path)
+    loaded = modelio.model_from_payload(payload, str(model_path))
     run_id = str(run_info["run_id"])
     client = mlflow.MlflowClient()
     run = with_retry(client.get_run, run_id)
     card = model_card(loaded, name=name, run_info=run_info, run_params=dict(run.data.params),
-                      eval_metrics=eval_metrics)
-    save_package(out_dir, model_path, card, loaded.image_size)
-    logged_uri = log_to_run(run, model_path, card, loaded.image_size)
-    tags = registry.lineage_tags(run_info) | registry.metric_tags(eval_metrics)
-    mv = registry.register_version(name, logged_uri, tags=tags)
+                      eval_metrics=eval_metrics, max_pixels=max_pixels)
+    save_package(out_dir, model_path, card, loaded.image_size, max_pixels)
+    digest = modelio.content_hash(payload)
+    tags = registry.lineage_tags(run_info) | registry.metric_tags(eval_metrics) | {registry.CONTENT_TAG: digest}
+    existing = registry.find_by_content(name, digest)
+    if existing is not None:
+        mv = registry.retag_version(name, str(existing.version), tags=tags)
+        logged_uri = str(existing.source)
+    else:
+        logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels)
+        mv = registry.register_version(name, logged_uri, tags=tags)
     with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")
     return PackageResult(name=name, version=str(mv.version), run_id=run_id,
                          model_uri=f"models:/{name}/{mv.version}", logged_model_uri=logged_uri)

@@ -144,14 +144,16 @@ def paint_to_file(loaded: modelio.LoadedModel, image: np.ndarray, colour: str, o
         write_png(tmp, painted)
 
 
-def predict_split(loaded: modelio.LoadedModel, split_dir: Path, out_dir: Path) -> list[Path]:
+def predict_split(loaded: modelio.LoadedModel, split_dir: Path, out_dir: Path,
+                  max_pixels: int | None = None) -> list[Path]:
     """Paint every entry of an Ayna split (its data.json) and write one PNG per entry into `out_dir`, named as
-    the entry's output_image; returns the written paths in data.json order."""
+    the entry's output_image; returns the written paths in data.json order. Inputs over `max_pixels` are refused
+    before any is decoded in full."""
     samples = read_split(split_dir)
     cache: dict[Path, np.ndarray] = {}
     for s in samples:  # entries may share an input file; decode it once
         if s.input_path not in cache:
-            cache[s.input_path] = load_image(s.input_path, None)
+            cache[s.input_path] = load_image(s.input_path, None, max_pixels)
     painted = paint_images(loaded, [cache[s.input_path] for s in samples], [s.colour for s in samples])
     written = []
     for s, image in zip(samples, painted):

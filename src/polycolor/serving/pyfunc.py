@@ -26,12 +26,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from polycolor.data.ayna import load_image
-from polycolor.errors import PolycolorError
+from polycolor.config import ServingConfig
+from polycolor.data.ayna import ImageTooLarge, load_image
+from polycolor.errors import PolycolorError, one_line
 from polycolor.nn import modelio
 from polycolor.serving.predict import MODEL_ARTIFACT, paint_images
 
 INPUT_COLUMNS = ("image", "colour")
+MAX_PIXELS_KEY = "max_pixels"  # the package's model_config key holding serving.max_pixels
+MAX_PIXELS_DEFAULT = ServingConfig().max_pixels  # for packages saved without it
 OUTPUT_COLUMN = "image"
 
 
@@ -42,10 +45,12 @@ def encode_png(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def decode_png(text: str, scratch: Path, where: str = "image") -> np.ndarray:
-    """base64 text of an image file -> uint8 (H, W, 3) RGB, converted exactly as ingest converts files.
+def decode_png(text: str, scratch: Path, where: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """base64 text of an image file -> uint8 (H, W, 3) RGB, converted exactly as ingest converts files; an image
+    over `max_pixels` is refused from its header, before it is decoded.
 
     The bytes go through a file in `scratch` so that ayna.load_image (the one converter of modes) decodes them.
+    Errors name the row (`where`), never the scratch file: the client must not see server paths.
     """
     if not isinstance(text, str) or not text.strip():
         raise PolycolorError(f"{where}: expected a base64-encoded PNG string, got {type(text).__name__}")
@@ -56,19 +61,24 @@ def decode_png(text: str, scratch: Path, where: str = "image") -> np.ndarray:
     path = scratch / f"{where.replace(' ', '_')}.img"
     path.write_bytes(data)
     try:
-        return load_image(path, None)
+        return load_image(path, None, max_pixels)
+    except ImageTooLarge as e:
+        raise PolycolorError(f"{where}: {e.reason}") from None
     except PolycolorError:
         raise PolycolorError(f"{where}: the base64 data is not a decodable image") from None
 
 
-def predict_frame(loaded: modelio.LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """Paint every row of `frame` (columns image, colour); returns a DataFrame with column image, same row order."""
+def predict_frame(loaded: modelio.LoadedModel, frame: pd.DataFrame,
+                  max_pixels: int = MAX_PIXELS_DEFAULT) -> pd.DataFrame:
+    """Paint every row of `frame` (columns image, colour); returns a DataFrame with column image, same row order.
+    Every image is checked against `max_pixels` before any is decoded in full."""
     missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
     if missing:
         raise PolycolorError(f"input needs columns {', '.join(INPUT_COLUMNS)}; missing {', '.join(missing)}")
     colours = [str(c) for c in frame["colour"].tolist()]
     with tempfile.TemporaryDirectory(prefix="polycolor-pyfunc-") as scratch:
-        images = [decode_png(t, Path(scratch), f"row {i}") for i, t in enumerate(frame["image"].tolist())]
+        texts = frame["image"].tolist()
+        images = [decode_png(t, Path(scratch), f"row {i}", max_pixels) for i, t in enumerate(texts)]
     painted = paint_images(loaded, images, colours)  # each (H_i, W_i, 3), the input's size
     out = [encode_png(im) for im in painted]
     return pd.DataFrame({OUTPUT_COLUMN: out})
@@ -78,12 +88,24 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
     """pyfunc over a polycolor model file; `predict` takes and returns DataFrames (see the module docstring)."""
 
     def load_context(self, context: Any) -> None:
-        """Load the model file (artifact `model`) with torch.load(weights_only=True), once per process."""
+        """Load the model file (artifact `model`) with torch.load(weights_only=True), once per process, and the
+        pixel limit the package stage saved in the model_config (serving does not read params.yaml)."""
         self.loaded = modelio.load_model(context.artifacts[MODEL_ARTIFACT])
+        self.max_pixels = int((context.model_config or {}).get(MAX_PIXELS_KEY, MAX_PIXELS_DEFAULT))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """DataFrame (image: base64 PNG, colour) -> DataFrame (image: base64 PNG of the input's size)."""
+        """DataFrame (image: base64 PNG, colour) -> DataFrame (image: base64 PNG of the input's size).
+
+        Bad input is MLflow's own exception with INVALID_PARAMETER_VALUE, so the scoring server answers HTTP 400
+        with the reason as `message`; any other exception there becomes a generic message plus a server traceback.
+        """
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
-        return predict_frame(self.loaded, model_input)
+        try:
+            return predict_frame(self.loaded, model_input, self.max_pixels)
+        except PolycolorError as e:
+            raise MlflowException(one_line(e), error_code=INVALID_PARAMETER_VALUE) from None
 

@@ -32,6 +32,7 @@ HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of versions 
 HISTORY_MAX = 100
 METRIC_TAG_PREFIX = "eval."  # version tag `eval.val.psnr_mean` = metrics/eval.json["val"]["psnr_mean"]
 LINEAGE_KEYS = ("git_commit", "data_hash", "dvc_exp_name")
+CONTENT_TAG = "content_sha256"  # version tag: modelio.content_hash of the model file; one version per distinct model
 DECISION_TAG, REASON_TAG, AT_TAG = "promotion.decision", "promotion.reason", "promotion.at"
 TABLE_METRICS = ("val.psnr_mean", "val.colour_accuracy", "val.iou", "ayna_real.psnr_mean")
 
@@ -99,6 +100,21 @@ def register_version(name: str, model_uri: str, *, tags: dict[str, str]) -> Any:
     mv = with_retry(mlflow.register_model, model_uri, name, tags=tags)
     with_retry(_client().set_registered_model_alias, name, CANDIDATE, mv.version)
     return mv
+
+
+def find_by_content(name: str, digest: str) -> Any | None:
+    """The oldest version of `name` tagged with content hash `digest` (see modelio.content_hash), else None."""
+    found = with_retry(_client().search_model_versions, f"name = '{name}' AND tags.{CONTENT_TAG} = '{digest}'")
+    return min(found, key=lambda mv: int(mv.version)) if found else None
+
+
+def retag_version(name: str, version: str, *, tags: dict[str, str]) -> Any:
+    """Set `tags` on an existing version and point `candidate` at it (registration of a model already held)."""
+    client = _client()
+    for key, value in tags.items():
+        with_retry(client.set_model_version_tag, name, version, key, value)
+    with_retry(client.set_registered_model_alias, name, CANDIDATE, version)
+    return with_retry(client.get_model_version, name, version)
 
 
 def get_version(name: str, version: str | int | None = None, alias: str = CANDIDATE) -> Any:
