@@ -4,7 +4,6 @@ holds, a store whose checkout was copied, a zip that points outside its folder, 
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import shutil
