@@ -73,7 +73,7 @@ def clone(repos, name: str) -> Path:
 
 
 def test_push_then_a_fresh_clone_pulls_everything_and_is_up_to_date(repos):
-    base, root, _, env = repos
+    _, root, _, env = repos
     dvc("repro", cwd=root, env=env)
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-qm", "tiny repro"], root, env)
@@ -91,7 +91,7 @@ def test_push_then_a_fresh_clone_pulls_everything_and_is_up_to_date(repos):
 
 
 def test_a_named_experiment_travels_through_the_remotes(repos):
-    base, root, _, env = repos
+    _, root, _, env = repos
     dvc("exp", "run", "-n", "remote-exp", "-S", "train.lr=0.004", cwd=root, env=env)
     model = digest(root, "models/model.pt")
     dvc("exp", "push", "origin", "remote-exp", cwd=root, env=env)

@@ -8,6 +8,7 @@ commands, start and stop a second stack."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,26 +122,29 @@ def test_two_queued_experiments_land_on_the_server(project, team_stack):
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db")), "a queued run fell back to a local store"
 
 
-def test_stack_up_and_down_commands(tmp_path_factory):
+def test_stack_up_and_down_commands():
     """`polycolor stack up` prints an export line that reaches a live server; `down` stops every process."""
     require_stack()
     d = Path(tempfile.mkdtemp(prefix="polycolor-stack-cli-"))
     cli = [sys.executable, "-m", "polycolor.cli", "stack"]
-    up = subprocess.run([*cli, "up", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    up = subprocess.run([*cli, "up", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                        check=False)
     try:
         assert up.returncode == 0, up.stderr
         exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines()
                        if line.startswith("export "))
         with urllib.request.urlopen(exports["MLFLOW_TRACKING_URI"] + "/health", timeout=10) as r:
             assert r.status == 200
-        again = subprocess.run([*cli, "up", "--dir", str(d)], cwd=REPO, capture_output=True, text=True)
+        again = subprocess.run([*cli, "up", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, check=False)
         assert again.returncode == 1 and "already up" in again.stderr
         pids = [s.pid for s in stack_mod.load(d).services]
         password = (d / "pgpass").read_text().rsplit(":", 1)[1].strip()
     finally:
-        down = subprocess.run([*cli, "down", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        down = subprocess.run([*cli, "down", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                              check=False)
     assert down.returncode == 0, down.stderr
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     logs = "".join(p.read_text(errors="replace") for p in (d / "logs").glob("*.log"))
     assert password not in logs + up.stdout + up.stderr, "the database password leaked"
     assert not (d / "pgpass").exists() and not (d / "pg").exists(), "down leaves no data or password behind"
+    shutil.rmtree(d)

@@ -145,6 +145,14 @@ def _give_to_pg_user(path: Path) -> None:
         os.chown(path, ids["user"], ids["group"])
 
 
+def _write_secret(path: Path, text: str) -> None:
+    """`text` in a file created 0600 (never readable by others, not even for a moment)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def _service(name: str, proc: subprocess.Popen, log: Path, stop_signal: int) -> Service:
     import psutil
 
@@ -179,44 +187,41 @@ def _start_postgres(d: Path, logs: Path, timeout: float) -> tuple[Service, int, 
     password = secrets.token_urlsafe(24)
     as_user = _as_user()
     env = _child_env(LC_ALL="C")
-    if as_user and subprocess.run(["test", "-w", str(pgdata)], **as_user).returncode != 0:
+    if as_user and subprocess.run(["test", "-w", str(pgdata)], check=False, **as_user).returncode != 0:
         raise PolycolorError(f"PostgreSQL runs as {PG_OS_USER} (it refuses root), who cannot enter {pgdata}: "
                              "pass a --dir that others can enter, e.g. /tmp/polycolor-stack")
     # The initial password goes through a 0600 file readable only by the PostgreSQL user, removed right after.
-    pwfile.write_text(password + "\n")
-    pwfile.chmod(0o600)
+    _write_secret(pwfile, password + "\n")
     _give_to_pg_user(pwfile)
     init_log = logs / "initdb.log"
     try:
         with init_log.open("w") as log:
             rc = subprocess.run([str(bindir / "initdb"), "-D", str(pgdata), "-U", DB_USER, f"--pwfile={pwfile}",
                                  "--auth=scram-sha-256", "--no-locale", "--encoding=UTF8", "--no-sync"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, **as_user).returncode
+                                stdout=log, stderr=subprocess.STDOUT, env=env, check=False, **as_user).returncode
     finally:
         pwfile.unlink(missing_ok=True)
     if rc != 0:
         raise PolycolorError(f"initdb failed (exit {rc}); see {init_log} (last line: {_log_tail(init_log)})")
     # libpq's password file: the MLflow server and createdb find the password here, the URIs carry none.
-    passfile.write_text(f"{HOST}:*:*:{DB_USER}:{password}\n")
-    passfile.chmod(0o600)
+    _write_secret(passfile, f"{HOST}:*:*:{DB_USER}:{password}\n")
 
     port = free_port()
     log_path = logs / "postgres.log"
     with log_path.open("w") as log:
-        _give_to_pg_user(log_path)
         proc = _spawn([str(bindir / "postgres"), "-D", str(pgdata), "-h", HOST, "-p", str(port), "-k", ""],
                       log, env, **as_user)
     pg_env = _child_env(PGPASSFILE=str(passfile))
 
     def ready() -> bool:
         return subprocess.run([str(bindir / "pg_isready"), "-q", "-h", HOST, "-p", str(port), "-U", DB_USER,
-                               "-d", "postgres"], env=pg_env).returncode == 0
+                               "-d", "postgres"], env=pg_env, check=False).returncode == 0
 
     service = _service("postgres", proc, log_path, signal.SIGINT)
     try:
         _wait_ready(f"postgres (port {port})", proc, log_path, ready, timeout)
         done = subprocess.run([str(bindir / "createdb"), "-h", HOST, "-p", str(port), "-U", DB_USER, DB_NAME],
-                              env=pg_env, capture_output=True, text=True)
+                              env=pg_env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise PolycolorError(f"createdb {DB_NAME} failed: {done.stderr.strip()}")
     except BaseException:
