@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro test test-fast bench clean-venv
+.PHONY: install repro test test-fast bench stack-up stack-down clean-venv
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/polycolor bench
+
+# The team stack on loopback (PostgreSQL + S3 + MLflow server; needs PostgreSQL installed): `eval "$$(make -s stack-up)"`
+# exports MLFLOW_TRACKING_URI; stack-down stops it and discards its runs and artifacts.
+stack-up: $(STAMP)
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/polycolor stack up
+
+stack-down: $(STAMP)
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/polycolor stack down
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,19 +1,29 @@
-"""Shared fixtures: the real Ayna data beside the checkout, a tiny synthetic dataset, and the stage scripts."""
+"""Shared fixtures: the real Ayna data beside the checkout, a tiny synthetic dataset, the stage scripts, throwaway
+git copies of the project for end-to-end tests, and the team stack (PostgreSQL + S3 + MLflow server)."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 from polycolor.config import IngestConfig
 from polycolor.data.ingest import ingest
 
 REPO = Path(__file__).parents[1]
 AYNA_DIR = REPO.parent / "shared" / "ayna-dataset"
+AYNA_VAL = AYNA_DIR / "validation"
+TINY_PRESET = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())  # presets/tiny.yaml as a dict
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +92,97 @@ def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         tracking.configure()
     return db
+
+
+# ------------------------------------------------------------------------------------------- end-to-end helpers
+
+def sh(args: list[str], cwd: Path, env: dict, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command; with `check`, a non-zero exit fails the test showing the command's output tails."""
+    p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def deep_update(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = deep_update(dict(base.get(k) or {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def new_project(root: Path, *, tiny: bool = True) -> dict[str, str]:
+    """A git repo at `root` holding the project's files (tracked and new, as git sees them, no outputs), with the
+    tiny preset written into params.yaml when `tiny` and the real Ayna validation split as an absolute extra set
+    when it is beside this checkout. Returns the environment to run its pipeline in (polycolor.bench.pipeline_env:
+    no MLFLOW_/DVC_ settings, so its stores are its own)."""
+    from polycolor.bench import copy_project, pipeline_env
+
+    copy_project(REPO, root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    if tiny:
+        params = deep_update(params, TINY_PRESET)
+    params["evaluate"]["extra_sets"] = (
+        {"ayna_real": {"path": str(AYNA_VAL), "required": True}} if AYNA_VAL.is_dir() else {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = pipeline_env()
+    # A local identity: DVC commits experiments to hidden refs, and CI machines may have no global git config.
+    for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "ci@polycolor.invalid"],
+                 ["git", "config", "user.name", "polycolor tests"], ["git", "add", "-A"],
+                 ["git", "commit", "-qm", "tiny" if tiny else "project"]):
+        sh(args, root, env)
+    return env
+
+
+def run_queue(root: Path, env: dict, experiments: list[list[str]], jobs: int = 2, timeout: float = 900) -> str:
+    """Queue one `dvc exp run` per flag list, run the queue with `jobs` workers, wait until it is done and assert
+    that every experiment succeeded. Returns the last `dvc queue status` text."""
+    for flags in experiments:
+        sh([sys.executable, "-m", "dvc", "exp", "run", "--queue", *flags], root, env)
+    sh([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], root, env)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = sh([sys.executable, "-m", "dvc", "queue", "status"], root, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    else:
+        raise AssertionError(f"queue did not finish:\n{status}")
+    assert status.count("Success") == len(experiments), status
+    return status
+
+# ------------------------------------------------------------------------------------------- the team stack
+
+def require_stack() -> None:
+    """Skip when this machine cannot start the team stack (no PostgreSQL, or the `stack` extra missing); with
+    CI=true fail instead, so a broken install never turns green."""
+    from polycolor import stack
+    from polycolor.errors import PolycolorError
+
+    missing = next((f"{m} is not installed (pip install -e '.[stack]')" for m in ("moto", "boto3", "psycopg2")
+                    if importlib.util.find_spec(m) is None), None)
+    if missing is None:
+        try:
+            stack.postgres_bindir()
+        except PolycolorError as e:
+            missing = str(e)
+    if missing and os.environ.get("CI") == "true":
+        pytest.fail(f"the team stack cannot start in CI: {missing}")
+    if missing:
+        pytest.skip(f"the team stack cannot start here: {missing}")
+
+
+@pytest.fixture(scope="session")
+def team_stack():
+    """PostgreSQL, moto's S3 server and `mlflow server` on free loopback ports (polycolor.stack, the code behind
+    `polycolor stack up`), once per session, stopped by PID at the end (require_stack says when it skips)."""
+    from polycolor import stack
+
+    require_stack()
+    # Outside pytest's private (0700) basetemp: as root, PostgreSQL runs as `nobody`, who must enter the folder.
+    d = Path(tempfile.mkdtemp(prefix="polycolor-stack-"))
+    started = stack.start(d)  # a failure names a log under d, which is then kept
+    try:
+        yield started
+    finally:
+        stack.stop(d)
+        shutil.rmtree(d, ignore_errors=True)

@@ -5,55 +5,21 @@ the main MLflow store with their own names, params, metrics and registered versi
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
-
-from polycolor.bench import copy_project, pipeline_env
+from conftest import AYNA_VAL, new_project, run_queue, sh
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).parents[1]
-AYNA_VAL = REPO.parent / "shared" / "ayna-dataset" / "validation"
-
-# The tiny preset (presets/tiny.yaml) with the real Ayna validation split as an absolute extra set.
-TINY = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
-
-
-def deep_update(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = deep_update(dict(base.get(k) or {}), v) if isinstance(v, dict) else v
-    return base
-
-
-def sh(args: list[str], cwd: Path, env: dict, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A git repo holding the project's files (tracked and new, as git sees them) with tiny params."""
+    """A git repo holding the project's files with tiny params (conftest.new_project)."""
     root = tmp_path_factory.mktemp("e2e") / "polycolor"
-    copy_project(REPO, root)
-    params = deep_update(yaml.safe_load((root / "params.yaml").read_text()), TINY)
-    extra = {"ayna_real": {"path": str(AYNA_VAL), "required": True}} if AYNA_VAL.is_dir() else {}
-    params["evaluate"]["extra_sets"] = extra
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = pipeline_env()
-    # A local identity: DVC commits experiments to hidden refs, and CI machines may have no global git config.
-    for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "ci@polycolor.invalid"],
-                 ["git", "config", "user.name", "polycolor tests"], ["git", "add", "-A"],
-                 ["git", "commit", "-qm", "tiny"]):
-        sh(args, root, env)
-    return root, env
+    return root, new_project(root)
 
 
 def store(root: Path) -> mlflow.MlflowClient:
@@ -96,18 +62,7 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project):
     root, env = project
     before = {r.info.run_id for r in store(root).search_runs(
         [store(root).get_experiment_by_name("polycolor").experiment_id])}
-    for lr in ("0.002", "0.004"):
-        sh([sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}"], root, env)
-    sh([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], root, env)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = sh([sys.executable, "-m", "dvc", "queue", "status"], root, env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
-    else:
-        raise AssertionError(f"queue did not finish:\n{status}")
-    assert status.count("Success") == 2, status
+    run_queue(root, env, [["-S", f"train.lr={lr}"] for lr in ("0.002", "0.004")])
 
     client = store(root)
     exp = client.get_experiment_by_name("polycolor")

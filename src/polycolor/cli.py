@@ -6,6 +6,7 @@
   polycolor models
   polycolor preset NAME          (prints `-S key=value` flags for `dvc exp run`)
   polycolor bench [--repro]      (speed figures -> metrics/benchmark.json)
+  polycolor stack up|down [--dir .stack]   (PostgreSQL + S3 + MLflow server on loopback; see polycolor.stack)
 
 Exit codes: 0 done; 1 an error (one line `error: ...` on stderr, never a traceback for bad input); 2 a usage
 error (argparse); 3 `promote` refused the candidate.
@@ -162,12 +163,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    """`up`: start the team stack and print its export lines on stdout; `down`: stop it by its recorded PIDs."""
+    from polycolor import stack
+
+    d = Path(args.dir) if args.dir else repo_root() / ".stack"
+    if args.action == "up":
+        print(stack.start(d, timeout=args.timeout).exports())
+    else:
+        stopped = stack.stop(d)
+        print(f"stopped {', '.join(stopped) or 'nothing (no service was still running)'}", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
     "promote": cmd_promote,
     "models": cmd_models,
     "preset": cmd_preset,
     "bench": cmd_bench,
+    "stack": cmd_stack,
 }
 
 
@@ -226,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-metrics", default="metrics/train.json")
     p.add_argument("--out", default="metrics/benchmark.json")
     p.add_argument("--repro", action="store_true", help="also time a full dvc repro, stage by stage (minutes)")
+    p.set_defaults(parser=p)
+
+    p = sub.add_parser("stack", help="start or stop the team stack (PostgreSQL, S3, MLflow server) on loopback",
+                       description="up: start PostgreSQL, an S3-compatible server (moto) and `mlflow server` on "
+                                   "free 127.0.0.1 ports and print `export MLFLOW_TRACKING_URI=...` (use: eval "
+                                   "\"$(polycolor stack up)\"); down: stop them. The stack is ephemeral: down "
+                                   "discards its runs and artifacts. Needs the `stack` extra and PostgreSQL.")
+    p.add_argument("action", choices=("up", "down"))
+    p.add_argument("--dir", default=None, help="state, data and logs (default: .stack in the repo root)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds each service may take to answer (up)")
     p.set_defaults(parser=p)
     return ap
 

@@ -31,9 +31,14 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
-def artifact_root() -> str:
-    """Where new experiments keep artifacts: beside the sqlite store, absolute, so queued runs share it."""
-    db = sqlite_path(tracking_uri())
+def artifact_root() -> str | None:
+    """Where new experiments keep artifacts: beside the sqlite store, absolute, so queued runs share it. None for
+    a tracking server, which chooses: its proxied destination (mlflow-artifacts:/), so clients need no storage
+    credentials and never write to a local folder the server cannot see."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return None
+    db = sqlite_path(uri)
     return ((db.parent if db else repo_root()) / "mlartifacts").as_uri()
 
 
@@ -102,7 +107,7 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: An
 
 
 def ensure_experiment(name: str) -> str:
-    """The experiment's id, creating it with an absolute artifact location when it does not exist yet."""
+    """The experiment's id, creating it (with artifact_root(): absolute, or the server's default) if needed."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -1,0 +1,386 @@
+"""The team stack on loopback, started for real: PostgreSQL (MLflow's tracking and registry store), an S3-compatible
+object store (moto's standalone server) and `mlflow server` proxying artifacts to it.
+
+    stack = start(Path(".stack"))   # or: polycolor stack up [--dir .stack]
+    stack.tracking_uri              # http://127.0.0.1:PORT, what MLFLOW_TRACKING_URI gets
+    stop(Path(".stack"))            # or: polycolor stack down [--dir .stack]
+
+Every service listens on 127.0.0.1 on a free port, logs to <dir>/logs/<service>.log (errors name the file) and is
+stopped by its PID, recorded in <dir>/stack.json with its start time so that a reused PID is never signalled.
+
+Credentials stay out of URIs, params, tags and logs. PostgreSQL gets a password generated at each `up`; the MLflow
+server reads it from a libpq password file (PGPASSFILE, mode 0600, in <dir>) so the backend URI carries none. The
+object store gets fixed dummy AWS keys, set only in the environment of the server processes; MLflow clients need
+no S3 credentials at all, since artifacts go through the server (mlflow-artifacts:/).
+
+The stack is ephemeral: moto keeps objects in memory, so `down` discards them, and `up` starts PostgreSQL on a new
+database for the same reason (metadata without its artifacts would be worse than nothing). Production swaps
+these for a managed PostgreSQL and a real bucket, with only the URIs changed: see docs/scaling.md.
+
+PostgreSQL refuses to run as root: as root, initdb and postgres run as the unprivileged user `nobody`, which must be
+able to enter <dir> (pick a folder under /tmp when the default sits below a private home folder).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from polycolor.errors import PolycolorError
+from polycolor.fileio import read_json, write_json_atomic
+
+HOST = "127.0.0.1"
+DB_USER = "polycolor"
+DB_NAME = "mlflow"
+BUCKET = "polycolor"
+ARTIFACTS = f"s3://{BUCKET}/mlflow"   # the server's --artifacts-destination
+PG_OS_USER = "nobody"                 # who runs PostgreSQL when we are root
+# Fixed, test-only keys for the local object store (moto accepts any). They live only in the environment of the
+# processes that talk S3 directly: the MLflow server and whoever sets up the bucket. Never use them elsewhere.
+DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "polycolor-local-stack", "AWS_SECRET_ACCESS_KEY": "polycolor-local-stack",
+             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+STATE = "stack.json"
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    pid: int
+    started: float  # psutil create_time of the PID, so that a PID reused after a crash is never signalled
+    log: str
+    stop_signal: int  # postgres: SIGINT is its "fast shutdown"; the Python servers stop on SIGTERM
+
+
+@dataclass(frozen=True)
+class Stack:
+    dir: Path
+    tracking_uri: str   # http://127.0.0.1:PORT: MLFLOW_TRACKING_URI for every client
+    s3_endpoint: str    # http://127.0.0.1:PORT: the object store (DVC remote endpointurl, boto3 endpoint_url)
+    artifacts: str      # s3://polycolor/mlflow: where the server puts artifacts
+    backend_uri: str    # postgresql+psycopg2://polycolor@127.0.0.1:PORT/mlflow (no password: see PGPASSFILE)
+    services: tuple[Service, ...]
+
+    def exports(self) -> str:
+        """Shell lines for `eval "$(polycolor stack up)"`: the one variable clients need, then comments."""
+        return "\n".join([
+            f"export MLFLOW_TRACKING_URI={self.tracking_uri}",
+            f"# tracking store {self.backend_uri}; artifacts {self.artifacts} via the server",
+            f"# S3 endpoint {self.s3_endpoint} (bucket {BUCKET}); logs in {self.dir / 'logs'}",
+            f"# stop with: polycolor stack down --dir {self.dir}",
+        ])
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (bind to port 0, let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def postgres_bindir() -> Path:
+    """The folder of initdb/postgres/pg_isready: POLYCOLOR_PG_BINDIR, else Debian's newest
+    /usr/lib/postgresql/N/bin, else wherever `postgres` is on PATH."""
+    env = os.environ.get("POLYCOLOR_PG_BINDIR")
+    found = [Path(env)] if env else sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                                           key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0), reverse=True)
+    on_path = shutil.which("postgres")
+    found += [Path(on_path).parent] if on_path else []
+    for d in found:
+        if (d / "postgres").is_file() and (d / "initdb").is_file():
+            return d
+    raise PolycolorError("PostgreSQL server binaries (initdb, postgres) not found: install them "
+                         "(Debian: apt-get install -y postgresql) or set POLYCOLOR_PG_BINDIR")
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
+def _wait_ready(name: str, proc: subprocess.Popen, log: Path, ready: Callable[[], bool], timeout: float) -> None:
+    """Poll `ready()` until it is true; fail naming the log when the process exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PolycolorError(f"{name} exited with code {proc.returncode} while starting; see {log} "
+                                 f"(last line: {_log_tail(log)})")
+        if ready():
+            return
+        time.sleep(0.5)
+    raise PolycolorError(f"{name} did not answer within {timeout:.0f} s; see {log} (last line: {_log_tail(log)})")
+
+
+def _as_user() -> dict[str, Any]:
+    """Popen arguments that drop root to PG_OS_USER (PostgreSQL refuses to run as root); none otherwise."""
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+
+    pw = pwd.getpwnam(PG_OS_USER)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def _give_to_pg_user(path: Path) -> None:
+    ids = _as_user()
+    if ids:
+        os.chown(path, ids["user"], ids["group"])
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """`text` in a file created 0600 (never readable by others, not even for a moment)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _service(name: str, proc: subprocess.Popen, log: Path, stop_signal: int) -> Service:
+    import psutil
+
+    return Service(name, proc.pid, psutil.Process(proc.pid).create_time(), str(log), int(stop_signal))
+
+
+def _spawn(args: list[str], log: IO, env: dict[str, str], **kw: Any) -> subprocess.Popen:
+    # A session of its own: the servers outlive `polycolor stack up`, and a Ctrl-C there does not reach them.
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, **kw)
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    """This environment without MLflow, AWS and libpq settings of the caller, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "PG"))}
+    # MLflow's server starts uvicorn from the bin/ of this Python
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+# ------------------------------------------------------------------------------------------- services
+
+def _start_postgres(d: Path, logs: Path, timeout: float) -> tuple[Service, int, Path]:
+    """initdb a fresh cluster in d/pg (password auth over TCP only, no unix socket), start postgres, create the
+    MLflow database. Returns the service, its port and the libpq password file."""
+    bindir = postgres_bindir()
+    pgdata, pwfile, passfile = d / "pg", d / "pg-initpw", d / "pgpass"
+    shutil.rmtree(pgdata, ignore_errors=True)
+    pgdata.mkdir(mode=0o700)
+    _give_to_pg_user(pgdata)
+    password = secrets.token_urlsafe(24)
+    as_user = _as_user()
+    env = _child_env(LC_ALL="C")
+    if as_user and subprocess.run(["test", "-w", str(pgdata)], check=False, **as_user).returncode != 0:
+        raise PolycolorError(f"PostgreSQL runs as {PG_OS_USER} (it refuses root), who cannot enter {pgdata}: "
+                             "pass a --dir that others can enter, e.g. /tmp/polycolor-stack")
+    # The initial password goes through a 0600 file readable only by the PostgreSQL user, removed right after.
+    _write_secret(pwfile, password + "\n")
+    _give_to_pg_user(pwfile)
+    init_log = logs / "initdb.log"
+    try:
+        with init_log.open("w") as log:
+            rc = subprocess.run([str(bindir / "initdb"), "-D", str(pgdata), "-U", DB_USER, f"--pwfile={pwfile}",
+                                 "--auth=scram-sha-256", "--no-locale", "--encoding=UTF8", "--no-sync"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, check=False, **as_user).returncode
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if rc != 0:
+        raise PolycolorError(f"initdb failed (exit {rc}); see {init_log} (last line: {_log_tail(init_log)})")
+    # libpq's password file: the MLflow server and createdb find the password here, the URIs carry none.
+    _write_secret(passfile, f"{HOST}:*:*:{DB_USER}:{password}\n")
+
+    port = free_port()
+    log_path = logs / "postgres.log"
+    with log_path.open("w") as log:
+        proc = _spawn([str(bindir / "postgres"), "-D", str(pgdata), "-h", HOST, "-p", str(port), "-k", ""],
+                      log, env, **as_user)
+    pg_env = _child_env(PGPASSFILE=str(passfile))
+
+    def ready() -> bool:
+        return subprocess.run([str(bindir / "pg_isready"), "-q", "-h", HOST, "-p", str(port), "-U", DB_USER,
+                               "-d", "postgres"], env=pg_env, check=False).returncode == 0
+
+    service = _service("postgres", proc, log_path, signal.SIGINT)
+    try:
+        _wait_ready(f"postgres (port {port})", proc, log_path, ready, timeout)
+        done = subprocess.run([str(bindir / "createdb"), "-h", HOST, "-p", str(port), "-U", DB_USER, DB_NAME],
+                              env=pg_env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise PolycolorError(f"createdb {DB_NAME} failed: {done.stderr.strip()}")
+    except BaseException:
+        _stop_service(service)
+        raise
+    return service, port, passfile
+
+
+def s3_client(endpoint: str):
+    """A boto3 S3 client for the local object store, with the dummy keys passed explicitly (not via the
+    environment, which may hold real ones)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
+                        region_name=DUMMY_AWS["AWS_DEFAULT_REGION"],
+                        config=BotoConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}))
+
+
+def _start_s3(logs: Path, timeout: float) -> tuple[Service, str]:
+    """moto's standalone S3 server on a free port, with the artifacts bucket created."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    port = free_port()
+    endpoint = f"http://{HOST}:{port}"
+    log_path = logs / "s3.log"
+    with log_path.open("w") as log:
+        proc = _spawn([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)], log,
+                      _child_env(**DUMMY_AWS))
+    service = _service("s3", proc, log_path, signal.SIGTERM)
+    client = s3_client(endpoint)
+
+    def ready() -> bool:
+        try:
+            client.list_buckets()
+            return True
+        except (BotoCoreError, ClientError):
+            return False
+
+    try:
+        _wait_ready(f"S3 server (moto, port {port})", proc, log_path, ready, timeout)
+        client.create_bucket(Bucket=BUCKET)
+    except BaseException:
+        _stop_service(service)
+        raise
+    return service, endpoint
+
+
+def _start_mlflow(backend_uri: str, s3_endpoint: str, passfile: Path, logs: Path, timeout: float,
+                  workers: int) -> tuple[Service, str]:
+    port = free_port()
+    uri = f"http://{HOST}:{port}"
+    log_path = logs / "mlflow.log"
+    # No job runner: it serves GenAI scoring and trace archival, which polycolor does not use, at the cost of seven
+    # huey consumer processes on a 2-core machine and ~20 s to stop.
+    env = _child_env(PGPASSFILE=str(passfile), MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
+                     MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **DUMMY_AWS)
+    with log_path.open("w") as log:
+        proc = _spawn([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+                       "--artifacts-destination", ARTIFACTS, "--host", HOST, "--port", str(port),
+                       "--workers", str(workers)], log, env)
+    service = _service("mlflow", proc, log_path, signal.SIGTERM)
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    try:
+        # The first start creates MLflow's schema in PostgreSQL (its migrations): tens of seconds on 2 cores.
+        _wait_ready(f"mlflow server (port {port})", proc, log_path, ready, timeout)
+    except BaseException:
+        _stop_service(service)
+        raise
+    return service, uri
+
+
+# ------------------------------------------------------------------------------------------- up / down
+
+def _alive(s: Service) -> bool:
+    import psutil
+
+    try:
+        p = psutil.Process(s.pid)
+        return abs(p.create_time() - s.started) < 1e-3 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _stop_service(s: Service) -> None:
+    """Stop one service by its PID (its process group for the Python servers, whose workers are children):
+    its stop signal, up to STOP_TIMEOUT_S, then SIGKILL."""
+    import psutil
+
+    if not _alive(s):
+        return
+    group = s.name != "postgres"  # postgres stops its own backends; signalling them directly is discouraged
+    send = (lambda sig: os.killpg(s.pid, sig)) if group else (lambda sig: os.kill(s.pid, sig))
+    try:
+        send(s.stop_signal)
+        psutil.Process(s.pid).wait(STOP_TIMEOUT_S)  # reaps it when it is our child
+    except psutil.TimeoutExpired:
+        os.killpg(s.pid, signal.SIGKILL)
+        psutil.Process(s.pid).wait(STOP_TIMEOUT_S)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        pass
+
+
+def start(d: str | Path, *, timeout: float = 180.0, workers: int = 2) -> Stack:
+    """Start PostgreSQL, the S3 server and the MLflow server, each on a free loopback port, record them in
+    d/stack.json and return their URIs. Whatever started is stopped again if a later step fails."""
+    d = Path(d).resolve()
+    if (d / STATE).is_file() and any(_alive(s) for s in load(d).services):
+        raise PolycolorError(f"a stack is already up in {d}: polycolor stack down --dir {d}")
+    logs = d / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        d.chmod(0o755)  # PostgreSQL's user must be able to enter the folder that holds its data
+    started: list[Service] = []
+    try:
+        pg, pg_port, passfile = _start_postgres(d, logs, timeout)
+        started.append(pg)
+        s3, s3_endpoint = _start_s3(logs, timeout)
+        started.append(s3)
+        backend = f"postgresql+psycopg2://{DB_USER}@{HOST}:{pg_port}/{DB_NAME}"
+        ml, uri = _start_mlflow(backend, s3_endpoint, passfile, logs, timeout, workers)
+        started.append(ml)
+    except BaseException:
+        for s in reversed(started):
+            _stop_service(s)
+        raise
+    stack = Stack(d, uri, s3_endpoint, ARTIFACTS, backend, tuple(started))
+    write_json_atomic(d / STATE, {**asdict(stack), "dir": str(d), "services": [asdict(s) for s in started]})
+    return stack
+
+
+def load(d: str | Path) -> Stack:
+    """The stack recorded in d/stack.json."""
+    d = Path(d).resolve()
+    try:
+        raw = read_json(d / STATE)
+    except FileNotFoundError:
+        raise PolycolorError(f"no stack recorded in {d} ({STATE} missing): nothing to stop") from None
+    services = tuple(Service(**s) for s in raw.pop("services"))
+    return Stack(**{**raw, "dir": d, "services": services})
+
+
+def stop(d: str | Path) -> list[str]:
+    """Stop every service recorded in d/stack.json, newest first, and forget them; returns the names of those
+    that were still running. The data goes with them (S3's was in memory; PostgreSQL's d/pg and its password
+    file are removed); the logs stay."""
+    stack = load(d)
+    running = [s.name for s in stack.services if _alive(s)]
+    for s in reversed(stack.services):
+        _stop_service(s)
+    shutil.rmtree(stack.dir / "pg", ignore_errors=True)
+    (stack.dir / "pgpass").unlink(missing_ok=True)
+    (stack.dir / STATE).unlink()
+    return running

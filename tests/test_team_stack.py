@@ -1,0 +1,150 @@
+"""polycolor against the team stack, all started for real on loopback (conftest.team_stack): PostgreSQL as MLflow's
+store, moto's S3 server as the artifact store, `mlflow server` proxying artifacts. The tiny preset runs through
+`dvc exp run` with MLFLOW_TRACKING_URI=http://127.0.0.1:PORT and no S3 credentials in its environment; its run,
+images and model must land on the server and in the bucket; promotion, prediction from the registry and two
+queued experiments at -j 2 go through the same server. Also: `polycolor stack up` / `down`, the documented
+commands, start and stop a second stack."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+from conftest import REPO, new_project, require_stack, run_queue, sh
+
+from polycolor import stack as stack_mod
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 2  # the tiny preset trains 1 epoch; 2 make a per-epoch metric history worth the name
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, team_stack):
+    """A git copy of the project (default params, tiny comes from the preset) whose tracking URI is the server."""
+    root = tmp_path_factory.mktemp("stack") / "polycolor"
+    env = new_project(root, tiny=False)
+    env["MLFLOW_TRACKING_URI"] = team_stack.tracking_uri
+    # Clients need no storage credentials: artifacts are proxied by the server.
+    for key in [k for k in env if k.startswith("AWS_")]:
+        del env[key]
+    return root, env
+
+
+def client(team_stack) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(team_stack.tracking_uri)
+
+
+def bucket_keys(team_stack, prefix: str) -> list[str]:
+    """Every object key under `prefix` in the stack's bucket, listed with boto3 against the S3 server."""
+    s3 = stack_mod.s3_client(team_stack.s3_endpoint)
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack_mod.BUCKET, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def test_tiny_preset_lands_on_the_server_and_in_the_object_store(project, team_stack):
+    root, env = project
+    preset = sh([sys.executable, "-m", "polycolor.cli", "preset", "tiny"], root, env).stdout.split()
+    sh([sys.executable, "-m", "dvc", "exp", "run", "-n", "stack-tiny", *preset, "-S", f"train.epochs={EPOCHS}"],
+       root, env)
+    assert not (root / "mlflow.db").exists(), "the run must go to the server, not the local sqlite store"
+    assert not (root / "mlartifacts").exists(), "artifacts must go through the server, not to a local folder"
+
+    c = client(team_stack)
+    info = json.loads((root / "metrics/run.json").read_text())
+    run = c.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "stack-tiny" and run.data.tags["dvc_exp_name"] == "stack-tiny"
+    assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["model.widths"] == "[4, 8]"
+    for metric in ("train_loss", "val_loss", "val_psnr"):
+        history = c.get_metric_history(run.info.run_id, metric)
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), \
+            f"{metric}: one value per epoch expected, got {[(m.step, m.value) for m in history]}"
+    exp = c.get_experiment(run.info.experiment_id)
+    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location
+    images = [f.path for f in c.list_artifacts(run.info.run_id, "images")]
+    assert images, "no sample images logged"
+
+    # The bytes are in the object store, under the server's --artifacts-destination.
+    prefix = stack_mod.ARTIFACTS.split("/", 3)[3]  # s3://polycolor/mlflow -> mlflow
+    run_keys = bucket_keys(team_stack, f"{prefix}/{exp.experiment_id}/{run.info.run_id}/artifacts/")
+    assert any("/artifacts/images/" in k and k.endswith(".png") for k in run_keys), run_keys
+    reg = json.loads((root / "metrics/registry.json").read_text())
+    mv = c.get_model_version_by_alias(reg["name"], "candidate")
+    assert str(mv.version) == str(reg["version"]) and mv.run_id == run.info.run_id
+    model_id = reg["logged_model_uri"].removeprefix("models:/")  # the version's source, the run's logged model
+    assert mv.source == reg["logged_model_uri"]
+    model_prefix = f"{prefix}/{exp.experiment_id}/models/{model_id}/artifacts/"
+    files = {k.removeprefix(model_prefix) for k in bucket_keys(team_stack, model_prefix)}
+    assert {"MLmodel", "pyfunc_entry.py", "artifacts/model.pt", "artifacts/MODEL_CARD.md"} <= files, sorted(files)
+    assert not [k for k in run.data.params | run.data.tags if "AWS" in k.upper() or "PASSWORD" in k.upper()]
+
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-qm", "tiny on the stack"], root, env)
+
+
+def test_promote_then_predict_from_the_server_registry(project, team_stack, tmp_path):
+    root, env = project
+    promoted = sh([sys.executable, "-m", "polycolor.cli", "promote"], root, env)
+    assert "champion" in promoted.stdout, promoted.stdout
+    reg = json.loads((root / "metrics/registry.json").read_text())
+    assert str(client(team_stack).get_model_version_by_alias(reg["name"], "champion").version) == str(reg["version"])
+    out = tmp_path / "pred"
+    val = root / "data/dataset/validation"
+    sh([sys.executable, "-m", "polycolor.cli", "predict", "--model", "models:/polycolor@champion",
+        "--data", str(val), "--output", str(out)], root, env)
+    expected = len(json.loads((val / "data.json").read_text()))
+    assert len(list(out.glob("*.png"))) == expected
+
+
+def test_two_queued_experiments_land_on_the_server(project, team_stack):
+    root, env = project
+    c = client(team_stack)
+    exp_id = c.get_experiment_by_name("polycolor").experiment_id
+    before = {r.info.run_id for r in c.search_runs([exp_id])}
+    run_queue(root, env, [["-n", f"stack-q{i}", "-S", f"train.lr={lr}"] for i, lr in enumerate(("0.002", "0.004"))])
+    runs = [r for r in c.search_runs([exp_id]) if r.info.run_id not in before]
+    assert sorted(r.info.run_name for r in runs) == ["stack-q0", "stack-q1"]
+    for r in runs:
+        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
+        assert "eval.val.psnr_mean" in r.data.metrics
+        assert len(c.search_model_versions(f"run_id = '{r.info.run_id}'")) == 1
+    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db")), "a queued run fell back to a local store"
+
+
+def test_stack_up_and_down_commands():
+    """`polycolor stack up` prints an export line that reaches a live server; `down` stops every process."""
+    require_stack()
+    d = Path(tempfile.mkdtemp(prefix="polycolor-stack-cli-"))
+    cli = [sys.executable, "-m", "polycolor.cli", "stack"]
+    up = subprocess.run([*cli, "up", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                        check=False)
+    try:
+        assert up.returncode == 0, up.stderr
+        exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines()
+                       if line.startswith("export "))
+        with urllib.request.urlopen(exports["MLFLOW_TRACKING_URI"] + "/health", timeout=10) as r:
+            assert r.status == 200
+        again = subprocess.run([*cli, "up", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, check=False)
+        assert again.returncode == 1 and "already up" in again.stderr
+        pids = [s.pid for s in stack_mod.load(d).services]
+        password = (d / "pgpass").read_text().rsplit(":", 1)[1].strip()
+    finally:
+        down = subprocess.run([*cli, "down", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                              check=False)
+    assert down.returncode == 0, down.stderr
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    logs = "".join(p.read_text(errors="replace") for p in (d / "logs").glob("*.log"))
+    assert password not in logs + up.stdout + up.stderr, "the database password leaked"
+    assert not (d / "pgpass").exists() and not (d / "pg").exists(), "down leaves no data or password behind"
+    shutil.rmtree(d)
