@@ -92,6 +92,7 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
     try:
         params = {k: str(v) for k, v in flatten(cfg).items()}
         tracking.with_retry(mlflow.log_params, params)
+        tracking.log_training_data(run_id, train_dir, val_dir)
 
         def log(metrics: dict[str, float], step: int) -> None:
             tracking.with_retry(mlflow.log_metrics, metrics, step=step)
