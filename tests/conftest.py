@@ -82,3 +82,45 @@ def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         tracking.configure()
     return db
+
+
+# ---- a real headless browser: Debian's chromium driven by Playwright (never a browser Playwright downloads) ----------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def fail_or_skip(reason: str) -> None:
+    """In CI (CI=true) a missing service or tool fails the test; elsewhere it skips it."""
+    import os
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (/usr/bin/chromium, `apt-get install chromium`) under Playwright, for the page tests."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        fail_or_skip("playwright is not installed: pip install -e '.[dev]'")
+    if not CHROMIUM.is_file():
+        fail_or_skip(f"no browser at {CHROMIUM}: apt-get install -y chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where page tests save screenshots: $POLYCOLOR_SCREENSHOTS (docs/, to refresh the README's) or a tmp folder."""
+    import os
+
+    folder = Path(os.environ.get("POLYCOLOR_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -6,6 +6,7 @@
   polycolor models
   polycolor preset NAME          (prints `-S key=value` flags for `dvc exp run`)
   polycolor bench [--repro]      (speed figures -> metrics/benchmark.json)
+  polycolor demo [--model MODEL] [--port 7860]   (a local web page to draw and paint; the `demo` extra)
 
 Exit codes: 0 done; 1 an error (one line `error: ...` on stderr, never a traceback for bad input); 2 a usage
 error (argparse); 3 `promote` refused the candidate.
@@ -161,12 +162,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Serve the drawing page (serving.demo) with --model (resolved as `predict` resolves it) on 127.0.0.1."""
+    try:
+        import gradio  # noqa: F401  (only to say how to get it when it is missing)
+    except ImportError:
+        raise PolycolorError("the demo needs gradio: pip install -e '.[demo]'") from None
+    from polycolor.paths import repo_path
+    from polycolor.serving import demo, predict
+
+    name, _ = _model_name(args, params_required=False)
+    label = args.model or predict.champion_uri(name) or predict.DEFAULT_PACKAGE
+    loaded = predict.load(args.model, name)
+    split = demo.DEFAULT_EXAMPLES if args.examples is None else args.examples
+    examples = demo.examples_from(repo_path(split) if split else None)
+    print(f"polycolor demo on http://127.0.0.1:{args.port} (model {label}; Ctrl-C stops it)")
+    demo.launch(demo.build_app(loaded, examples=examples, model_label=label), port=args.port)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
     "promote": cmd_promote,
     "models": cmd_models,
     "preset": cmd_preset,
     "bench": cmd_bench,
+    "demo": cmd_demo,
 }
 
 
@@ -225,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-metrics", default="metrics/train.json")
     p.add_argument("--out", default="metrics/benchmark.json")
     p.add_argument("--repro", action="store_true", help="also time a full dvc repro, stage by stage (minutes)")
+    p.set_defaults(parser=p)
+
+    p = sub.add_parser("demo", help="a local web page: draw or upload an outline, pick a colour, see the paintings",
+                       description="Serve a Gradio page on 127.0.0.1 that paints an outline with the model and with "
+                                   "the flood-fill reference, side by side. Needs the demo extra.")
+    p.add_argument("--model", default=None,
+                   help="package folder, .pt model file or MLflow URI (default: @champion, else package/)")
+    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
+    p.add_argument("--examples", default=None,
+                   help="an Ayna split whose outlines are offered as examples (default: the real Ayna "
+                        "validation split at ../shared/ayna-dataset/validation when present; '' for none)")
+    _registry_options(p)
     p.set_defaults(parser=p)
     return ap
 
