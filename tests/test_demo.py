@@ -95,6 +95,27 @@ def test_upload_colour_paint_in_the_browser(browser, page_url, model, sample, sc
     assert np.array_equal(reference, target), "the flood fill paints the Ayna outline exactly as its target"
     page.screenshot(path=str(screenshots / "demo.png"), full_page=True)
 
+    # draw a square outline on the canvas (Draw tab, brush tool) and paint it cyan
+    page.get_by_role("tab", name="Draw").click()
+    page.locator("#sketch button[aria-label='Brush']").first.click()
+    box = page.locator("#sketch canvas").first.bounding_box()
+    corners = [(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+               for fx, fy in ((0.3, 0.3), (0.7, 0.3), (0.7, 0.7), (0.3, 0.7), (0.3, 0.3))]
+    page.mouse.move(*corners[0])
+    page.mouse.down()
+    for corner in corners[1:]:
+        page.mouse.move(*corner, steps=15)
+    page.mouse.up()
+    choose_colour(page, "cyan")
+    before = reference
+    page.locator("#paint").click()
+    page.wait_for_function("src => document.querySelector('#reference img').src !== src",
+                           arg=page.locator("#reference img").first.get_attribute("src"), timeout=60_000)
+    drawn = shown_image(page, "reference")
+    assert drawn.shape == (demo.CANVAS, demo.CANVAS, 3) and drawn.shape != before.shape
+    assert (drawn[demo.CANVAS // 2, demo.CANVAS // 2] == (0, 255, 255)).all(), "inside the drawn square: cyan"
+    assert (drawn[5, 5] == 255).all(), "outside it: white"
+
     choose_colour(page, "not-a-colour")
     page.locator("#paint").click()
     toast = page.get_by_text("unknown colour 'not-a-colour'")

@@ -154,7 +154,7 @@ def test_mlflow_ui_shows_the_run_its_datasets_and_the_champion(project, browser,
     exp = client.get_experiment_by_name("polycolor")
     assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
     run = client.get_run(json.loads((root / "metrics/run.json").read_text())["run_id"])
-    digest = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}["train"]
+    digests = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
     shots = screenshots
     with mlflow_server(root, tmp_path / "mlflow-server.log") as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -163,11 +163,16 @@ def test_mlflow_ui_shows_the_run_its_datasets_and_the_champion(project, browser,
         ml = "?workflowType=machine_learning"
         page.goto(f"{url}/#/experiments/{exp.experiment_id}{ml}")
         page.get_by_role("link", name=run.info.run_name).first.wait_for(timeout=60_000)
+        assistant = page.get_by_role("button", name="Close", exact=True)  # the chat side panel, when the UI has it
+        if assistant.count():
+            assistant.first.click()
+        page.get_by_text("Expand rows").first.click()  # every dataset of the run in its Dataset cell
+        page.get_by_text(f"val ({digests['val']}").first.wait_for(timeout=30_000)
         page.screenshot(path=str(shots / "mlflow-runs.png"))
 
         page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}{ml}")
         page.get_by_text("Datasets", exact=True).first.wait_for(timeout=60_000)
-        page.get_by_text(f"train ({digest})").first.wait_for(timeout=30_000)
+        page.get_by_text(f"train ({digests['train']})").first.wait_for(timeout=30_000)
         page.get_by_text(re.compile(r"^\s*training\s*$", re.I)).first.wait_for(timeout=30_000)  # its context
         page.screenshot(path=str(shots / "mlflow-run.png"))
 

@@ -95,6 +95,12 @@ def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: st
         except PolycolorError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
+    def swatch(name: str) -> Any:
+        try:  # the picker follows a typed colour; an unknown one is reported when Paint is pressed
+            return rgb_to_hex(resolve_colour(name))
+        except PolycolorError:
+            return gr.skip()
+
     with gr.Blocks(title="polycolor demo", analytics_enabled=False) as app:
         gr.Markdown(f"# polycolor\nDraw or upload a polygon outline, choose a colour, press **Paint**. "
                     f"Model: `{model_label}`.")
@@ -124,6 +130,7 @@ def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: st
         upload_tab.select(lambda: UPLOAD, outputs=source)
         draw_tab.select(lambda: DRAW, outputs=source)
         picker.input(picked, inputs=picker, outputs=colour)
+        colour.change(swatch, inputs=colour, outputs=picker)
         paint.click(run, inputs=[source, upload, sketch, colour], outputs=[model_out, reference_out])
     return app
 
