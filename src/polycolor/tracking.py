@@ -268,6 +268,16 @@ def generated_dataset(name: str, digest: str, recipe: dict[str, str]) -> Any:
     return MetaDataset(CodeDatasetSource(tags={k: str(v) for k, v in recipe.items()}), name=name, digest=digest)
 
 
+# Params sections that are not the training run's: each evaluation run logs the evaluate.* it ran with, and promote.*
+# is read at promotion time. Logging them on the training run would show settings that go stale on re-evaluation.
+NOT_TRAINING_SECTIONS = ("evaluate", "promote")
+
+
+def training_params(flat: dict[str, Any]) -> dict[str, str]:
+    """The flattened params a training run logs: every key outside NOT_TRAINING_SECTIONS, as strings."""
+    return {k: str(v) for k, v in flat.items() if k.split(".", 1)[0] not in NOT_TRAINING_SECTIONS}
+
+
 def log_datasets(run_id: str, datasets: list[tuple[Any, str]]) -> None:
     """Log (dataset, context) pairs as the run's dataset inputs (mlflow.data.context = training / validation /
     evaluation), where the run page's Datasets panel shows them."""
