@@ -124,3 +124,23 @@ def screenshots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("POLYCOLOR_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def log_evaluation(train_run_id: str, folder: Path, metrics: dict) -> Path:
+    """Write folder/eval.json with `metrics` and log it as the evaluate stage does: an evaluation run under the
+    training run, every block's set a dataset (the package stage links exactly this run). Returns eval.json's path."""
+    import json
+
+    from polycolor import tracking
+    from polycolor.config import load_params
+    from polycolor.evaluation import evaluate
+
+    eval_json = folder / "eval.json"
+    eval_json.write_text(json.dumps(metrics))
+    (folder / "grid.png").write_bytes(b"png")
+    (folder / "tables").mkdir(exist_ok=True)
+    sets = [b for b, v in metrics.items() if "skipped" not in v and not b.endswith("reference")]
+    datasets = {n: tracking.generated_dataset(n, f"digest-{n}", {"generator": "test"}) for n in sets}
+    evaluate.log_to_mlflow(train_run_id, load_params(REPO / "params.yaml"), datasets, metrics, folder / "grid.png",
+                           folder / "tables", eval_json)
+    return eval_json

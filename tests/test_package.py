@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import log_evaluation
 from polycolor.config import ModelConfig
 from polycolor.errors import PolycolorError
 from polycolor.nn import modelio
@@ -85,22 +86,8 @@ def store(tmp_path, monkeypatch, empty_mlflow_db):
             "dvc_exp_name": "exp-tiny", "data_hash": "0123abcd", "git_commit": "feedface",
             "tracking_uri": tracking.tracking_uri()}
     tracking.write_run_info(tmp_path / "run.json", info)
-    (tmp_path / "eval.json").write_text(json.dumps(EVAL))
-    log_evaluation(run.info.run_id, tmp_path)
+    log_evaluation(run.info.run_id, tmp_path, EVAL)
     return tmp_path
-
-
-def log_evaluation(train_run_id: str, folder: Path) -> str:
-    """An evaluation run for folder/eval.json as the evaluate stage logs it (sets val and ayna_real as datasets)."""
-    from polycolor import tracking
-    from polycolor.config import load_params
-    from polycolor.evaluation import evaluate
-
-    (folder / "grid.png").write_bytes(b"png")
-    (folder / "tables").mkdir(exist_ok=True)
-    datasets = {n: tracking.generated_dataset(n, f"digest-{n}", {"generator": "test"}) for n in ("val", "ayna_real")}
-    return evaluate.log_to_mlflow(train_run_id, load_params(REPO / "params.yaml"), datasets, EVAL, folder / "grid.png",
-                                  folder / "tables", folder / "eval.json")
 
 
 def test_pip_requirements_are_polycolor_dependencies_without_extras():
