@@ -93,7 +93,7 @@ def test_upload_colour_paint_in_the_browser(browser, page_url, model, sample, sc
     assert got.shape == expected.shape and np.array_equal(got, expected), "the page shows the model's painting"
     reference = shown_image(page, "reference")
     assert np.array_equal(reference, target), "the flood fill paints the Ayna outline exactly as its target"
-    page.screenshot(path=str(screenshots / "demo.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "demo-test.png"), full_page=True)
 
     # draw a square outline on the canvas (Draw tab, brush tool) and paint it cyan
     page.get_by_role("tab", name="Draw").click()
