@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> None:
     cfg = load_params(args.params)
     run_info = tracking.read_run_info(args.run_info)
-    eval_metrics = read_eval_metrics(Path(args.metrics))
+    read_eval_metrics(Path(args.metrics))  # a missing or malformed file fails before MLflow is touched
     tracking.configure()
     with atomic_output(args.out) as tmp:
         result = package_model(model_path=Path(args.model), out_dir=Path(tmp), run_info=run_info,
-                               eval_metrics=eval_metrics, name=cfg.mlflow.registered_model,
+                               eval_path=Path(args.metrics), name=cfg.mlflow.registered_model,
                                max_pixels=cfg.serving.max_pixels)
     write_json_atomic(args.registry_info, result.registry_info(), sort_keys=True)
     print(f"registered {result.model_uri} (alias @candidate) from run {result.run_id}; package in {args.out}")

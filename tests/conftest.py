@@ -165,10 +165,8 @@ def require_stack() -> None:
             stack.postgres_bindir()
         except PolycolorError as e:
             missing = str(e)
-    if missing and os.environ.get("CI") == "true":
-        pytest.fail(f"the team stack cannot start in CI: {missing}")
     if missing:
-        pytest.skip(f"the team stack cannot start here: {missing}")
+        fail_or_skip(f"the team stack cannot start here: {missing}")
 
 
 @pytest.fixture(scope="session")
@@ -186,3 +184,63 @@ def team_stack():
     finally:
         stack.stop(d)
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ---- a real headless browser: Debian's chromium driven by Playwright (never a browser Playwright downloads) ----------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def fail_or_skip(reason: str) -> None:
+    """In CI (CI=true) a missing service or tool fails the test; elsewhere it skips it."""
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (/usr/bin/chromium, `apt-get install chromium`) under Playwright, for the page tests."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        fail_or_skip("playwright is not installed: pip install -e '.[dev]'")
+    if not CHROMIUM.is_file():
+        fail_or_skip(f"no browser at {CHROMIUM}: apt-get install -y chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where page tests save screenshots: $POLYCOLOR_SCREENSHOTS (docs/, to refresh the README's) or a tmp folder."""
+
+    folder = Path(os.environ.get("POLYCOLOR_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def log_evaluation(train_run_id: str, folder: Path, metrics: dict) -> Path:
+    """Write folder/eval.json with `metrics` and log it as the evaluate stage does: an evaluation run under the
+    training run, every block's set a dataset (the package stage links exactly this run). Returns eval.json's path."""
+    import json
+
+    from polycolor import tracking
+    from polycolor.config import load_params
+    from polycolor.evaluation import evaluate
+
+    eval_json = folder / "eval.json"
+    eval_json.write_text(json.dumps(metrics))
+    (folder / "grid.png").write_bytes(b"png")
+    (folder / "tables").mkdir(exist_ok=True)
+    sets = [b for b, v in metrics.items() if "skipped" not in v and not b.endswith("reference")]
+    datasets = {n: tracking.generated_dataset(n, f"digest-{n}", {"generator": "test"}) for n in sets}
+    evaluate.log_to_mlflow(train_run_id, load_params(REPO / "params.yaml"), datasets, metrics, folder / "grid.png",
+                           folder / "tables", eval_json)
+    return eval_json

@@ -130,16 +130,31 @@ def test_end_to_end(project, store, capsys):
     cell = 128 if REAL_VAL.is_dir() else 32  # the largest image: the real data is 128 px
     assert grid.shape == (12 + rows * (12 + cell + 2) + 2, 4 * (cell + 2) + 2, 3)
 
+    # the evaluation is its own run under the training run, with its params, datasets and dataset-linked metrics
     client = mlflow.MlflowClient(store["uri"])
-    logged = client.get_run(store["run_id"]).data.metrics
-    assert logged["eval.val.psnr_mean"] == pytest.approx(result["val"]["psnr_mean"])
-    assert logged["eval.reference.iou"] == 1.0
+    train = client.get_run(store["run_id"])
+    assert not any(k.startswith(("val.", "eval.")) for k in train.data.metrics), "the training run stays as it was"
+    evals = client.search_runs([train.info.experiment_id], f"tags.`mlflow.parentRunId` = '{store['run_id']}'")
+    assert len(evals) == 1
+    run = evals[0]
+    assert run.info.status == "FINISHED" and run.data.params["evaluate.ood_samples"] == "3"
+    logged = run.data.metrics
+    assert logged["val.psnr_mean"] == pytest.approx(result["val"]["psnr_mean"])
+    assert logged["reference.iou"] == 1.0
     if REAL_VAL.is_dir():
-        assert logged["eval.ayna_real.iou"] == pytest.approx(result["ayna_real"]["iou"])
-    assert not any(k.startswith("eval.missing_one") for k in logged)
-    artifacts = {a.path for a in client.list_artifacts(store["run_id"], "eval")}
+        assert logged["ayna_real.iou"] == pytest.approx(result["ayna_real"]["iou"])
+    assert not any(k.startswith("missing_one") for k in logged)
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert {"val", "ood", "unseen_colours"} <= set(inputs)
+    val = inputs["val"].dataset
+    assert val.digest == tracking.dvc_hash(d / "validation") and val.digest.endswith(".dir")
+    assert val.source_type == "dvc" and json.loads(val.source)["path"].endswith("validation")
+    assert {t.key: t.value for t in inputs["val"].tags}["mlflow.data.context"] == "evaluation"
+    assert inputs["ood"].dataset.source_type == "code"
+    assert run.data.tags[tracking.EVAL_DIGEST_TAG] == tracking.file_sha256(d / "out" / "eval.json")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/eval_grid.png", "eval/eval.json", "eval/tables"} <= artifacts
-    assert "eval/tables/samples.csv" in {a.path for a in client.list_artifacts(store["run_id"], "eval/tables")}
+    assert "eval/tables/samples.csv" in {a.path for a in client.list_artifacts(run.info.run_id, "eval/tables")}
 
 
 def one_error_line(err: str) -> str:

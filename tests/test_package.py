@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import log_evaluation
 from PIL import Image
 
 from polycolor.config import ModelConfig
@@ -85,7 +86,7 @@ def store(tmp_path, monkeypatch, empty_mlflow_db):
             "dvc_exp_name": "exp-tiny", "data_hash": "0123abcd", "git_commit": "feedface",
             "tracking_uri": tracking.tracking_uri()}
     tracking.write_run_info(tmp_path / "run.json", info)
-    (tmp_path / "eval.json").write_text(json.dumps(EVAL))
+    log_evaluation(run.info.run_id, tmp_path, EVAL)
     return tmp_path
 
 
@@ -161,7 +162,7 @@ def test_package_stage_builds_logs_and_registers(store):
     answer = mlflow.pyfunc.load_model(str(out)).predict(package.input_example(32))
     assert decode(answer["image"][0]).shape == (32, 32, 3)
 
-    # the registry: a new version with lineage and metric tags, alias candidate, linked to the training run
+    # the registry: a new version with the lineage tags and the card, alias candidate, linked to the training run
     info = json.loads(reg.read_text())
     run_id = json.loads((store / "run.json").read_text())["run_id"]
     assert info["name"] == "polycolor" and info["version"] == "1" and info["run_id"] == run_id
@@ -169,9 +170,13 @@ def test_package_stage_builds_logs_and_registers(store):
     client = mlflow.MlflowClient()
     mv = client.get_model_version_by_alias("polycolor", "candidate")
     assert str(mv.version) == "1" and mv.run_id == run_id
-    assert mv.tags["git_commit"] == "feedface" and mv.tags["dvc_exp_name"] == "exp-tiny"
-    assert float(mv.tags["eval.val.psnr_mean"]) == 31.5 and float(mv.tags["eval.ayna_real.psnr_mean"]) == 28.0
-    assert "eval.reference.psnr_mean" not in mv.tags, "reference scores are not the model's"
+    eval_run = client.search_runs([json.loads((store / "run.json").read_text())["experiment_id"]],
+                                  f"tags.`mlflow.parentRunId` = '{run_id}'")[0]
+    assert mv.tags == {"git_commit": "feedface", "dvc_exp_name": "exp-tiny", "data_hash": "0123abcd",
+                       "evaluation_run": eval_run.info.run_id,
+                       "content_sha256": modelio.content_hash(modelio.load_payload(model))}, \
+        "a short fixed set of tags, no metrics"
+    assert mv.description.startswith("# Model card: polycolor")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED", "packaging must not reopen or fail the training run"
     logged = client.get_logged_model(info["logged_model_uri"].split("/")[-1])
@@ -180,6 +185,28 @@ def test_package_stage_builds_logs_and_registers(store):
     assert "READY" in str(logged.status) and logged.params == {"train.lr": "0.003"}
     assert [m.model_id for m in run.outputs.model_outputs] == [logged.model_id], "the run lists its model"
     assert run.data.tags["polycolor.registered_version"] == "polycolor/1"
+
+    # the logged model carries the evaluation's metrics of its own blocks, each tied to its dataset and to the
+    # evaluation run, which lists the model as an input
+    linked = {(m.key, m.dataset_name, m.dataset_digest, m.run_id): m.value for m in logged.metrics}
+    assert linked[("val.psnr_mean", "val", "digest-val", eval_run.info.run_id)] == 31.5
+    assert linked[("ayna_real.psnr_mean", "ayna_real", "digest-ayna_real", eval_run.info.run_id)] == 28.0
+    assert not any(k[0].startswith(("reference.", "ayna_real_reference.")) for k in linked), "not the model's"
+    assert logged.model_id in {i.model_id for i in client.get_run(eval_run.info.run_id).inputs.model_inputs}
+    from polycolor.serving import registry
+
+    assert registry.version_metrics(mv)["val.psnr_mean"] == 31.5
+
+
+def test_package_refuses_metrics_no_evaluation_run_wrote(store, capsys):
+    (store / "eval.json").write_text(json.dumps({**EVAL, "val": {"psnr_mean": 99.0}}))
+    argv = ["--params", str(REPO / "params.yaml"), "--model", str(tiny_model(store / "model.pt")), "--metrics",
+            str(store / "eval.json"), "--run-info", str(store / "run.json"), "--out", str(store / "package"),
+            "--registry-info", str(store / "registry.json")]
+    assert package_stage.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "was not written by an evaluation run" in err, err
+    assert not (store / "package").exists()
 
 
 def test_package_stage_errors_are_one_line_and_leave_no_output(store, capsys):

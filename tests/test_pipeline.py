@@ -5,12 +5,21 @@ the main MLflow store with their own names, params, metrics and registered versi
 from __future__ import annotations
 
 import json
+import re
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from conftest import AYNA_VAL, new_project, run_queue, sh
+
+from polycolor.tracking import EXPERIMENT_KIND_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +50,22 @@ def test_repro_runs_all_stages_then_does_nothing(project):
     mv = client.get_model_version_by_alias(reg["name"], "candidate")
     assert str(mv.version) == str(reg["version"])
     run = client.get_run(json.loads((root / "metrics/run.json").read_text())["run_id"])
-    assert run.info.status == "FINISHED" and "eval.val.psnr_mean" in run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["git_dirty"] == "false", "the pipeline's own outputs (dvc.lock, metrics/) are not code"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = {i.dataset.name: i.dataset for i in run.inputs.dataset_inputs}
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["train"]["deps"]
+    assert inputs["val"].digest == next(d["md5"] for d in lock if d["path"] == "data/dataset/validation"), \
+        "the dataset digest is DVC's hash"
+    assert json.loads(inputs["train"].source) == {"path": "data/augmented/training",
+                                                  "git_commit": run.data.tags["git_commit"]}
+    (evaluation,) = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert "val.psnr_mean" in evaluation.data.metrics and "val.psnr_mean" not in run.data.metrics
+    assert {"git_commit", "data_hash", "evaluation_run"} <= set(mv.tags) <= {"git_commit", "data_hash", "dvc_exp_name",
+                                                                           "evaluation_run"}, "a short fixed set"
+    logged = client.get_logged_model(mv.source.split("/")[-1])
+    assert {(m.key, m.dataset_name) for m in logged.metrics} >= {("val.psnr_mean", "val"), ("ood.iou", "ood")}
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-qm", "repro"], root, env)
 
@@ -58,6 +82,78 @@ def test_promote_then_predict_with_the_champion(project, tmp_path):
     assert len(list(out.glob("*.png"))) == 5
 
 
+@contextmanager
+def mlflow_server(root: Path, log: Path):
+    """`mlflow server` on the project's sqlite store at a free 127.0.0.1 port; yields its URL once /health answers
+    and stops it by PID. Its log goes to `log`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = log.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{root / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1"], cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"mlflow server did not answer on {url} (exit {proc.poll()}); log: {log}")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out.close()
+
+
+def test_mlflow_ui_shows_the_run_its_datasets_and_the_champion(project, browser, screenshots, tmp_path):
+    """The MLflow UI of the tiny store, in headless Chromium: the runs table lists the training run by name, the run
+    page shows its datasets, the registered model page shows version 1 with its alias."""
+    root, _ = project
+    client = store(root)
+    exp = client.get_experiment_by_name("polycolor")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    run = client.get_run(json.loads((root / "metrics/run.json").read_text())["run_id"])
+    digests = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+    shots = screenshots
+    with mlflow_server(root, tmp_path / "mlflow-server.log") as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # MLflow 3.x UIs with the GenAI / Model training switch take the view from the URL (or the browser's last
+        # choice); the experiment's kind tag is what the UIs without the switch read
+        ml = "?workflowType=machine_learning"
+        page.goto(f"{url}/#/experiments/{exp.experiment_id}{ml}")
+        page.get_by_role("link", name=run.info.run_name).first.wait_for(timeout=60_000)
+        assistant = page.get_by_role("button", name="Close", exact=True)  # the chat side panel, when the UI has it
+        if assistant.count():
+            assistant.first.click()
+        page.get_by_text("Expand rows").first.click()  # every dataset of the run in its Dataset cell
+        page.get_by_text(f"val ({digests['val']}").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(shots / "mlflow-runs.png"))
+
+        page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}{ml}")
+        page.get_by_text("Datasets", exact=True).first.wait_for(timeout=60_000)
+        page.get_by_text(f"train ({digests['train']})").first.wait_for(timeout=30_000)
+        page.get_by_text(re.compile(r"^\s*training\s*$", re.I)).first.wait_for(timeout=30_000)  # its context
+        page.screenshot(path=str(shots / "mlflow-run.png"))
+
+        page.goto(f"{url}/#/models/polycolor{ml}")
+        row = page.get_by_role("row").filter(has_text="Version 1")
+        row.first.wait_for(timeout=60_000)
+        assert "champion" in row.first.inner_text(), row.first.inner_text()
+        page.screenshot(path=str(shots / "mlflow-model.png"))
+        page.close()
+
+
 def test_two_queued_experiments_run_in_parallel_into_one_store(project):
     root, env = project
     before = {r.info.run_id for r in store(root).search_runs(
@@ -66,15 +162,17 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project):
 
     client = store(root)
     exp = client.get_experiment_by_name("polycolor")
-    runs = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_id not in before]
-    assert len(runs) == 2, [r.info.run_name for r in runs]
+    new = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_id not in before]
+    runs = [r for r in new if r.data.tags.get("stage") == "train"]
+    assert len(runs) == 2 and len(new) == 4, [r.info.run_name for r in new]
     shown = sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env).stdout
     for r in runs:
         assert r.info.status == "FINISHED"
         name = r.data.tags["dvc_exp_name"]
         assert name and r.info.run_name == name, "run name must be the DVC experiment name"
         assert name in shown, f"{name} not in dvc exp show"
-        assert "eval.val.psnr_mean" in r.data.metrics
+        (evaluation,) = [e for e in new if e.data.tags.get("mlflow.parentRunId") == r.info.run_id]
+        assert "val.psnr_mean" in evaluation.data.metrics
         versions = client.search_model_versions(f"run_id = '{r.info.run_id}'")
         assert len(versions) == 1 and versions[0].tags.get("dvc_exp_name") == name
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.004"]

@@ -55,12 +55,6 @@ def test_decide_lower_is_better_and_max_gate():
     assert not ok and "max 0.2" in why
 
 
-def test_metric_tags_skip_reference_blocks_and_non_numbers():
-    tags = registry.metric_tags({"val": {"psnr_mean": 31.0, "n": 5, "ok": True}, "reference": {"psnr_mean": 20.0},
-                                 "ayna_real_reference": {"psnr_mean": 1.0}, "ood": {"skipped": "why"}})
-    assert tags == {"eval.val.psnr_mean": "31.0", "eval.val.n": "5.0"}
-
-
 # ------------------------------------------------------------------------------------------- the flow
 
 @pytest.fixture
@@ -74,8 +68,9 @@ def store(tmp_path, monkeypatch, empty_mlflow_db):
 
 
 def add_version(psnr: float, accuracy: float = 0.99, name: str = "polycolor") -> str:
-    """Register a version (the source needs no real model for promotion) with eval.json-like metric tags."""
-    tags = registry.metric_tags({"val": {"psnr_mean": psnr, "colour_accuracy": accuracy}})
+    """Register a version (the source needs no real model for promotion) whose metrics are `eval.*` tags, the
+    format versions registered before logged-model metrics carry (version_metrics still reads it)."""
+    tags = {"eval.val.psnr_mean": str(psnr), "eval.val.colour_accuracy": str(accuracy)}
     return str(registry.register_version(name, "/nonexistent/model", tags=tags).version)
 
 
@@ -152,6 +147,23 @@ def test_version_metrics_fall_back_to_the_runs_eval_metrics(store):
     assert metrics == {"val.psnr_mean": 31.0, "val.colour_accuracy": 0.97}, "tags first, then the run"
     d = registry.promote("polycolor", CFG, version=mv.version)
     assert d.decision == "promoted"
+
+
+def test_version_metrics_come_from_the_logged_model(store):
+    import mlflow
+
+    exp = tracking.ensure_experiment("polycolor-test")
+    model = mlflow.initialize_logged_model(name="model", experiment_id=exp)
+    ds = tracking.generated_dataset("val", "d1", {"generator": "test"})
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_metrics({"val.psnr_mean": 35.0, "val.colour_accuracy": 0.99}, model_id=model.model_id, dataset=ds)
+    mv = registry.register_version("polycolor", f"models:/{model.model_id}", tags={"git_commit": "abc"},
+                                   description="# Model card")
+    assert registry.version_metrics(mv) == {"val.psnr_mean": 35.0, "val.colour_accuracy": 0.99}
+    d = registry.promote("polycolor", CFG)
+    assert d.decision == "promoted" and version_tags(d.version)["promotion.metric"] == "val.psnr_mean = 35"
+    assert mlflow.MlflowClient().get_model_version("polycolor", d.version).description == "# Model card"
+    assert run.info.run_id
 
 
 def test_cli_errors_are_one_line(store, capsys):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import log_evaluation
 from PIL import Image
 
 from polycolor.config import ModelConfig, parse_config
@@ -223,10 +224,11 @@ def test_registration_is_idempotent_on_the_model_content(store):
     from polycolor.serving import package, registry
 
     root, run_info = store
-    evals = {"val": {"psnr_mean": 30.0}}
+    (root / "ev").mkdir()
+    eval_json = log_evaluation(run_info["run_id"], root / "ev", {"val": {"psnr_mean": 30.0}})
 
     def register(model: Path, out: str, info: dict) -> str:
-        return package.package_model(model_path=model, out_dir=root / out, run_info=info, eval_metrics=evals,
+        return package.package_model(model_path=model, out_dir=root / out, run_info=info, eval_path=eval_json,
                                      name="polycolor").version
 
     first = register(tiny_model(root / "a.pt", seed=0, meta={"epoch": 1}), "p1", run_info)

@@ -5,6 +5,7 @@ import json
 import mlflow
 import pytest
 
+from polycolor import tracking
 from polycolor.config import parse_config
 from polycolor.errors import PolycolorError
 from polycolor.nn.modelio import load_model
@@ -44,6 +45,13 @@ def test_a_training_run_lands_in_mlflow(tiny_dataset, tmp_path, store, monkeypat
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.widths"] == "[4, 8]"
     assert run.data.tags["dvc_exp_name"] == "tiny-exp"
     assert {"git_commit", "git_dirty", "data_hash"} <= set(run.data.tags)
+    assert not any(k.startswith(("evaluate.", "promote.")) for k in run.data.params), "those belong to other runs"
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert inputs["train"].dataset.digest == tracking.dvc_hash(tiny_dataset / "training")
+    assert inputs["val"].dataset.source_type == "dvc"
+    assert {t.key: t.value for t in inputs["val"].tags}["mlflow.data.context"] == "validation"
+    exp = mlflow.MlflowClient(store).get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development", "a model-training experiment"
     history = mlflow.MlflowClient(store).get_metric_history(info["run_id"], "val_psnr")
     assert [m.step for m in history] == [1, 2]
     assert {"train_loss", "val_loss", "lr", "images_per_s", "loss_l1"} <= set(run.data.metrics)

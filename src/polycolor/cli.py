@@ -7,6 +7,7 @@
   polycolor preset NAME          (prints `-S key=value` flags for `dvc exp run`)
   polycolor bench [--repro]      (speed figures -> metrics/benchmark.json)
   polycolor stack up|down [--dir .stack]   (PostgreSQL + S3 + MLflow server on loopback; see polycolor.stack)
+  polycolor demo [--model MODEL] [--port 7860]   (a local web page to draw and paint; the `demo` extra)
 
 Exit codes: 0 done; 1 an error (one line `error: ...` on stderr, never a traceback for bad input); 2 a usage
 error (argparse); 3 `promote` refused the candidate.
@@ -173,6 +174,22 @@ def cmd_stack(args: argparse.Namespace) -> int:
     else:
         stopped = stack.stop(d)
         print(f"stopped {', '.join(stopped) or 'nothing (no service was still running)'}", file=sys.stderr)
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Serve the drawing page (serving.demo) with --model (resolved as `predict` resolves it) on 127.0.0.1."""
+    try:
+        import gradio  # noqa: F401  (only to say how to get it when it is missing)
+    except ImportError:
+        raise PolycolorError("the demo needs gradio: pip install -e '.[demo]'") from None
+    from polycolor.paths import repo_path
+    from polycolor.serving import demo, predict
+
+    name, _ = _model_name(args, params_required=False)
+    label = args.model or predict.champion_uri(name) or predict.DEFAULT_PACKAGE
+    loaded = predict.load(args.model, name)
+    split = demo.DEFAULT_EXAMPLES if args.examples is None else args.examples
+    examples = demo.examples_from(repo_path(split) if split else None)
+    print(f"polycolor demo on http://127.0.0.1:{args.port} (model {label}; Ctrl-C stops it)")
+    demo.launch(demo.build_app(loaded, examples=examples, model_label=label), port=args.port)
     return 0
 
 
@@ -183,6 +200,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "preset": cmd_preset,
     "bench": cmd_bench,
     "stack": cmd_stack,
+    "demo": cmd_demo,
 }
 
 
@@ -251,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("up", "down"))
     p.add_argument("--dir", default=None, help="state, data and logs (default: .stack in the repo root)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds each service may take to answer (up)")
+    p = sub.add_parser("demo", help="a local web page: draw or upload an outline, pick a colour, see the paintings",
+                       description="Serve a Gradio page on 127.0.0.1 that paints an outline with the model and with "
+                                   "the flood-fill reference, side by side. Needs the demo extra.")
+    p.add_argument("--model", default=None,
+                   help="package folder, .pt model file or MLflow URI (default: @champion, else package/)")
+    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
+    p.add_argument("--examples", default=None,
+                   help="an Ayna split whose outlines are offered as examples (default: the real Ayna "
+                        "validation split at ../shared/ayna-dataset/validation when present; '' for none)")
+    _registry_options(p)
     p.set_defaults(parser=p)
     return ap
 

@@ -7,6 +7,7 @@ them, so their runs land in the same store as everyone else's. MLFLOW_TRACKING_U
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -25,6 +26,19 @@ from polycolor.fileio import write_json_atomic
 from polycolor.paths import default_tracking_uri, repo_root, sqlite_path
 
 T = TypeVar("T")
+
+# MLflow 3 files an experiment under a kind; the UI opens a `custom_model_development` one on its runs table (the
+# model-training view) instead of the GenAI traces view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# What a run is made from: code and params. The pipeline's own outputs (dvc.lock, metrics/, models/) are left out,
+# so the first `dvc repro` of a clean clone is not flagged dirty by the files it writes itself.
+SOURCE_PATHS = ("src", "stages", "params.yaml", "dvc.yaml", "pyproject.toml")
+CONTEXT_TAG = "mlflow.data.context"  # dataset input tag: training / validation / evaluation
+# An evaluation run is a child run of the training run (MLflow's parent tag) that carries the sha256 of the eval.json it
+# wrote, so the package stage links exactly the evaluation behind the metrics file it packages.
+PARENT_RUN_TAG = "mlflow.parentRunId"
+EVAL_DIGEST_TAG = "polycolor.eval_json_sha256"
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set, else sqlite:///<repo root>/mlflow.db."""
@@ -107,16 +121,21 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: An
 
 
 def ensure_experiment(name: str) -> str:
-    """The experiment's id, creating it (with artifact_root(): absolute, or the server's default) if needed."""
+    """The experiment's id, creating it when it does not exist yet: a model-training experiment (EXPERIMENT_KIND_TAG)
+    with artifact_root() (absolute beside a sqlite store, or the tracking server's default). An existing one without
+    a kind gets it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     exp = with_retry(client.get_experiment_by_name, name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # a store made before experiments were created with their kind
+            with_retry(client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return exp.experiment_id
     try:
-        return with_retry(client.create_experiment, name, artifact_location=artifact_root())
+        return with_retry(client.create_experiment, name, artifact_location=artifact_root(),
+                          tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     except MlflowException:  # another queue worker created it between our get and create
         exp = with_retry(client.get_experiment_by_name, name)
         if exp is None:
@@ -125,7 +144,8 @@ def ensure_experiment(name: str) -> str:
 
 
 def git_info(root: Path) -> dict[str, str]:
-    """Commit and dirty flag of the repo at `root` (empty strings outside git)."""
+    """Commit and dirty flag of the repo at `root` (empty strings outside git); dirty means SOURCE_PATHS differ from
+    the commit (tracked changes or new files there), not that the pipeline rewrote its outputs."""
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
@@ -133,7 +153,7 @@ def git_info(root: Path) -> dict[str, str]:
             return ""
 
     commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    dirty = git("status", "--porcelain", "--", *SOURCE_PATHS) if commit else ""
     return {"git_commit": commit, "git_dirty": "true" if dirty else "false"}
 
 
@@ -193,3 +213,140 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
     if "run_id" not in info:
         raise PolycolorError(f"run info {p} has no run_id")
     return info
+
+
+# ---- datasets: what a run read, as MLflow datasets named after their role, digested the way DVC hashes them -----------
+
+def dvc_hash(path: str | Path) -> str:
+    """The content hash DVC records for `path` in dvc.lock: the md5 of a file, or for a folder the md5 of its file
+    list ('<md5>.dir'), computed with DVC's own tree object so the two always agree."""
+    import hashlib
+
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    p = Path(path)
+    if p.is_file():
+        return hashlib.md5(p.read_bytes()).hexdigest()
+    if not p.is_dir():
+        raise PolycolorError(f"cannot hash {p}: no such file or folder")
+    tree = Tree()
+    for f in sorted(p.rglob("*")):
+        if f.is_file():
+            tree.add(f.relative_to(p).parts, Meta(size=f.stat().st_size),
+                     HashInfo("md5", hashlib.md5(f.read_bytes()).hexdigest()))
+    tree.digest()
+    return str(tree.hash_info.value)
+
+
+@functools.cache
+def _dvc_source_class() -> type:
+    """mlflow DatasetSource for data DVC tracks: {"path": repo-relative path, "git_commit": the commit it was read
+    at}. Built on first use so that importing tracking does not import mlflow."""
+    from mlflow.data.dataset_source import DatasetSource
+
+    class DVCDatasetSource(DatasetSource):
+        def __init__(self, path: str, git_commit: str):
+            self.path, self.git_commit = path, git_commit
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return "dvc"
+
+        def load(self) -> str:  # the data is where DVC put it: `dvc checkout` at git_commit restores it
+            return self.path
+
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source: Any) -> "DVCDatasetSource":
+            raise NotImplementedError
+
+        def to_dict(self) -> dict[str, Any]:
+            return {"path": self.path, "git_commit": self.git_commit}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict[Any, Any]) -> "DVCDatasetSource":
+            return cls(str(source_dict["path"]), str(source_dict.get("git_commit", "")))
+
+    return DVCDatasetSource
+
+
+def _display_path(path: Path, root: Path) -> str:
+    """`path` relative to `root` when inside it (data/dataset/validation), else as an absolute path."""
+    p = path.resolve()
+    try:
+        return str(p.relative_to(root.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def dvc_dataset(name: str, path: str | Path, root: Path | None = None) -> Any:
+    """An MLflow dataset (MetaDataset: metadata only, nothing loaded) for the folder or file `path`: digest = its DVC
+    hash, source = DVCDatasetSource(path relative to the repo, git commit)."""
+    from mlflow.data.meta_dataset import MetaDataset
+
+    root = root or Path.cwd()
+    source = _dvc_source_class()(_display_path(Path(path), root), git_info(root)["git_commit"])
+    return MetaDataset(source, name=name, digest=dvc_hash(path))
+
+
+def generated_dataset(name: str, digest: str, recipe: dict[str, str]) -> Any:
+    """An MLflow dataset for data generated in memory (no file): MLflow's CodeDatasetSource, whose tags say what
+    made it (`recipe`, e.g. generator and params); `digest` identifies the content."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    return MetaDataset(CodeDatasetSource(tags={k: str(v) for k, v in recipe.items()}), name=name, digest=digest)
+
+
+# Params sections that are not the training run's: each evaluation run logs the evaluate.* it ran with, and promote.*
+# is read at promotion time. Logging them on the training run would show settings that go stale on re-evaluation.
+NOT_TRAINING_SECTIONS = ("evaluate", "promote")
+
+
+def training_params(flat: dict[str, Any]) -> dict[str, str]:
+    """The flattened params a training run logs: every key outside NOT_TRAINING_SECTIONS, as strings."""
+    return {k: str(v) for k, v in flat.items() if k.split(".", 1)[0] not in NOT_TRAINING_SECTIONS}
+
+
+def log_datasets(run_id: str, datasets: list[tuple[Any, str]]) -> None:
+    """Log (dataset, context) pairs as the run's dataset inputs (mlflow.data.context = training / validation /
+    evaluation), where the run page's Datasets panel shows them."""
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(CONTEXT_TAG, context)]) for ds, context in datasets]
+    with_retry(mlflow.MlflowClient().log_inputs, run_id, datasets=inputs)
+
+
+def log_training_data(run_id: str, train_dir: Path, val_dir: Path) -> None:
+    """The train stage's inputs as datasets `train` (context training) and `val` (context validation)."""
+    log_datasets(run_id, [(dvc_dataset("train", train_dir), "training"), (dvc_dataset("val", val_dir), "validation")])
+
+
+# ---- evaluation runs ---------------------------------------------------------------------------------------------------
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def find_evaluation_run(train_run: Any, eval_json: Path) -> Any:
+    """The evaluation run (a child of `train_run`) that wrote `eval_json`, by the file's sha256; the newest if the
+    same file came out twice. A metrics file no evaluation run in this store wrote is a PolycolorError."""
+    import mlflow
+
+    digest = file_sha256(eval_json)
+    runs = with_retry(mlflow.MlflowClient().search_runs, [train_run.info.experiment_id],
+                      filter_string=f"tags.`{PARENT_RUN_TAG}` = '{train_run.info.run_id}' and "
+                                    f"tags.`{EVAL_DIGEST_TAG}` = '{digest}'",
+                      order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise PolycolorError(f"{eval_json} was not written by an evaluation run of training run "
+                             f"{train_run.info.run_id} in {tracking_uri()} (run the evaluate stage)")
+    return runs[0]

@@ -8,8 +8,9 @@ flood-fill reference (polycolor.evaluation.reference) under "<name>_reference" (
 Outputs (written by `write_outputs`, each atomically): metrics/eval.json ({block: {metric: value}}, a block per
 set and scorer), the tables folder (samples.csv: one row per sample, set and scorer; per_colour.csv and
 per_shape.csv: means per requested-colour label / shape; confusion.csv: requested,painted rows of the model on
-val, a DVC confusion plot) and the qualitative grid PNG. The metrics, the grid and the tables also go into the
-training run in MLflow (`check_run` and `log_to_mlflow`, the only MLflow code here).
+val, a DVC confusion plot) and the qualitative grid PNG. The metrics, the grid and the tables also go into MLflow as
+a new evaluation run under the training run (`check_run`, `set_datasets` and `log_to_mlflow`, the only MLflow code
+here).
 """
 
 from __future__ import annotations
@@ -224,12 +225,13 @@ def labelled_grid(rows: list[GridRow], gap: int = 2, label: int = 12) -> np.ndar
 
 
 def flat_metrics(metrics: dict[str, dict[str, Any]], prefix: str = "eval") -> dict[str, float]:
-    """{"eval.val.psnr_mean": ..., "eval.ayna_real.iou": ...}: every finite number; skipped blocks are left out."""
+    """{"eval.val.psnr_mean": ..., "eval.ayna_real.iou": ...} ({"val.psnr_mean": ...} with prefix ""): every finite
+    number; skipped blocks are left out."""
     out = {}
     for block, values in metrics.items():
         for key, v in values.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out[f"{prefix}.{block}.{key}"] = float(v)
+                out[f"{prefix}.{block}.{key}" if prefix else f"{block}.{key}"] = float(v)
     return out
 
 
@@ -245,6 +247,8 @@ def write_outputs(ev: Evaluation, metrics_path: Path, tables_dir: Path, grid_pat
 
 
 # ---- MLflow: the only functions here that talk to the tracking store ------------------------------------------------
+# Each evaluation is its own MLflow run, a child of the training run, with the evaluate params it used, the sets it
+# scored as dataset inputs, and every metric tied to its set's dataset; a re-evaluation adds a run, never overwrites.
 
 def check_run(run_info_path: Path) -> str:
     """The training run's id from the run-info file, after checking that it exists in the tracking store."""
@@ -263,20 +267,69 @@ def check_run(run_info_path: Path) -> str:
     return run_id
 
 
-def log_to_mlflow(run_id: str, metrics: dict[str, dict[str, Any]], grid_path: Path, tables_dir: Path,
-                  metrics_path: Path) -> None:
-    """Log flat eval.* metrics, the grid, eval.json and the tables into the training run (under eval/)."""
+def set_datasets(cfg: Config, data_dir: Path, sets: list[EvalSet]) -> dict[str, Any]:
+    """{set name: MLflow dataset}: val and the extra sets are folders (DVC hash, path and commit); sets generated in
+    memory (ood, unseen_colours) are digested from their arrays and say what generated them."""
+    import hashlib
+
+    out = {}
+    for s in sets:
+        if s.name == VAL:
+            out[s.name] = tracking.dvc_dataset(s.name, data_dir)
+        elif s.name in cfg.evaluate.extra_sets:
+            out[s.name] = tracking.dvc_dataset(s.name, repo_path(cfg.evaluate.extra_sets[s.name].path))
+        else:
+            h = hashlib.sha256()
+            for part in (s.arrays.inputs, s.arrays.targets, "\n".join(s.arrays.colours).encode()):
+                h.update(part.tobytes() if isinstance(part, np.ndarray) else part)
+            recipe = {"generator": f"polycolor.evaluation.evaluate ({s.name})", "seed": str(cfg.seed),
+                      "git_commit": tracking.git_info(Path.cwd())["git_commit"]}
+            out[s.name] = tracking.generated_dataset(s.name, h.hexdigest()[:32], recipe)
+    return out
+
+
+def log_to_mlflow(train_run_id: str, cfg: Config, datasets: dict[str, Any], metrics: dict[str, dict[str, Any]],
+                  grid_path: Path, tables_dir: Path, metrics_path: Path) -> str:
+    """Open a new evaluation run under the training run: evaluate params, the sets as datasets (context evaluation),
+    the metrics (`val.psnr_mean`, `reference.iou`, ...), the grid, eval.json and the tables under eval/. Returns the
+    evaluation run's id.
+
+    Each metric names its set's dataset; MLflow keeps that link for metrics of a logged model, which the package
+    stage creates afterwards and links to this run (serving.package.link_evaluation)."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, Param
+
+    from polycolor.config import flatten
 
     client = MlflowClient()
-    now = int(time.time() * 1000)
-    batch = [Metric(key, value, now, 0) for key, value in flat_metrics(metrics).items()]
-    for start in range(0, len(batch), 1000):  # log_batch takes at most 1000 metrics per call
-        tracking.with_retry(client.log_batch, run_id, metrics=batch[start:start + 1000])
-    tracking.with_retry(client.log_artifact, run_id, str(grid_path), "eval")
-    tracking.with_retry(client.log_artifact, run_id, str(metrics_path), "eval")
-    tracking.with_retry(client.log_artifacts, run_id, str(tables_dir), "eval/tables")
+    train = tracking.with_retry(client.get_run, train_run_id)
+    tags = {tracking.PARENT_RUN_TAG: train_run_id, "stage": "evaluate", **tracking.git_info(Path.cwd()),
+            "dvc_exp_name": tracking.dvc_experiment_name(), tracking.EVAL_DIGEST_TAG: tracking.file_sha256(metrics_path)}
+    run = tracking.with_retry(client.create_run, train.info.experiment_id, tags=tags,
+                              run_name=f"{train.info.run_name}-eval-{time.strftime('%m%d-%H%M%S')}")
+    run_id = run.info.run_id
+    try:
+        params = {"seed": cfg.seed, **flatten(cfg.evaluate, "evaluate")}
+        tracking.with_retry(client.log_batch, run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        tracking.log_datasets(run_id, [(ds, "evaluation") for ds in datasets.values()])
+        set_of = {**{n: n for n in datasets}, **{reference_block(n): n for n in datasets}}  # block -> its set
+        now = int(time.time() * 1000)
+        batch = []
+        for block, values in metrics.items():
+            ds = datasets.get(set_of.get(block, ""))
+            for key, value in flat_metrics({block: values}, prefix="").items():
+                batch.append(Metric(key, value, now, 0, dataset_name=ds.name if ds else None,
+                                    dataset_digest=ds.digest if ds else None))
+        for start in range(0, len(batch), 1000):  # log_batch takes at most 1000 metrics per call
+            tracking.with_retry(client.log_batch, run_id, metrics=batch[start:start + 1000])
+        tracking.with_retry(client.log_artifact, run_id, str(grid_path), "eval")
+        tracking.with_retry(client.log_artifact, run_id, str(metrics_path), "eval")
+        tracking.with_retry(client.log_artifacts, run_id, str(tables_dir), "eval/tables")
+    except BaseException as e:
+        tracking.with_retry(client.set_terminated, run_id, tracking.run_status_for(e))
+        raise
+    tracking.with_retry(client.set_terminated, run_id, "FINISHED")
+    return run_id
 
 
 def run_evaluation(cfg: Config, *, model_path: Path, data_dir: Path, run_info_path: Path, metrics_path: Path,
@@ -295,5 +348,5 @@ def run_evaluation(cfg: Config, *, model_path: Path, data_dir: Path, run_info_pa
     for note in ev.notes:
         print(f"warning: {note}", file=sys.stderr)
     write_outputs(ev, metrics_path, tables_dir, grid_path)
-    log_to_mlflow(run_id, ev.metrics, grid_path, tables_dir, metrics_path)
+    log_to_mlflow(run_id, cfg, set_datasets(cfg, data_dir, sets), ev.metrics, grid_path, tables_dir, metrics_path)
     return ev

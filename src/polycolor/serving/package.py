@@ -230,8 +230,9 @@ def save_package(out_dir: Path, model_path: Path, card: dict[str, Any], image_si
     check_package(out_dir, image_size)
 
 
-def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int, max_pixels: int) -> str:
-    """Log the pyfunc as logged model `model` of the training run `run`; returns its models:/<model id> URI.
+def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int, max_pixels: int) -> Any:
+    """Log the pyfunc as logged model `model` of the training run `run`; returns MLflow's ModelInfo (model_id,
+    model_uri = models:/<model id>).
 
     The logged model is created in the run's experiment with the run as its source, then filled by Model.log with
     run_id: the run is not reopened, so its status stays as training left it (mlflow.pyfunc.log_model only logs
@@ -249,13 +250,35 @@ def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int
         info = with_retry(Model.log, artifact_path=None, name=LOGGED_MODEL_NAME, flavor=mlflow.pyfunc,
                           run_id=run.info.run_id, model_id=logged.model_id,
                           **pyfunc_spec(model_path, card_files, image_size, max_pixels))
-    return info.model_uri
+    return info
 
 
-def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], eval_metrics: dict[str, Any],
+def link_evaluation(eval_run: Any, model_id: str) -> dict[str, float]:
+    """Put the evaluation run's metrics of the model's own blocks on the logged model `model_id`, each tied to the
+    dataset it was computed on (mlflow.log_metrics with model_id and dataset, recorded against the evaluation run,
+    which thereby gets the model as an input). The flood-fill reference's blocks stay on the run only: they score
+    another method. Returns the linked {key: value}."""
+    import mlflow
+
+    from polycolor.tracking import with_retry
+
+    datasets = {i.dataset.name: i.dataset for i in eval_run.inputs.dataset_inputs}
+    by_set: dict[str, dict[str, float]] = {}
+    for key, value in eval_run.data.metrics.items():
+        block = key.split(".", 1)[0]
+        if block in datasets:  # reference blocks are named <set>_reference (or reference): no dataset of that name
+            by_set.setdefault(block, {})[key] = value
+    for name, values in sorted(by_set.items()):
+        with_retry(mlflow.log_metrics, values, run_id=eval_run.info.run_id, model_id=model_id,
+                   dataset=datasets[name])
+    return {k: v for values in by_set.values() for k, v in values.items()}
+
+
+def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], eval_path: Path,
                   name: str, max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT) -> PackageResult:
-    """The package stage's work: build `out_dir`, log the model to the training run, register a new version of
-    `name` tagged with lineage, metrics and its content hash, and point the alias `candidate` at it.
+    """The package stage's work: build `out_dir`, log the model to the training run, put the metrics of the
+    evaluation run that wrote `eval_path` (metrics/eval.json) on it, register a new version of `name` (lineage tags,
+    the model card as description) and point the alias `candidate` at it.
 
     Idempotent on the model's content: when a version with the same content hash (weights, model config,
     vocabulary, image size) is registered already, that version is re-tagged and made `candidate` instead, and
@@ -264,26 +287,29 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
     """
     import mlflow
 
-    from polycolor.tracking import with_retry
+    from polycolor import tracking
 
+    eval_metrics = read_eval_metrics(eval_path)
     payload = modelio.load_payload(model_path)
     loaded = modelio.model_from_payload(payload, str(model_path))
     run_id = str(run_info["run_id"])
     client = mlflow.MlflowClient()
-    run = with_retry(client.get_run, run_id)
+    run = tracking.with_retry(client.get_run, run_id)
     card = model_card(loaded, name=name, run_info=run_info, run_params=dict(run.data.params),
                       eval_metrics=eval_metrics, max_pixels=max_pixels)
     save_package(out_dir, model_path, card, loaded.image_size, max_pixels)
+    eval_run = tracking.find_evaluation_run(run, eval_path)
     digest = modelio.content_hash(payload)
-    tags = registry.lineage_tags(run_info) | registry.metric_tags(eval_metrics) | {registry.CONTENT_TAG: digest}
+    tags = registry.lineage_tags(run_info) | {registry.EVAL_RUN_TAG: eval_run.info.run_id, registry.CONTENT_TAG: digest}
     existing = registry.find_by_content(name, digest)
-    if existing is not None:
+    if existing is not None:  # the same model again: re-tag its version, link this evaluation to its logged model
         mv = registry.retag_version(name, str(existing.version), tags=tags)
         logged_uri = str(existing.source)
     else:
-        logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels)
-        mv = registry.register_version(name, logged_uri, tags=tags)
-    with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")
+        logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels).model_uri
+        mv = registry.register_version(name, logged_uri, tags=tags, description=card_markdown(card))
+    link_evaluation(eval_run, logged_uri.removeprefix("models:/"))
+    tracking.with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")
     return PackageResult(name=name, version=str(mv.version), run_id=run_id,
                          model_uri=f"models:/{name}/{mv.version}", logged_model_uri=logged_uri)
 

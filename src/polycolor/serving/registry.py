@@ -6,8 +6,10 @@ recorded on the version it concerns (tags promotion.decision / promotion.reason 
 of champions is kept in the registered model's tag `champion_history` (a JSON list of versions) so that
 `rollback` can restore the previous one.
 
-A version's metrics are the `eval.<dotted key>` tags written at registration (a snapshot of metrics/eval.json);
-keys missing there are read from the source run's `eval.*` metrics (see version_metrics).
+A version carries a short fixed set of tags (lineage: git_commit, data_hash, dvc_exp_name; evaluation_run; the
+promotion.* decision) and the model card as its description. Its metrics are those of its logged model (linked by
+the package stage from the evaluation run, per dataset); versions registered before that carry `eval.<dotted key>`
+tags or source-run `eval.*` metrics, which are still read (see version_metrics).
 Every call that writes goes through tracking.with_retry: queue workers share one sqlite store.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +36,9 @@ HISTORY_MAX = 100
 METRIC_TAG_PREFIX = "eval."  # version tag `eval.val.psnr_mean` = metrics/eval.json["val"]["psnr_mean"]
 LINEAGE_KEYS = ("git_commit", "data_hash", "dvc_exp_name")
 CONTENT_TAG = "content_sha256"  # version tag: modelio.content_hash of the model file; one version per distinct model
+EVAL_RUN_TAG = "evaluation_run"  # the evaluation run whose metrics the version's logged model carries
 DECISION_TAG, REASON_TAG, AT_TAG = "promotion.decision", "promotion.reason", "promotion.at"
+METRIC_TAG = "promotion.metric"  # "<promote.metric> = <value>" of the version when it was decided on
 TABLE_METRICS = ("val.psnr_mean", "val.colour_accuracy", "val.iou", "ayna_real.psnr_mean")
 
 
@@ -69,35 +74,17 @@ def lineage_tags(run_info: dict[str, Any]) -> dict[str, str]:
     return {k: str(run_info[k]) for k in LINEAGE_KEYS if run_info.get(k)}
 
 
-def flatten_metrics(eval_metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of eval.json as dotted keys: {"val.psnr_mean": 31.2, ...} (booleans and strings left out)."""
-    out: dict[str, float] = {}
-    for k, v in eval_metrics.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_metrics(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = float(v)
-    return out
-
-
-def metric_tags(eval_metrics: dict[str, Any]) -> dict[str, str]:
-    """Version tags for the model's own metrics: every numeric leaf of eval.json outside the reference blocks
-    (the classical flood fill's scores are the same for every version), as `eval.<dotted key>`."""
-    own = {k: v for k, v in eval_metrics.items() if not k.endswith("reference")}
-    return {METRIC_TAG_PREFIX + k: repr(v) for k, v in flatten_metrics(own).items()}
-
-
 # ------------------------------------------------------------------------------------------- versions
 
-def register_version(name: str, model_uri: str, *, tags: dict[str, str]) -> Any:
-    """Register `model_uri` as a new version of `name` (created if needed) with `tags`; alias `candidate` -> it.
-
-    Returns the ModelVersion.
+def register_version(name: str, model_uri: str, *, tags: dict[str, str], description: str = "") -> Any:
+    """Register `model_uri` as a new version of `name` (created if needed) with `tags` and `description`; alias
+    `candidate` -> it. Returns the ModelVersion.
     """
     import mlflow
 
     mv = with_retry(mlflow.register_model, model_uri, name, tags=tags)
+    if description:
+        with_retry(_client().update_model_version, name, mv.version, description=description)
     with_retry(_client().set_registered_model_alias, name, CANDIDATE, mv.version)
     return mv
 
@@ -147,14 +134,28 @@ def aliases(name: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (rm.aliases or {}).items()}
 
 
+def logged_model_id(mv: Any) -> str | None:
+    """The id of the logged model a version was registered from: MLflow's field where the store fills it, else the
+    `models:/<model id>` source the package stage registers (the sqlite registry keeps only the source)."""
+    if getattr(mv, "model_id", None):
+        return str(mv.model_id)
+    m = re.fullmatch(r"models:/(m-[0-9a-f]{32})", mv.source or "")
+    return m.group(1) if m else None
+
+
 def version_metrics(mv: Any, keys: Iterable[str] = ()) -> dict[str, float]:
-    """The metrics of a version as {dotted key: value}: its `eval.*` tags; any of `keys` missing there are read
-    from the source run's `eval.*` metrics (for versions registered before a metric was tagged)."""
+    """The metrics of a version as {dotted key: value}: its logged model's metrics ("val.psnr_mean"), then for older
+    versions its `eval.*` tags; any of `keys` still missing are read from the source run's `eval.*` metrics."""
     out: dict[str, float] = {}
+    model_id = logged_model_id(mv)
+    if model_id:
+        metrics = with_retry(_client().get_logged_model, model_id).metrics or []
+        for m in sorted(metrics, key=lambda m: m.timestamp):  # the latest value of a key wins
+            out[m.key] = float(m.value)
     for k, v in (mv.tags or {}).items():
         if k.startswith(METRIC_TAG_PREFIX):
             try:
-                out[k[len(METRIC_TAG_PREFIX):]] = float(v)
+                out.setdefault(k[len(METRIC_TAG_PREFIX):], float(v))
             except ValueError:
                 pass  # a hand-written non-numeric tag is not a metric
     missing = [k for k in keys if k not in out]
@@ -246,9 +247,10 @@ def _set_champion(name: str, version: str, history: list[str]) -> None:
     with_retry(client.set_registered_model_alias, name, CHAMPION, version)
 
 
-def _record(name: str, version: str, decision: str, reason: str) -> None:
+def _record(name: str, version: str, decision: str, reason: str, metric: str = "") -> None:
     client = _client()
-    for key, value in ((DECISION_TAG, decision), (REASON_TAG, reason), (AT_TAG, _now())):
+    tags = ((DECISION_TAG, decision), (REASON_TAG, reason), (AT_TAG, _now())) + (((METRIC_TAG, metric),) if metric else ())
+    for key, value in tags:
         with_retry(client.set_model_version_tag, name, version, key, value)
 
 
@@ -279,7 +281,8 @@ def promote(name: str, cfg: PromoteConfig, *, version: str | int | None = None, 
         if champ and (not history or history[-1] != champ):  # champion set by hand: keep it restorable
             history.append(champ)
         _set_champion(name, cand, history + [cand])
-    _record(name, cand, decision, reason)
+    value = cand_metrics.get(cfg.metric)
+    _record(name, cand, decision, reason, f"{cfg.metric} = {value:.6g}" if value is not None else "")
     return Decision(name, cand, champ, cand if decision != "refused" else champ, decision, reason)
 
 

@@ -90,8 +90,9 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
               "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train"})
     run_id = run.info.run_id
     try:
-        params = {k: str(v) for k, v in flatten(cfg).items()}
+        params = tracking.training_params(flatten(cfg))
         tracking.with_retry(mlflow.log_params, params)
+        tracking.log_training_data(run_id, train_dir, val_dir)
 
         def log(metrics: dict[str, float], step: int) -> None:
             tracking.with_retry(mlflow.log_metrics, metrics, step=step)
