@@ -125,14 +125,16 @@ class Terminated(Exception):
 
 @contextmanager
 def sigterm_as_exception() -> Iterator[None]:
+    """SIGTERM, and SIGHUP (a closed terminal), raise Terminated in the main thread while the block runs."""
     def handler(signum, frame):  # noqa: ARG001
         raise Terminated(f"terminated by signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 def run_status_for(exc: BaseException | None) -> str:
