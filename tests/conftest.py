@@ -82,3 +82,16 @@ def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         tracking.configure()
     return db
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path) -> str:
+    """This test's own fresh sqlite MLflow store (a copy of the empty one) as MLFLOW_TRACKING_URI, outside any DVC
+    experiment; returns its URI."""
+    import shutil
+
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return uri

@@ -4,7 +4,6 @@ runs it; compared with one process on the same global batch, and resumed exactly
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,12 +45,8 @@ def stage_args(params: Path, data: Path, out: dict[str, Path]) -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch, empty_mlflow_db):
-    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    return mlflow.MlflowClient(uri)
+def store(mlflow_store):
+    return mlflow.MlflowClient(mlflow_store)
 
 
 def train_2_ranks(tmp_path: Path, data: Path, out_dir: str, epochs: int) -> tuple[dict[str, Path], str]:

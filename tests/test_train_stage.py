@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -23,12 +22,8 @@ TINY_PARAMS = {
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch, empty_mlflow_db):
-    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    return uri
+def store(mlflow_store):
+    return mlflow_store
 
 
 def outputs(tmp_path):
