@@ -160,6 +160,9 @@ class Trainer:
                  checkpoint_dir: str | Path | None = None,
                  log: LogFn | None = None, log_image: ImageLogFn | None = None,
                  say: Callable[[str], None] = functools.partial(print, flush=True)):
+        if train_cfg.batch_size % dist.world_size():  # config checks nproc; several nodes multiply it
+            raise PolycolorError(f"train.batch_size ({train_cfg.batch_size}) must be divisible by the "
+                                 f"{dist.world_size()} processes of all nodes: it is the global batch")
         self.mcfg, self.lcfg, self.tcfg = model_cfg, loss_cfg, train_cfg
         self.device = resolve_device(train_cfg.device)
         self.amp = use_amp(train_cfg.amp, self.device)
