@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 import torch
 import yaml
@@ -106,3 +107,27 @@ def test_torchrun_is_standalone_on_one_node_and_reads_the_environment_on_several
         "--nproc-per-node", "2", "--standalone", "stages/train.py", "--x"]
     monkeypatch.setenv("PET_NNODES", "2")  # with PET_RDZV_ENDPOINT etc., read by torchrun itself
     assert "--standalone" not in torchrun_args(2, "stages/train.py", [])
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_kills_the_run_and_keeps_a_checkpoint(tiny_dataset, tmp_path, store):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**PARAMS, "train": {**PARAMS["train"], "epochs": 500}}))
+    out = outputs(tmp_path / "out")
+    launcher = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py"), *stage_args(params, tiny_dataset, out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said = []
+    for line in launcher.stdout:
+        said.append(line)
+        if line.startswith("epoch 1/"):
+            break
+    ranks = psutil.Process(launcher.pid).children()
+    assert len(ranks) == 2, said
+    launcher.terminate()
+    said.append(launcher.stdout.read())
+    assert launcher.wait(timeout=60) == 130, "".join(said)[-3000:]
+    gone, alive = psutil.wait_procs(ranks, timeout=5)
+    assert not alive, "a rank outlived the launcher"
+    ck = torch.load(out["checkpoint_dir"] / "last.pt", weights_only=True)
+    [run] = store.search_runs([store.get_experiment_by_name("test-ddp").experiment_id])
+    assert run.info.status == "KILLED" and ck["run_id"] == run.info.run_id and 1 <= ck["epoch"] < 500

@@ -86,3 +86,16 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(tiny_dataset, tmp_
     assert run.info.status == "KILLED"
     ck = torch.load(out["checkpoint_dir"] / "last.pt", weights_only=True)
     assert 1 <= ck["epoch"] < 200 and ck["run_id"] == run.info.run_id
+
+
+def test_a_run_whose_checkpoint_cannot_be_resumed_is_not_left_running(tiny_dataset, tmp_path, store):
+    out = outputs(tmp_path)
+    run_training(parse_config(TINY_PARAMS), train_dir=tiny_dataset / "training",
+                 val_dir=tiny_dataset / "validation", **out)
+    [killed] = runs(store)
+    mlflow.MlflowClient(store).update_run(killed.info.run_id, "RUNNING")  # as a SIGKILL leaves it
+    other = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 1e-3}})  # not resumable
+    run_training(other, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
+    status = {r.info.run_id: r.info.status for r in runs(store)}
+    assert status.pop(killed.info.run_id) == "KILLED"
+    assert list(status.values()) == ["FINISHED"], "the new training has a run of its own"

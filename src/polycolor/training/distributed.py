@@ -131,13 +131,16 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def gather_objects(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order, on every rank."""
+def same_on_all_ranks(value: Any, what: str) -> Any:
+    """`value`, after checking that every rank holds the same one (a cheap end-of-training check that DDP kept the
+    ranks in step); a PolycolorError names each rank's value otherwise."""
     if world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
-    return out
+        return value
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    if len(set(values)) > 1:
+        raise PolycolorError(f"the ranks ended with different {what}: {values}")
+    return value
 
 
 def shard(n: int) -> range:

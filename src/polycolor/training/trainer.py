@@ -154,6 +154,18 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def read_checkpoint(path: Path, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """A checkpoint's content, or None (and why, said) when there is none or it cannot be read."""
+    if not path.is_file():
+        say("no checkpoint found: training from scratch")
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or foreign file must not stop a fresh start
+        say(f"checkpoint {path} unreadable ({type(e).__name__}): training from scratch")
+        return None
+
+
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, *,
                  vocab: tuple[str, ...], image_size: int, data_id: str, steps_per_epoch: int,
@@ -215,23 +227,13 @@ class Trainer:
         if best:
             atomic_torch_save(state, self.ckpt_dir / "best.pt")
 
-    def _read_last(self) -> dict[str, Any] | None:
-        path = self.ckpt_dir / "last.pt"
-        if not path.is_file():
-            self.say("no checkpoint found: training from scratch")
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a corrupt or foreign file must not stop a fresh start
-            self.say(f"checkpoint {path} unreadable ({type(e).__name__}): training from scratch")
-            return None
-
     def resume(self) -> tuple[str, bool]:
         """Continue from checkpoints/last.pt when it was written with the same params and data, and say what
         happened. Rank 0 reads the file, every rank gets its content. Returns the MLflow run id stored in the
         checkpoint ('' when none), resumable or not, so the stage can continue that run or close it, and whether
         this trainer resumed (from epoch 0 too: a run killed in its first epoch)."""
-        ck = dist.broadcast_object(self._read_last() if self.ckpt_dir and dist.is_main_process() else None)
+        ck = dist.broadcast_object(read_checkpoint(self.ckpt_dir / "last.pt", self.say)
+                                   if self.ckpt_dir and dist.is_main_process() else None)
         if not isinstance(ck, dict):
             return "", False
         if ck.get("format_version") != CHECKPOINT_FORMAT_VERSION or ck.get("fingerprint") != self.fingerprint:
@@ -344,11 +346,9 @@ class Trainer:
             raise
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        digests = dist.gather_objects(weights_digest(self.model))
-        if len(set(digests)) > 1:
-            raise PolycolorError(f"the ranks ended with different weights ({digests}): DDP is out of step")
-        if len(digests) > 1:
-            self.say(f"weights identical on all {len(digests)} ranks (sha256 {digests[0]})")
+        if dist.world_size() > 1:
+            self.say(f"weights identical on all {dist.world_size()} ranks "
+                     f"(sha256 {dist.same_on_all_ranks(weights_digest(self.model), 'weights')})")
         return TrainResult(self.model, self.history, self.best_epoch, self.best_val_loss, stopped_early,
                            self.resumed_from, float(np.mean(rates)) if rates else 0.0,
                            time.perf_counter() - t_start)
