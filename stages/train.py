@@ -40,11 +40,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
     # checkpoint kept and the MLflow run closed as KILLED.
     with distributed.exit_with_parent(), tracking.sigterm_as_exception():
         try:
+            device = resolve_device(cfg.train.device)  # cuda:LOCAL_RANK in a rank on CUDA
             if cfg.train.nproc > 1 and not distributed.in_worker():
-                distributed.launch(cfg.train.nproc, __file__, argv)
+                distributed.launch(cfg.train.nproc, __file__, argv, device)
                 return
             set_torch_globals(cfg.train)
-            with distributed.process_group(resolve_device(cfg.train.device)):
+            with distributed.process_group(device):
                 run_training(cfg, train_dir=Path(args.train), val_dir=Path(args.val),
                              checkpoint_dir=Path(args.checkpoints), model_path=Path(args.model),
                              metrics_path=Path(args.metrics), curve_path=Path(args.curve),

@@ -44,14 +44,15 @@ def torchrun_args(nproc: int, script: str, script_args: list[str]) -> list[str]:
     return ["--nproc-per-node", str(nproc), *(["--standalone"] if single_node else []), script, *script_args]
 
 
-def launch(nproc: int, script: str, script_args: list[str]) -> None:
+def launch(nproc: int, script: str, script_args: list[str], device: torch.device) -> None:
     """Run `python script script_args` as `nproc` ranks on this node under torch.distributed.run (torchrun) and
-    return when they have all ended. A rank that fails has printed its own one-line error; this says which."""
+    return when they have all ended; on CUDA, one GPU per rank. A rank that fails has printed its own one-line
+    error; this says which."""
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise PolycolorError(f"train.nproc is {nproc} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     try:
         torchrun.run(torchrun.parse_args(torchrun_args(nproc, script, script_args)))

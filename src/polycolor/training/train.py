@@ -44,7 +44,7 @@ def prepare_data(cfg: Config, train_dir: Path, val_dir: Path) -> tuple[TensorDat
     if cfg.model.colour_encoding == "embedding":
         # The embedding table knows only training colours; validation pairs in other colours cannot be scored.
         keep = np.array([i for i, c in enumerate(val.colours) if canonical_colour(c) in set(vocab)], dtype=int)
-        if len(keep) < len(val.colours):
+        if len(keep) < len(val.colours) and dist.is_main_process():
             print(f"validation: {len(val.colours) - len(keep)} pair(s) in colours outside the embedding "
                   "vocabulary left out of the validation loss")
         if len(keep) == 0:
