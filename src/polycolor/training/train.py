@@ -106,7 +106,7 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
             tracking.with_retry(mlflow.log_image, grid, key="samples", step=step)
 
         trainer.log, trainer.log_image = log, log_image
-        if not continued:  # a checkpoint of a run this store does not have: this run's curves start at epoch 1 too
+        if not continued:  # a new run for a resumed checkpoint: its curves start at epoch 1 too
             for row in trainer.history:
                 log({k: float(v) for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
         result = trainer.fit(train_t, val_t)
@@ -125,13 +125,17 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
 
 
 def continue_run(run_id: str) -> Any:
-    """Reopen the MLflow run a resumed checkpoint belongs to (RUNNING after a SIGKILL, KILLED after a signal,
-    FINISHED when train.epochs was raised); None when this store has no such live run."""
+    """Reopen the MLflow run of an interrupted training whose checkpoint was resumed (RUNNING after a SIGKILL,
+    KILLED after a signal, FAILED), so one training is one run; None for a FINISHED run (a finished training
+    given more epochs, possibly by several queued experiments at once, gets a run of its own) or a run this store
+    does not have."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        run = tracking.with_retry(mlflow.start_run, run_id=run_id, log_system_metrics=True)
+        if tracking.with_retry(mlflow.MlflowClient().get_run, run_id).info.status == "FINISHED":
+            return None
+        tracking.with_retry(mlflow.start_run, run_id=run_id, log_system_metrics=True)
     except MlflowException as e:
         print(f"checkpoint's MLflow run {run_id} cannot be continued here ({e.error_code}): a new run", flush=True)
         return None
