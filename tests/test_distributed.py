@@ -4,6 +4,7 @@ runs it; compared with one process on the same global batch, and resumed exactly
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,9 @@ def test_torchrun_is_standalone_on_one_node_and_reads_the_environment_on_several
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_launcher_kills_the_run_and_keeps_a_checkpoint(tiny_dataset, tmp_path, store):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_signalled_launcher_takes_its_ranks_down_and_the_run_is_killed(tiny_dataset, tmp_path, store, sig):
+    """SIGTERM: torchrun passes it to the ranks. SIGKILL: the ranks notice their parent is gone."""
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({**PARAMS, "train": {**PARAMS["train"], "epochs": 500}}))
     out = outputs(tmp_path / "out")
@@ -122,11 +125,13 @@ def test_sigterm_to_the_launcher_kills_the_run_and_keeps_a_checkpoint(tiny_datas
             break
     ranks = psutil.Process(launcher.pid).children()
     assert len(ranks) == 2, said
-    launcher.terminate()
-    said.append(launcher.stdout.read())
-    assert launcher.wait(timeout=60) == 130, "".join(said)[-3000:]
-    gone, alive = psutil.wait_procs(ranks, timeout=5)
+    launcher.send_signal(sig)
+    gone, alive = psutil.wait_procs(ranks, timeout=60)
+    for orphan in alive:  # the failure: do not leave it training
+        orphan.kill()
     assert not alive, "a rank outlived the launcher"
+    said.append(launcher.stdout.read())
+    assert launcher.wait(timeout=60) == (130 if sig == signal.SIGTERM else -9), "".join(said)[-3000:]
     ck = torch.load(out["checkpoint_dir"] / "last.pt", weights_only=True)
     [run] = store.search_runs([store.get_experiment_by_name("test-ddp").experiment_id])
     assert run.info.status == "KILLED" and ck["run_id"] == run.info.run_id and 1 <= ck["epoch"] < 500
