@@ -244,3 +244,16 @@ def log_evaluation(train_run_id: str, folder: Path, metrics: dict) -> Path:
     evaluate.log_to_mlflow(train_run_id, load_params(REPO / "params.yaml"), datasets, metrics, folder / "grid.png",
                            folder / "tables", eval_json)
     return eval_json
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path) -> str:
+    """This test's own fresh sqlite MLflow store (a copy of the empty one) as MLFLOW_TRACKING_URI, outside any DVC
+    experiment; returns its URI."""
+    import shutil
+
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return uri

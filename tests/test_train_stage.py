@@ -1,13 +1,17 @@
 """The train stage's MLflow edge: one run with params, per-epoch metrics and lineage tags; failures mark the run."""
 
 import json
+import os
+import signal
+import threading
+import time
 
 import mlflow
 import pytest
+import torch
 
 from polycolor import tracking
 from polycolor.config import parse_config
-from polycolor.errors import PolycolorError
 from polycolor.nn.modelio import load_model
 from polycolor.training.train import run_training
 
@@ -19,11 +23,8 @@ TINY_PARAMS = {
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    return uri
+def store(mlflow_store):
+    return mlflow_store
 
 
 def outputs(tmp_path):
@@ -61,30 +62,48 @@ def test_a_training_run_lands_in_mlflow(tiny_dataset, tmp_path, store, monkeypat
     assert out["curve_path"].read_text().splitlines()[0].startswith("epoch,")
 
 
-def test_an_exception_leaves_the_run_failed(tiny_dataset, tmp_path, store, monkeypatch):
-    cfg = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 1e9}})
-    import polycolor.training.trainer as trainer_mod
-
-    def boom(self, data):  # a failure in the middle of training
-        raise PolycolorError("loss became nan at epoch 1, step 1; training diverged: lower train.lr (now 1e9)")
-
-    monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", boom)
-    with pytest.raises(PolycolorError):
-        run_training(cfg, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation",
-                     **outputs(tmp_path))
-    runs = mlflow.MlflowClient(store).search_runs(
-        [mlflow.MlflowClient(store).get_experiment_by_name("test-train").experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"]
-
-
-def test_interrupt_marks_the_run_killed(tiny_dataset, tmp_path, store, monkeypatch):
-    cfg = parse_config(TINY_PARAMS)
-    import polycolor.training.trainer as trainer_mod
-
-    monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", lambda self, data: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
-        run_training(cfg, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation",
-                     **outputs(tmp_path))
+def runs(store):
     client = mlflow.MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("test-train").experiment_id])
-    assert [r.info.status for r in runs] == ["KILLED"]
+    return client.search_runs([client.get_experiment_by_name("test-train").experiment_id])
+
+
+def test_an_exception_leaves_the_run_failed(tiny_dataset, tmp_path, store):
+    out = outputs(tmp_path)
+    (tmp_path / "models").write_text("a file where the model's folder should be")  # writing the model fails
+    with pytest.raises(OSError):
+        run_training(parse_config(TINY_PARAMS), train_dir=tiny_dataset / "training",
+                     val_dir=tiny_dataset / "validation", **out)
+    assert [r.info.status for r in runs(store)] == ["FAILED"]
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(tiny_dataset, tmp_path, store):
+    """A real SIGINT in the middle of training (once epoch 1's best.pt exists)."""
+    cfg = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 200}})
+    out = outputs(tmp_path)
+
+    def interrupt_after_epoch_1():
+        deadline = time.monotonic() + 120
+        while not (out["checkpoint_dir"] / "best.pt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_epoch_1, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
+    [run] = runs(store)
+    assert run.info.status == "KILLED"
+    ck = torch.load(out["checkpoint_dir"] / "last.pt", weights_only=True)
+    assert 1 <= ck["epoch"] < 200 and ck["run_id"] == run.info.run_id
+
+
+def test_a_run_whose_checkpoint_cannot_be_resumed_is_not_left_running(tiny_dataset, tmp_path, store):
+    out = outputs(tmp_path)
+    run_training(parse_config(TINY_PARAMS), train_dir=tiny_dataset / "training",
+                 val_dir=tiny_dataset / "validation", **out)
+    [killed] = runs(store)
+    mlflow.MlflowClient(store).update_run(killed.info.run_id, "RUNNING")  # as a SIGKILL leaves it
+    other = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 1e-3}})  # not resumable
+    run_training(other, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
+    status = {r.info.run_id: r.info.status for r in runs(store)}
+    assert status.pop(killed.info.run_id) == "KILLED"
+    assert list(status.values()) == ["FINISHED"], "the new training has a run of its own"

@@ -1,4 +1,5 @@
-"""The training loop on tiny data: exact resume, divergence stops with a clear error, MLflow run contents."""
+"""The training loop on tiny data: exact resume for both schedules, divergence stops with a clear error, per-epoch
+metrics reach the log, the data order does not depend on the number of processes."""
 
 from dataclasses import replace
 
@@ -8,7 +9,13 @@ import torch
 from polycolor.config import LossConfig, ModelConfig, TrainConfig
 from polycolor.data.synth import generate_arrays
 from polycolor.errors import PolycolorError
-from polycolor.training.trainer import Trainer, build_vocab, to_tensor_data
+from polycolor.training.trainer import (
+    Trainer,
+    build_vocab,
+    set_torch_globals,
+    steps_per_epoch,
+    to_tensor_data,
+)
 
 MODEL = ModelConfig(widths=(4, 8), embed_dim=8, colour_encoding="embedding", head="composite")
 TRAIN = TrainConfig(lr=3e-3, batch_size=4, epochs=2, seed=3, plateau_patience=1)
@@ -20,60 +27,73 @@ def tiny_data(n=12, seed=0):
     return to_tensor_data(a.inputs, a.targets, a.colours, vocab, "embedding"), vocab
 
 
-def make_trainer(ckpt_dir, train_cfg=TRAIN, log=None):
-    _, vocab = tiny_data()
+def make_trainer(ckpt_dir, train_cfg=TRAIN, log=None, say=lambda s: None):
+    data, vocab = tiny_data()
+    set_torch_globals(train_cfg)  # what the stage's entry does
     return Trainer(MODEL, LossConfig(), train_cfg, vocab=vocab, image_size=32, data_id="tiny",
-                   checkpoint_dir=ckpt_dir, log=log, say=lambda s: None)
+                   steps_per_epoch=steps_per_epoch(len(data), train_cfg.batch_size), checkpoint_dir=ckpt_dir,
+                   log=log, say=say)
+
+
+def state(path):
+    return torch.load(path, weights_only=True)
 
 
 @pytest.mark.parametrize("schedule", ["plateau", "cosine"])
 def test_resume_is_exact(tmp_path, schedule):
+    """2 epochs straight == 1 epoch, stop (as a kill would), a new Trainer resumes and does the second."""
     data, _ = tiny_data()
     cfg = replace(TRAIN, schedule=schedule)
     straight = make_trainer(tmp_path / "a", cfg).fit(data, data)
-    # With cosine the schedule spans train.epochs, so "1 epoch then resume" is an interrupted 2-epoch run.
-    first = make_trainer(tmp_path / "b", replace(cfg, epochs=1) if schedule == "plateau" else cfg)
-    if schedule == "cosine":
-        first.tcfg = replace(cfg, epochs=2)
-        real_train_epoch = first.train_epoch
-
-        def stop_after_one(d):
-            out = real_train_epoch(d)
-            if first.epoch == 0:
-                first.tcfg = replace(first.tcfg, epochs=1)  # the loop ends after this epoch, as a kill would
-            return out
-        first.train_epoch = stop_after_one
-    first.fit(data, data)
+    make_trainer(tmp_path / "b", cfg).fit(data, data, stop_after=1)
+    assert state(tmp_path / "b" / "last.pt")["epoch"] == 1
     resumed_trainer = make_trainer(tmp_path / "b", cfg)
+    assert resumed_trainer.resume() == ("", True)
     resumed = resumed_trainer.fit(data, data)
     assert resumed.resumed_from == 1, "the second call should resume after epoch 1"
     assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history], "the schedule must resume"
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), f"{k} differs between straight and resumed training"
-    last_a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]["state_dict"]
-    last_b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]["state_dict"]
-    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+    a, b = state(tmp_path / "a" / "last.pt"), state(tmp_path / "b" / "last.pt")
+    for k in a["model"]["state_dict"]:
+        assert torch.equal(a["model"]["state_dict"][k], b["model"]["state_dict"][k]), f"last.pt differs at {k}"
+    assert a["scheduler"] == b["scheduler"] and a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+
+
+def test_checkpoint_carries_the_run_id_from_epoch_0(tmp_path):
+    """The run id is on disk before the first epoch ends, so a training killed in epoch 1 still continues its run."""
+    data, _ = tiny_data()
+    t = make_trainer(tmp_path, replace(TRAIN, epochs=1))
+    t.run_id = "abc123"
+    t.fit(data, data, stop_after=0)
+    ck = state(tmp_path / "last.pt")
+    assert ck["epoch"] == 0 and ck["run_id"] == "abc123"
+    again = make_trainer(tmp_path, replace(TRAIN, epochs=1))
+    assert again.resume() == ("abc123", True)
 
 
 def test_changed_params_start_fresh(tmp_path):
     data, _ = tiny_data()
-    make_trainer(tmp_path, replace(TRAIN, epochs=1)).fit(data, data)
+    first = make_trainer(tmp_path, replace(TRAIN, epochs=1))
+    first.run_id = "old-run"
+    first.fit(data, data)
     said = []
-    t = make_trainer(tmp_path, replace(TRAIN, lr=1e-3))
-    t.say = said.append
+    t = make_trainer(tmp_path, replace(TRAIN, lr=1e-3), say=said.append)
+    assert t.resume() == ("old-run", False), "the old run id comes back so the stage can close that run"
     result = t.fit(data, data)
     assert result.resumed_from == 0
     assert any("other params" in s for s in said), said
 
 
-def test_same_params_same_weights(tmp_path):
+def test_same_params_same_weights():
     data, _ = tiny_data()
     a = make_trainer(None, replace(TRAIN, epochs=1)).fit(data, data).model.state_dict()
     b = make_trainer(None, replace(TRAIN, epochs=1)).fit(data, data).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_divergence_is_a_clear_error(tmp_path):
+def test_divergence_is_a_clear_error():
     data, _ = tiny_data()
     data.inputs[:] = 0
     t = make_trainer(None, replace(TRAIN, epochs=1))
@@ -83,9 +103,14 @@ def test_divergence_is_a_clear_error(tmp_path):
         t.fit(data, data)
 
 
-def test_per_epoch_metrics_reach_the_log(tmp_path):
+def test_per_epoch_metrics_reach_the_log():
     data, _ = tiny_data()
     logged = []
     make_trainer(None, log=lambda m, step: logged.append((step, m))).fit(data, data)
     assert [s for s, _ in logged] == [1, 2]
     assert {"train_loss", "val_loss", "val_psnr", "lr", "images_per_s", "loss_l1", "loss_mask"} <= set(logged[0][1])
+
+
+def test_a_batch_larger_than_the_training_set_is_a_clear_error():
+    with pytest.raises(PolycolorError, match=r"train.batch_size \(16\) is larger than the training set \(12"):
+        steps_per_epoch(12, 16)

@@ -133,7 +133,7 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 3e-3
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: each of the nproc processes takes batch_size / nproc of it
     epochs: int = 4
     weight_decay: float = 1e-4
     schedule: str = "plateau"  # plateau: ReduceLROnPlateau on val loss; cosine: per-step cosine decay to 0
@@ -147,10 +147,14 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     channels_last: bool = True  # NHWC memory format: about 1.4x faster convolutions on these CPUs
     grid_samples: int = 4  # rows of the per-epoch sample grid logged to MLflow
+    nproc: int = 1  # training processes per node; > 1 launches DDP ranks with torchrun (docs/scaling.md)
 
     def validate(self) -> None:
         _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        _check(self.nproc >= 1, "train.nproc", self.nproc, "must be >= 1")
+        _check(self.batch_size % self.nproc == 0, "train.batch_size", self.batch_size,
+               f"must be divisible by train.nproc ({self.nproc}): it is the global batch, split over the processes")
         _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
         _check(self.schedule in ("plateau", "cosine"), "train.schedule", self.schedule, "must be plateau or cosine")

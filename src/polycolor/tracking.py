@@ -161,32 +161,22 @@ def dvc_experiment_name() -> str:
     return os.environ.get("DVC_EXP_NAME", "")
 
 
-def data_hash(root: Path, stage: str = "ingest") -> str:
-    """md5 of a stage's first output as recorded in dvc.lock (the content hash DVC tracks), or '' if not locked."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return ""
-    import yaml
-
-    data = yaml.safe_load(lock.read_text()) or {}
-    outs = (data.get("stages", {}).get(stage) or {}).get("outs") or []
-    return str(outs[0].get("md5", "")) if outs else ""
-
-
 class Terminated(Exception):
     """Raised in the main thread on SIGTERM so training can checkpoint and close its run as KILLED."""
 
 
 @contextmanager
 def sigterm_as_exception() -> Iterator[None]:
+    """SIGTERM, and SIGHUP (a closed terminal), raise Terminated in the main thread while the block runs."""
     def handler(signum, frame):  # noqa: ARG001
         raise Terminated(f"terminated by signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 def run_status_for(exc: BaseException | None) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 import time
@@ -13,32 +12,22 @@ import numpy as np
 import pandas as pd
 
 from polycolor import tracking
-from polycolor.colours import canonical_colour
 from polycolor.config import Config, flatten
 from polycolor.data.ayna import load_split
 from polycolor.errors import PolycolorError
-from polycolor.fileio import atomic_output, write_json_atomic
+from polycolor.fileio import atomic_output, folder_digest, write_json_atomic
+from polycolor.nn.inference import paintable
 from polycolor.nn.model import count_parameters
 from polycolor.nn.modelio import save_model
+from polycolor.training import distributed as dist
 from polycolor.training.trainer import (
     TensorData,
     Trainer,
     TrainResult,
     build_vocab,
-    is_main_process,
+    steps_per_epoch,
     to_tensor_data,
 )
-
-
-def folder_digest(*folders: Path) -> str:
-    """sha256 over the relative paths and bytes of every file in the folders: identifies the training data."""
-    h = hashlib.sha256()
-    for folder in folders:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                h.update(str(p.relative_to(folder)).encode())
-                h.update(p.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def prepare_data(cfg: Config, train_dir: Path, val_dir: Path) -> tuple[TensorData, TensorData, tuple[str, ...], int]:
@@ -46,11 +35,9 @@ def prepare_data(cfg: Config, train_dir: Path, val_dir: Path) -> tuple[TensorDat
     val = load_split(val_dir, train.inputs.shape[1])
     size = train.inputs.shape[1]
     vocab = build_vocab(train.colours)
-    keep = np.arange(len(val.colours))
-    if cfg.model.colour_encoding == "embedding":
-        # The embedding table knows only training colours; validation pairs in other colours cannot be scored.
-        keep = np.array([i for i, c in enumerate(val.colours) if canonical_colour(c) in set(vocab)], dtype=int)
-        if len(keep) < len(val.colours):
+    keep = paintable(val.colours, vocab, cfg.model.colour_encoding)  # an embedding knows only training colours
+    if len(keep) < len(val.colours):
+        if dist.is_main_process():
             print(f"validation: {len(val.colours) - len(keep)} pair(s) in colours outside the embedding "
                   "vocabulary left out of the validation loss")
         if len(keep) == 0:
@@ -68,30 +55,42 @@ def default_run_name(cfg: Config) -> str:
 
 def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir: Path, model_path: Path,
                  metrics_path: Path, curve_path: Path, run_info_path: Path) -> TrainResult:
-    import mlflow
-
+    """Train on every rank; on rank 0 (the only process when train.nproc is 1) inside one MLflow run: the run
+    stored in a resumable checkpoint is continued (one training, one run, one unbroken curve), a run that cannot
+    be continued is closed as KILLED, and the stage's outputs are written."""
     train_t, val_t, vocab, size = prepare_data(cfg, train_dir, val_dir)
     data_id = folder_digest(train_dir, val_dir)
+    trainer = Trainer(cfg.model, cfg.loss, cfg.train, vocab=vocab, image_size=size, data_id=data_id,
+                      steps_per_epoch=steps_per_epoch(len(train_t), cfg.train.batch_size),
+                      checkpoint_dir=checkpoint_dir)
+    stored_run_id, resumed = trainer.resume()
+    if not dist.is_main_process():
+        return trainer.fit(train_t, val_t)
+
+    import mlflow
+
     cwd = Path.cwd()
     lineage = {**tracking.git_info(cwd), "dvc_exp_name": tracking.dvc_experiment_name(),
-               "data_hash": tracking.data_hash(cwd) or data_id}
+               "data_hash": data_id}
     run_name = lineage["dvc_exp_name"] or default_run_name(cfg)
-
     uri = tracking.configure()
     exp_id = tracking.ensure_experiment(cfg.mlflow.experiment)
     description = (f"{cfg.model.conditioning} conditioning, {cfg.model.colour_encoding} colour encoding, "
                    f"{cfg.model.head} head, widths {list(cfg.model.widths)}; lr {cfg.train.lr:g}, "
                    f"batch {cfg.train.batch_size}, {cfg.train.epochs} epochs; {len(train_t)} training images "
                    f"at {size} px")
-    run = tracking.with_retry(
-        mlflow.start_run, experiment_id=exp_id, run_name=run_name, description=description,
-        log_system_metrics=True,
-        tags={"git_commit": lineage["git_commit"], "git_dirty": lineage["git_dirty"],
-              "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train"})
-    run_id = run.info.run_id
+    run = continue_run(stored_run_id) if resumed else None
+    if stored_run_id and run is None:
+        close_if_running(stored_run_id)  # its training cannot go on: never leave it RUNNING
+    continued = run is not None
+    run = run or tracking.with_retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name,
+                                     description=description, log_system_metrics=True)
+    run_id = trainer.run_id = run.info.run_id
     try:
-        params = tracking.training_params(flatten(cfg))
-        tracking.with_retry(mlflow.log_params, params)
+        tracking.with_retry(mlflow.set_tags, {
+            "git_commit": lineage["git_commit"], "git_dirty": lineage["git_dirty"],
+            "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train"})
+        log_params_once(run, tracking.training_params(flatten(cfg)))
         tracking.log_training_data(run_id, train_dir, val_dir)
 
         def log(metrics: dict[str, float], step: int) -> None:
@@ -100,25 +99,71 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
         def log_image(grid: np.ndarray, step: int) -> None:
             tracking.with_retry(mlflow.log_image, grid, key="samples", step=step)
 
-        trainer = Trainer(cfg.model, cfg.loss, cfg.train, vocab=vocab, image_size=size, data_id=data_id,
-                          checkpoint_dir=checkpoint_dir, log=log, log_image=log_image)
-        with tracking.sigterm_as_exception():
-            result = trainer.fit(train_t, val_t)
-        if is_main_process():
-            write_outputs(cfg, result, vocab=vocab, image_size=size, lineage=lineage, run_id=run_id,
-                          exp_id=exp_id, uri=uri, run_name=run_name, model_path=model_path,
-                          metrics_path=metrics_path, curve_path=curve_path, run_info_path=run_info_path)
-            summary = json.loads(metrics_path.read_text())
-            tracking.with_retry(mlflow.log_metrics, {f"final_{k}": float(v) for k, v in summary.items()
-                                                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            tracking.with_retry(mlflow.log_artifact, str(curve_path))
+        trainer.log, trainer.log_image = log, log_image
+        if not continued:  # a new run for a resumed checkpoint: its curves start at epoch 1 too
+            for row in trainer.history:
+                log({k: float(v) for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
+        result = trainer.fit(train_t, val_t)
+        write_outputs(cfg, result, vocab=vocab, image_size=size, lineage=lineage, run_id=run_id,
+                      exp_id=exp_id, uri=uri, run_name=run.info.run_name, model_path=model_path,
+                      metrics_path=metrics_path, curve_path=curve_path, run_info_path=run_info_path)
+        summary = json.loads(metrics_path.read_text())
+        tracking.with_retry(mlflow.log_metrics, {f"final_{k}": float(v) for k, v in summary.items()
+                                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracking.with_retry(mlflow.log_artifact, str(curve_path))
     except BaseException as e:
         tracking.with_retry(mlflow.end_run, status=tracking.run_status_for(e))
-        if isinstance(e, tracking.Terminated):
-            raise KeyboardInterrupt from e
         raise
     tracking.with_retry(mlflow.end_run, status="FINISHED")
     return result
+
+
+def continue_run(run_id: str) -> Any:
+    """Reopen the MLflow run of an interrupted training whose checkpoint was resumed (RUNNING after a SIGKILL,
+    KILLED after a signal, FAILED), so one training is one run; None for a FINISHED run (a finished training
+    given more epochs, possibly by several queued experiments at once, gets a run of its own) or a run this store
+    does not have."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if tracking.with_retry(mlflow.MlflowClient().get_run, run_id).info.status == "FINISHED":
+            return None
+        tracking.with_retry(mlflow.start_run, run_id=run_id, log_system_metrics=True)
+    except MlflowException as e:
+        print(f"checkpoint's MLflow run {run_id} cannot be continued here ({e.error_code}): a new run", flush=True)
+        return None
+    print(f"continuing MLflow run {run_id}", flush=True)
+    return mlflow.get_run(run_id)
+
+
+def close_if_running(run_id: str) -> None:
+    """Close a run left RUNNING by a killed training whose checkpoint is not resumed, as KILLED."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        status = tracking.with_retry(client.get_run, run_id).info.status
+    except MlflowException:  # not in this store
+        return
+    if status == "RUNNING":
+        tracking.with_retry(client.set_terminated, run_id, status="KILLED")
+        print(f"MLflow run {run_id} of a training that cannot be resumed closed as KILLED", flush=True)
+
+
+def log_params_once(run: Any, params: dict[str, str]) -> None:
+    """Log params on a new or continued run. MLflow refuses to change a logged param: a continued run keeps its
+    values, and the resumable keys that changed (train.epochs, ...) are recorded in the tag `resumed_with`."""
+    import mlflow
+
+    old = run.data.params
+    new = {k: v for k, v in params.items() if k not in old}
+    changed = [f"{k}: {old[k]} -> {v}" for k, v in params.items() if k in old and old[k] != v]
+    if new:
+        tracking.with_retry(mlflow.log_params, new)
+    if changed:
+        tracking.with_retry(mlflow.set_tag, "resumed_with", "; ".join(changed))
 
 
 def write_outputs(cfg: Config, result: TrainResult, *, vocab: tuple[str, ...], image_size: int,
