@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
     cfg = load_params(args.params)
     # Never outlive DVC (or, for a rank, the launcher): a signal or a vanished parent stops training with the last
     # checkpoint kept and the MLflow run closed as KILLED.
-    with distributed.exit_with_parent(), tracking.sigterm_as_exception():
+    with distributed.exit_with_parent(), tracking.stop_signals():
         try:
             device = resolve_device(cfg.train.device)  # cuda:LOCAL_RANK in a rank on CUDA
             if cfg.train.nproc > 1 and not distributed.in_worker():

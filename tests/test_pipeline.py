@@ -62,8 +62,8 @@ def test_repro_runs_all_stages_then_does_nothing(project):
                                                   "git_commit": run.data.tags["git_commit"]}
     (evaluation,) = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
     assert "val.psnr_mean" in evaluation.data.metrics and "val.psnr_mean" not in run.data.metrics
-    assert {"git_commit", "data_hash", "evaluation_run"} <= set(mv.tags) <= {"git_commit", "data_hash", "dvc_exp_name",
-                                                                           "evaluation_run"}, "a short fixed set"
+    assert {"git_commit", "data_hash", "evaluation_run", "content_sha256"} <= set(mv.tags) <= {
+        "git_commit", "data_hash", "dvc_exp_name", "evaluation_run", "content_sha256"}, "a short fixed set"
     logged = client.get_logged_model(mv.source.split("/")[-1])
     assert {(m.key, m.dataset_name) for m in logged.metrics} >= {("val.psnr_mean", "val"), ("ood.iou", "ood")}
     sh(["git", "add", "-A"], root, env)

@@ -114,10 +114,14 @@ def test_two_queued_experiments_land_on_the_server(project, team_stack):
     before = {r.info.run_id for r in c.search_runs([exp_id])}
     run_queue(root, env, [["-n", f"stack-q{i}", "-S", f"train.lr={lr}"] for i, lr in enumerate(("0.002", "0.004"))])
     runs = [r for r in c.search_runs([exp_id]) if r.info.run_id not in before]
-    assert sorted(r.info.run_name for r in runs) == ["stack-q0", "stack-q1"]
+    training = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # each has one evaluation run below it
+    assert sorted(r.info.run_name for r in training) == ["stack-q0", "stack-q1"]
+    assert len(runs) == 4, [r.info.run_name for r in runs]
     for r in runs:
         assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
-        assert "eval.val.psnr_mean" in r.data.metrics
+    for r in training:
+        (evaluation,) = [e for e in runs if e.data.tags.get("mlflow.parentRunId") == r.info.run_id]
+        assert "val.psnr_mean" in evaluation.data.metrics
         assert len(c.search_model_versions(f"run_id = '{r.info.run_id}'")) == 1
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db")), "a queued run fell back to a local store"
 

@@ -39,7 +39,7 @@ def project(tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**pipeline_env(), "SHELL": "/bin/sh"}
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=env)
-    for stage in ("ingest", "augment"):
+    for stage in ("check", "ingest", "augment"):
         subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root, env=env,
                        check=True, capture_output=True)
     return root, env

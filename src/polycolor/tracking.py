@@ -112,7 +112,8 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: An
     """Call fn, retrying with jittered backoff while sqlite says the database is locked."""
     for attempt in range(attempts):
         try:
-            return fn(*args, **kwargs)
+            with stop_signals_deferred():
+                return fn(*args, **kwargs)
         except Exception as e:  # MLflow wraps the sqlite error in its own exception types
             if not is_locked_error(e) or attempt == attempts - 1:
                 raise
@@ -165,13 +166,35 @@ class Terminated(Exception):
     """Raised in the main thread on SIGTERM so training can checkpoint and close its run as KILLED."""
 
 
-@contextmanager
-def sigterm_as_exception() -> Iterator[None]:
-    """SIGTERM, and SIGHUP (a closed terminal), raise Terminated in the main thread while the block runs."""
-    def handler(signum, frame):  # noqa: ARG001
-        raise Terminated(f"terminated by signal {signum}")
+# Inside an MLflow call (with_retry) a stop signal is held back and raised as soon as the call returns: an exception
+# thrown into the middle of a sqlite transaction leaves the store locked and the run RUNNING (seen in the suite).
+_held = {"depth": 0, "pending": None}
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+    if _held["depth"] == 0 and _held["pending"] is not None:
+        exc, _held["pending"] = _held["pending"], None
+        raise exc
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """While the block runs, SIGINT raises KeyboardInterrupt and SIGTERM / SIGHUP (a closed terminal) raise
+    Terminated in the main thread, never inside an MLflow call (see stop_signals_deferred)."""
+    def handler(signum, frame):  # noqa: ARG001
+        exc = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(f"terminated by signal {signum}")
+        if _held["depth"]:
+            _held["pending"] = exc
+            return
+        raise exc
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

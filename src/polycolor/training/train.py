@@ -66,56 +66,56 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
     stored_run_id, resumed = trainer.resume()
     if not dist.is_main_process():
         return trainer.fit(train_t, val_t)
-
     import mlflow
 
-    cwd = Path.cwd()
-    lineage = {**tracking.git_info(cwd), "dvc_exp_name": tracking.dvc_experiment_name(),
-               "data_hash": data_id}
-    run_name = lineage["dvc_exp_name"] or default_run_name(cfg)
-    uri = tracking.configure()
-    exp_id = tracking.ensure_experiment(cfg.mlflow.experiment)
-    description = (f"{cfg.model.conditioning} conditioning, {cfg.model.colour_encoding} colour encoding, "
-                   f"{cfg.model.head} head, widths {list(cfg.model.widths)}; lr {cfg.train.lr:g}, "
-                   f"batch {cfg.train.batch_size}, {cfg.train.epochs} epochs; {len(train_t)} training images "
-                   f"at {size} px")
-    run = continue_run(stored_run_id) if resumed else None
-    if stored_run_id and run is None:
-        close_if_running(stored_run_id)  # its training cannot go on: never leave it RUNNING
-    continued = run is not None
-    run = run or tracking.with_retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name,
-                                     description=description, log_system_metrics=True)
-    run_id = trainer.run_id = run.info.run_id
-    try:
-        tracking.with_retry(mlflow.set_tags, {
-            "git_commit": lineage["git_commit"], "git_dirty": lineage["git_dirty"],
-            "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train"})
-        log_params_once(run, tracking.training_params(flatten(cfg)))
-        tracking.log_training_data(run_id, train_dir, val_dir)
+    with tracking.stop_signals():  # Ctrl-C / SIGTERM land between MLflow calls, never inside one
+        cwd = Path.cwd()
+        lineage = {**tracking.git_info(cwd), "dvc_exp_name": tracking.dvc_experiment_name(),
+                   "data_hash": data_id}
+        run_name = lineage["dvc_exp_name"] or default_run_name(cfg)
+        uri = tracking.configure()
+        exp_id = tracking.ensure_experiment(cfg.mlflow.experiment)
+        description = (f"{cfg.model.conditioning} conditioning, {cfg.model.colour_encoding} colour encoding, "
+                       f"{cfg.model.head} head, widths {list(cfg.model.widths)}; lr {cfg.train.lr:g}, "
+                       f"batch {cfg.train.batch_size}, {cfg.train.epochs} epochs; {len(train_t)} training images "
+                       f"at {size} px")
+        run = continue_run(stored_run_id) if resumed else None
+        if stored_run_id and run is None:
+            close_if_running(stored_run_id)  # its training cannot go on: never leave it RUNNING
+        continued = run is not None
+        run = run or tracking.with_retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name,
+                                         description=description, log_system_metrics=True)
+        run_id = trainer.run_id = run.info.run_id
+        try:
+            tracking.with_retry(mlflow.set_tags, {
+                "git_commit": lineage["git_commit"], "git_dirty": lineage["git_dirty"],
+                "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train"})
+            log_params_once(run, tracking.training_params(flatten(cfg)))
+            tracking.log_training_data(run_id, train_dir, val_dir)
 
-        def log(metrics: dict[str, float], step: int) -> None:
-            tracking.with_retry(mlflow.log_metrics, metrics, step=step)
+            def log(metrics: dict[str, float], step: int) -> None:
+                tracking.with_retry(mlflow.log_metrics, metrics, step=step)
 
-        def log_image(grid: np.ndarray, step: int) -> None:
-            tracking.with_retry(mlflow.log_image, grid, key="samples", step=step)
+            def log_image(grid: np.ndarray, step: int) -> None:
+                tracking.with_retry(mlflow.log_image, grid, key="samples", step=step)
 
-        trainer.log, trainer.log_image = log, log_image
-        if not continued:  # a new run for a resumed checkpoint: its curves start at epoch 1 too
-            for row in trainer.history:
-                log({k: float(v) for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
-        result = trainer.fit(train_t, val_t)
-        write_outputs(cfg, result, vocab=vocab, image_size=size, lineage=lineage, run_id=run_id,
-                      exp_id=exp_id, uri=uri, run_name=run.info.run_name, model_path=model_path,
-                      metrics_path=metrics_path, curve_path=curve_path, run_info_path=run_info_path)
-        summary = json.loads(metrics_path.read_text())
-        tracking.with_retry(mlflow.log_metrics, {f"final_{k}": float(v) for k, v in summary.items()
-                                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        tracking.with_retry(mlflow.log_artifact, str(curve_path))
-    except BaseException as e:
-        tracking.with_retry(mlflow.end_run, status=tracking.run_status_for(e))
-        raise
-    tracking.with_retry(mlflow.end_run, status="FINISHED")
-    return result
+            trainer.log, trainer.log_image = log, log_image
+            if not continued:  # a new run for a resumed checkpoint: its curves start at epoch 1 too
+                for row in trainer.history:
+                    log({k: float(v) for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
+            result = trainer.fit(train_t, val_t)
+            write_outputs(cfg, result, vocab=vocab, image_size=size, lineage=lineage, run_id=run_id,
+                          exp_id=exp_id, uri=uri, run_name=run.info.run_name, model_path=model_path,
+                          metrics_path=metrics_path, curve_path=curve_path, run_info_path=run_info_path)
+            summary = json.loads(metrics_path.read_text())
+            tracking.with_retry(mlflow.log_metrics, {f"final_{k}": float(v) for k, v in summary.items()
+                                                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            tracking.with_retry(mlflow.log_artifact, str(curve_path))
+        except BaseException as e:
+            tracking.with_retry(mlflow.end_run, status=tracking.run_status_for(e))
+            raise
+        tracking.with_retry(mlflow.end_run, status="FINISHED")
+        return result
 
 
 def continue_run(run_id: str) -> Any:
