@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from polycolor import tracking
-from polycolor.config import ModelConfig, parse_config
+from polycolor.config import IngestConfig, ModelConfig, parse_config
 from polycolor.data.ayna import write_split
-from polycolor.data.synth import generate_arrays
+from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.evaluation import evaluate as E
 from polycolor.evaluation import metrics as M
@@ -73,7 +73,7 @@ def project(tmp_path, store, monkeypatch) -> dict:
     torch.manual_seed(0)
     model = ConditionalUNet(ModelConfig(widths=(4, 8)), ("red", "blue"), 32)
     save_model(tmp_path / "model.pt", model, meta={})
-    val = generate_arrays(6, image_size=32, seed=1)
+    val = generate(IngestConfig(image_size=32), 6, 1)
     names = [f"{i:02d}_{s}.png" for i, s in enumerate(val.shapes)]
     write_split(tmp_path / "validation", val.inputs, val.targets, val.colours, names, names)
     extra = {"missing_one": {"path": str(tmp_path / "nowhere"), "required": False}}
@@ -225,7 +225,7 @@ def test_embedding_model_leaves_out_unknown_colours():
     from polycolor.nn.modelio import LoadedModel
 
     loaded = LoadedModel(model.eval(), model.cfg, model.vocab, 32, {})
-    arrays = generate_arrays(4, image_size=32, colours=("red", "green"), seed=2)
+    arrays = generate(IngestConfig(image_size=32, colours=("red", "green")), 4, 2)
     cfg = parse_config({"evaluate": {"grid_samples": 1}}).evaluate
     ev = E.evaluate_model(loaded, [E.EvalSet("val", arrays)], cfg, {"gone": "missing"})
     assert ev.metrics["val"]["n"] == ev.metrics["reference"]["n"] == arrays.colours.count("red")

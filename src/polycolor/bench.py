@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from polycolor.config import Config
-from polycolor.data.synth import generate_from_config
+from polycolor.data.synth import generate
 from polycolor.nn.inference import images_to_tensor, paint
 from polycolor.nn.losses import Objective
 from polycolor.nn.model import ConditionalUNet, count_parameters
@@ -62,7 +62,7 @@ def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     size, bs = cfg.ingest.image_size, cfg.train.batch_size
-    data = generate_from_config(cfg.ingest, bs, 0)
+    data = generate(cfg.ingest, bs, 0)
     vocab = tuple(sorted(set(data.colours)))
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = ConditionalUNet(cfg.model, vocab, size).to(memory_format=fmt).train()
@@ -85,7 +85,7 @@ def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
 
 
 def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30) -> dict[str, float]:
-    data = generate_from_config(cfg.ingest, 64, 1)
+    data = generate(cfg.ingest, 64, 1)
     colours = list(data.colours)
     if loaded.config.colour_encoding == "embedding":
         colours = [c if c in loaded.vocab else loaded.vocab[0] for c in colours]

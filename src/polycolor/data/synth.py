@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from polycolor.colours import (
-    AYNA_COLOURS,
     SHAPES,
     canonical_colour,
     resolve_colour,
@@ -114,42 +113,41 @@ def _balanced(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.arange(n) % k)
 
 
-def sample_specs(n: int, *, image_size: int = 128, shapes: Sequence[str] = SHAPES,
-                 colours: Sequence[str] = tuple(AYNA_COLOURS), random_colour_fraction: float = 0.0,
-                 scale: tuple[float, float] = (0.25, 0.42), rotation: tuple[float, float] = (0.0, 360.0),
-                 offset: float = 0.12, outline_width: tuple[int, int] = (2, 3),
-                 seed: int | np.random.Generator = 0) -> list[PolygonSpec]:
-    """Draw n pair specs. Shapes and named colours are balanced (counts differ by at most one).
+def sample_specs(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> list[PolygonSpec]:
+    """Draw n pair specs with the generator settings of `cfg` (shapes, colours, poses, outline widths; its sample
+    counts and source are not used). Shapes and named colours are balanced (counts differ by at most one).
 
-    A share `random_colour_fraction` of samples gets a random `#rrggbb` colour instead of a name, never near white
-    (some channel <= 255 - NEAR_WHITE). Pose ranges are as in IngestConfig. Same arguments and seed, same specs.
+    A share `cfg.random_colour_fraction` of samples gets a random `#rrggbb` colour instead of a name, never near
+    white (some channel <= 255 - NEAR_WHITE). Same config and seed, same specs. Other settings (evaluate's
+    out-of-distribution poses, another image size) come from `dataclasses.replace(cfg, ...)`.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    shapes, image_size = cfg.shapes, cfg.image_size
     for s in shapes:
         if s not in UNIT_VERTICES:
             raise ValueError(f"unknown shape {s!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    names = [canonical_colour(c) for c in colours]
+    names = [canonical_colour(c) for c in cfg.colours]
     named_rgb = [resolve_colour(c) for c in names]
-    # Every draw happens here, vectorised and in a fixed order, so a spec depends only on (arguments, seed).
+    # Every draw happens here, vectorised and in a fixed order, so a spec depends only on (config, seed).
     shape_idx = _balanced(n, len(shapes), rng)
     colour_idx = _balanced(n, len(names), rng)
-    is_random = rng.random(n) < random_colour_fraction
+    is_random = rng.random(n) < cfg.random_colour_fraction
     rand_rgb = rng.integers(0, 256, size=(n, 3))
     while True:  # redraw near-white colours (about 1/16 of draws) until none is left
         bad = rand_rgb.min(axis=1) > 255 - NEAR_WHITE
         if not bad.any():
             break
         rand_rgb[bad] = rng.integers(0, 256, size=(int(bad.sum()), 3))
-    radius = rng.uniform(scale[0], scale[1], n) * image_size
-    angle = rng.uniform(rotation[0], rotation[1], n)
+    radius = rng.uniform(cfg.scale[0], cfg.scale[1], n) * image_size
+    angle = rng.uniform(cfg.rotation[0], cfg.rotation[1], n)
     u_xy = rng.random((n, 2))
-    width = rng.integers(outline_width[0], outline_width[1] + 1, n)
+    width = rng.integers(cfg.outline_width[0], cfg.outline_width[1] + 1, n)
 
     half = image_size / 2.0
     lo, hi = float(MARGIN), float(image_size - 1 - MARGIN)  # allowed pixel coordinates of any vertex
-    max_off = offset * image_size
+    max_off = cfg.offset * image_size
     specs = []
     for i in range(n):
         shape = shapes[shape_idx[i]]
@@ -185,32 +183,11 @@ def render_specs(specs: Sequence[PolygonSpec], image_size: int) -> SplitArrays:
                        shapes=[s.shape for s in specs])
 
 
-def generate_arrays(n: int, *, image_size: int = 128, shapes: Sequence[str] = SHAPES,
-                    colours: Sequence[str] = tuple(AYNA_COLOURS), random_colour_fraction: float = 0.0,
-                    scale: tuple[float, float] = (0.25, 0.42), rotation: tuple[float, float] = (0.0, 360.0),
-                    offset: float = 0.12, outline_width: tuple[int, int] = (2, 3),
-                    seed: int | np.random.Generator = 0) -> SplitArrays:
-    """n synthetic pairs in memory: inputs/targets (n, image_size, image_size, 3) uint8, colours, rgb, shapes.
-
-    Deterministic in (arguments, seed). Evaluate uses it with wider scale/offset ranges for an out-of-distribution
-    set; ingest uses the same specs to write files.
-    """
-    specs = sample_specs(n, image_size=image_size, shapes=shapes, colours=colours,
-                         random_colour_fraction=random_colour_fraction, scale=scale, rotation=rotation,
-                         offset=offset, outline_width=outline_width, seed=seed)
-    return render_specs(specs, image_size)
-
-
-def specs_from_config(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> list[PolygonSpec]:
-    """sample_specs with every generator setting taken from an IngestConfig (n and seed given apart)."""
-    return sample_specs(n, image_size=cfg.image_size, shapes=cfg.shapes, colours=cfg.colours,
-                        random_colour_fraction=cfg.random_colour_fraction, scale=cfg.scale, rotation=cfg.rotation,
-                        offset=cfg.offset, outline_width=cfg.outline_width, seed=seed)
-
-
-def generate_from_config(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> SplitArrays:
-    """generate_arrays with the settings of an IngestConfig; use dataclasses.replace(cfg, scale=...) to widen."""
-    return render_specs(specs_from_config(cfg, n, seed), cfg.image_size)
+def generate(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> SplitArrays:
+    """n synthetic pairs in memory: inputs/targets (n, cfg.image_size, cfg.image_size, 3) uint8, colours, rgb,
+    shapes. Deterministic in (cfg, seed). Ingest writes the same specs to files; evaluate generates its extra sets
+    from `dataclasses.replace(cfg, ...)`."""
+    return render_specs(sample_specs(cfg, n, seed), cfg.image_size)
 
 
 def file_names(index: int, spec: PolygonSpec) -> tuple[str, str]:

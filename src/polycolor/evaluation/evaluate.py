@@ -20,7 +20,7 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,7 +32,7 @@ from polycolor import tracking
 from polycolor.colours import AYNA_COLOURS, SHAPES, canonical_colour
 from polycolor.config import Config, EvaluateConfig
 from polycolor.data.ayna import SplitArrays, load_split, write_png
-from polycolor.data.synth import generate_arrays
+from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.reference import reference_fill
@@ -90,21 +90,21 @@ def reference_block(name: str) -> str:
 
 
 def ood_arrays(cfg: Config, image_size: int) -> SplitArrays:
-    """evaluate.ood_samples fresh pairs at image_size px: every shape, the 8 Ayna colours, evaluate.ood_scale and
-    evaluate.ood_offset, full rotation; deterministic in `seed` (its own stream, apart from ingest's)."""
+    """evaluate.ood_samples fresh pairs at image_size px: the training geometry (ingest's shapes, colours and outline
+    widths) at evaluate.ood_scale and evaluate.ood_offset, full rotation, named colours only; deterministic in
+    `seed` (its own stream, apart from ingest's)."""
     e = cfg.evaluate
-    rng = np.random.default_rng([cfg.seed, OOD_SEED_STREAM])
-    return generate_arrays(e.ood_samples, image_size=image_size, shapes=SHAPES, colours=tuple(AYNA_COLOURS),
-                           random_colour_fraction=0.0, scale=e.ood_scale, rotation=(0.0, 360.0),
-                           offset=e.ood_offset, seed=rng)
+    geometry = replace(cfg.ingest, image_size=image_size, random_colour_fraction=0.0, scale=e.ood_scale,
+                       rotation=(0.0, 360.0), offset=e.ood_offset)
+    return generate(geometry, e.ood_samples, np.random.default_rng([cfg.seed, OOD_SEED_STREAM]))
 
 
 def unseen_colour_arrays(cfg: Config, image_size: int) -> SplitArrays:
-    """evaluate.unseen_colour_samples fresh pairs at the generator's default poses, every one painted a random
-    #rrggbb (never near white): colours no training sample had, so only the rgb encoding can paint them."""
-    rng = np.random.default_rng([cfg.seed, UNSEEN_SEED_STREAM])
-    return generate_arrays(cfg.evaluate.unseen_colour_samples, image_size=image_size, shapes=SHAPES,
-                           random_colour_fraction=1.0, seed=rng)
+    """evaluate.unseen_colour_samples fresh pairs at the training geometry, every one painted a random #rrggbb
+    (never near white): colours no training sample had, so only the rgb encoding can paint them."""
+    geometry = replace(cfg.ingest, image_size=image_size, random_colour_fraction=1.0)
+    return generate(geometry, cfg.evaluate.unseen_colour_samples,
+                    np.random.default_rng([cfg.seed, UNSEEN_SEED_STREAM]))
 
 
 def load_sets(cfg: Config, data_dir: str | Path) -> tuple[list[EvalSet], dict[str, str]]:
