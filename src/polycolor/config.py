@@ -187,6 +187,10 @@ class EvaluateConfig:
     ood_scale: tuple[float, float] = (0.15, 0.48)
     ood_offset: float = 0.2
     unseen_colour_samples: int = 64  # fresh polygons painted random #rrggbb colours no training sample had; 0 disables
+    robust_samples: int = 64  # per robustness set (gappy, hand_drawn, thick_thin, novel_shapes, native_*); 0 = none
+    thick_thin_width: tuple[int, int] = (1, 6)  # thick_thin: half the outlines this thin (px), half this thick
+    native_size: int = 256  # the native_<size> set: the training geometry drawn at this size, widths scaled with it
+    behaviour_samples: int = 32  # validation samples the behavioural (invariance) shares are measured on; 0 disables
     grid_samples: int = 8  # rows of the qualitative grid
     batch_size: int = 32
 
@@ -194,6 +198,10 @@ class EvaluateConfig:
         _check(self.ood_samples >= 0, "evaluate.ood_samples", self.ood_samples, "must be >= 0")
         _check(self.unseen_colour_samples >= 0, "evaluate.unseen_colour_samples", self.unseen_colour_samples,
                "must be >= 0")
+        _check(self.robust_samples >= 0, "evaluate.robust_samples", self.robust_samples, "must be >= 0")
+        _range(self.thick_thin_width, "evaluate.thick_thin_width", 1, 16)
+        _check(self.native_size >= 16, "evaluate.native_size", self.native_size, "must be >= 16")
+        _check(self.behaviour_samples >= 0, "evaluate.behaviour_samples", self.behaviour_samples, "must be >= 0")
         _range(self.ood_scale, "evaluate.ood_scale", 0.05, 0.5)
         _check(0.0 <= self.ood_offset <= 0.4, "evaluate.ood_offset", self.ood_offset, "must be in [0, 0.4]")
         _check(self.grid_samples >= 1, "evaluate.grid_samples", self.grid_samples, "must be >= 1")
