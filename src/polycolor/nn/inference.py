@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from polycolor.colours import canonical_colour, resolve_colour
 from polycolor.errors import PolycolorError
@@ -53,14 +54,80 @@ def hard_image(pred: UNetOutput, colour_rgb: torch.Tensor) -> torch.Tensor:
     return composite((pred.mask_logits > 0).float(), colour_rgb)
 
 
+INK_BELOW = 240  # an input pixel with some channel below this is outline (metrics.WHITE_MIN; nn cannot import it)
+GAP_PX = 4  # px at the model's size: the outline grown by this bridges the gaps the generator draws (<= 6 px)
+SNAP_SHARE = 0.25  # a region the net paints on <= this share of its pixels is cleared, on >= 1 - this filled
+FOUR = ndimage.generate_binary_structure(2, 1)  # white regions are 4-connected (paint cannot leak diagonally)
+EIGHT = ndimage.generate_binary_structure(2, 2)  # an outline is one piece through diagonal steps too
+
+
+def _region_shares(region: np.ndarray, mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (H, W) int, share (n + 1,)): the connected pieces of `region` and the share of each that `mask`
+    covers (index 0, outside the region, is 0)."""
+    labels, n = ndimage.label(region, structure)
+    flat = labels.ravel()
+    share = np.bincount(flat, weights=mask.ravel(), minlength=n + 1) / np.maximum(np.bincount(flat, minlength=n + 1), 1)
+    share[0] = 0.0
+    return labels, share
+
+
+def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4) -> np.ndarray:
+    """The net's mask (H, W) bool, snapped to the input's own edges (ink (H, W) bool: the outline's pixels).
+
+    Each 4-connected white region the net paints almost everywhere (share >= 1 - SNAP_SHARE) is painted whole, one
+    it paints almost nowhere (<= SNAP_SHARE) is cleared. A region in between is usually inside and outside joined
+    through a gap: its pixels farther than gap_px from the outline (which splits it again where gaps are up to
+    ~2 gap_px long) are snapped the same way, part by part, and pixels near the outline keep the net's value (a
+    morphological closing would not split it: a disk touching a thin line from one side fits beside any gap).
+    Each 8-connected piece of outline the net paints at all (share >= SNAP_SHARE) is painted whole: an outline
+    belongs to its polygon, and a mask resized from another resolution may cover only its inner half.
+
+    This makes a mask computed at another resolution exact at the input's: the net decides which regions are
+    inside, the input's pixels say where they end.
+    """
+    out = mask.copy()
+    open_white = ~ink
+    labels, share = _region_shares(open_white, mask, FOUR)
+    fill, clear = (share >= 1.0 - SNAP_SHARE)[labels], (share <= SNAP_SHARE)[labels]
+    out[fill & open_white] = True
+    out[clear & open_white] = False
+    undecided = open_white & ~fill & ~clear
+    if undecided.any():
+        near_ink = ndimage.binary_dilation(ink, structure=disk(gap_px))  # bridges gaps up to ~2 gap_px
+        labels, share = _region_shares(undecided & ~near_ink, mask, FOUR)
+        out[(share >= 1.0 - SNAP_SHARE)[labels] & (labels > 0)] = True
+        out[(share <= SNAP_SHARE)[labels] & (labels > 0)] = False
+    labels, share = _region_shares(ink, mask, EIGHT)
+    out[(share >= SNAP_SHARE)[labels] & ink] = True
+    return out
+
+
+def disk(radius: int) -> np.ndarray:
+    """(2r + 1, 2r + 1) bool disk, a structuring element."""
+    y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def to_model_size(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, h, w) in [-1, 1] -> (B, 3, size, size). Shrinking takes the darkest pixel of each window (a min pool),
+    so a thin outline stays unbroken instead of losing the pixels nearest sampling skips; growing is nearest."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if h >= size and w >= size:
+        return -F.adaptive_max_pool2d(-x, (size, size))
+    return F.interpolate(x, size=(size, size), mode="nearest")
+
+
 @torch.no_grad()
 def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_size: int = 32) -> np.ndarray:
     """Fill each outline with its colour.
 
     inputs: uint8 (N, H, W, 3) RGB outlines, any H, W; colours: N colour strings.
-    Returns uint8 (N, H, W, 3). Inputs are resized (nearest) to the model's image size and predictions back to H, W,
-    so the output always has the input's size. The composite head uses a hard mask (m > 0.5), so outputs are
-    two-valued like the data.
+    Returns uint8 (N, H, W, 3), two-valued like the data. The net runs at its own image size (to_model_size). For
+    the composite head its mask logits are resized back bilinearly, thresholded at 0 (sigmoid 0.5) and snapped to
+    the input's own edges (snap_to_outline), at every size, so the output is exact at the input's resolution; the
+    tanh head's image is resized back (nearest).
     """
     if inputs.ndim != 4 or inputs.shape[-1] != 3:
         raise PolycolorError(f"inputs must be (N, H, W, 3) RGB images, got shape {inputs.shape}")
@@ -71,16 +138,23 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_siz
     device = next(model.parameters()).device
     idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
     n, h, w, _ = inputs.shape
-    size = loaded.image_size
     out = np.empty_like(inputs)
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
-        x = images_to_tensor(inputs[sl]).to(device)  # (b, 3, h, w)
-        if (h, w) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="nearest")
         colour = rgb[sl].to(device)
-        image = hard_image(model(x, idx[sl].to(device), colour), colour)
-        if (h, w) != (size, size):
-            image = F.interpolate(image, size=(h, w), mode="nearest")
-        out[sl] = tensor_to_images(image)
+        pred = model(to_model_size(images_to_tensor(inputs[sl]).to(device), loaded.image_size), idx[sl].to(device),
+                     colour)
+        if pred.mask_logits is None:
+            image = pred.image if pred.image.shape[-2:] == (h, w) else F.interpolate(pred.image, size=(h, w),
+                                                                                      mode="nearest")
+            out[sl] = tensor_to_images(image)
+            continue
+        logits = pred.mask_logits  # (b, 1, size, size)
+        if logits.shape[-2:] != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        masks = (logits[:, 0] > 0).cpu().numpy()  # (b, h, w)
+        ink = (inputs[sl] < INK_BELOW).any(axis=-1)  # (b, h, w) the outline: metrics.painted_mask's rule
+        gap_px = max(2, round(GAP_PX * max(h, w) / loaded.image_size))  # gaps scale with the image
+        snapped = np.stack([snap_to_outline(m, k, gap_px) for m, k in zip(masks, ink)])
+        out[sl] = tensor_to_images(composite(torch.from_numpy(snapped)[:, None].float(), colour.cpu()))
     return out
