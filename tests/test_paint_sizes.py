@@ -26,7 +26,7 @@ def test_snapping_makes_an_offset_mask_exact():
     ink, filled = square(64, 10, 50, width=2)
     coarse = np.zeros_like(filled)
     coarse[12:53, 9:49] = True  # the net's mask, off by up to 2 px on every side
-    assert np.array_equal(snap_to_outline(coarse, ink), filled)
+    assert np.array_equal(snap_to_outline(coarse, ink, resized=True), filled)
 
 
 def test_snapping_clears_stray_paint_and_keeps_undecided_regions():

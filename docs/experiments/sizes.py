@@ -24,7 +24,7 @@ from polycolor.config import load_params
 from polycolor.data.synth import generate
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.evaluate import plain_geometry
-from polycolor.nn.inference import encode_colours, images_to_tensor, snap_to_outline, to_model_size
+from polycolor.nn.inference import encode_colours, gap_px_at, images_to_tensor, snap_to_outline, to_model_size
 from polycolor.nn.model import composite
 from polycolor.nn.modelio import load_model
 
@@ -49,7 +49,7 @@ def paint_with(loaded, inputs, colours, strategy):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             mask = logits[0, 0].numpy() > 0
             if strategy == "snap":
-                mask = snap_to_outline(mask, (inputs[i] < 240).any(-1))
+                mask = snap_to_outline(mask, (inputs[i] < 240).any(-1), gap_px_at(h, w, size), (h, w) != (size, size))
         img = composite(torch.from_numpy(mask)[None, None].float(), ci)
         out.append(((img[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy())
     return np.stack(out)

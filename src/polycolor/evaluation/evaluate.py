@@ -96,19 +96,20 @@ def reference_block(name: str) -> str:
 
 
 def ood_arrays(cfg: Config, image_size: int) -> SplitArrays:
-    """evaluate.ood_samples fresh pairs at image_size px: the training geometry (ingest's shapes, colours and outline
-    widths) at evaluate.ood_scale and evaluate.ood_offset, full rotation, named colours only; deterministic in
-    `seed` (its own stream, apart from ingest's)."""
+    """evaluate.ood_samples fresh pairs at image_size px: the plain training geometry (plain_geometry: ingest's
+    shapes, colours and outline widths, no gaps or other variation, so the set isolates the pose) at
+    evaluate.ood_scale and evaluate.ood_offset, full rotation, named colours only; deterministic in `seed` (its own
+    stream, apart from ingest's)."""
     e = cfg.evaluate
-    geometry = replace(cfg.ingest, image_size=image_size, random_colour_fraction=0.0, scale=e.ood_scale,
+    geometry = replace(plain_geometry(cfg.ingest, image_size), random_colour_fraction=0.0, scale=e.ood_scale,
                        rotation=(0.0, 360.0), offset=e.ood_offset)
     return generate(geometry, e.ood_samples, np.random.default_rng([cfg.seed, OOD_SEED_STREAM]))
 
 
 def unseen_colour_arrays(cfg: Config, image_size: int) -> SplitArrays:
-    """evaluate.unseen_colour_samples fresh pairs at the training geometry, every one painted a random #rrggbb
+    """evaluate.unseen_colour_samples fresh pairs at the plain training geometry, every one painted a random #rrggbb
     (never near white): colours no training sample had, so only the rgb encoding can paint them."""
-    geometry = replace(cfg.ingest, image_size=image_size, random_colour_fraction=1.0)
+    geometry = replace(plain_geometry(cfg.ingest, image_size), random_colour_fraction=1.0)
     return generate(geometry, cfg.evaluate.unseen_colour_samples,
                     np.random.default_rng([cfg.seed, UNSEEN_SEED_STREAM]))
 

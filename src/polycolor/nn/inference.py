@@ -56,6 +56,7 @@ def hard_image(pred: UNetOutput, colour_rgb: torch.Tensor) -> torch.Tensor:
 
 INK_BELOW = 240  # an input pixel with some channel below this is outline (metrics.WHITE_MIN; nn cannot import it)
 GAP_PX = 4  # px at the model's size: the outline grown by this bridges the gaps the generator draws (<= 6 px)
+CLEAR_SHARE = 0.03  # ... and a whole region is cleared only when the net paints at most this share of it
 SNAP_SHARE = 0.25  # a region the net paints on <= this share of its pixels is cleared, on >= 1 - this filled
 FOUR = ndimage.generate_binary_structure(2, 1)  # white regions are 4-connected (paint cannot leak diagonally)
 EIGHT = ndimage.generate_binary_structure(2, 2)  # an outline is one piece through diagonal steps too
@@ -71,41 +72,62 @@ def _region_shares(region: np.ndarray, mask: np.ndarray, structure: np.ndarray) 
     return labels, share
 
 
-def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4) -> np.ndarray:
+def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4, resized: bool = False) -> np.ndarray:
     """The net's mask (H, W) bool, snapped to the input's own edges (ink (H, W) bool: the outline's pixels).
 
-    Each 4-connected white region the net paints almost everywhere (share >= 1 - SNAP_SHARE) is painted whole, one
-    it paints almost nowhere (<= SNAP_SHARE) is cleared. A region in between is usually inside and outside joined
-    through a gap: its pixels farther than gap_px from the outline (which splits it again where gaps are up to
-    ~2 gap_px long) are snapped the same way, part by part, and pixels near the outline keep the net's value (a
-    morphological closing would not split it: a disk touching a thin line from one side fits beside any gap).
-    Each 8-connected piece of outline the net paints at all (share >= SNAP_SHARE) is painted whole: an outline
-    belongs to its polygon, and a mask resized from another resolution may cover only its inner half.
-
+    White regions are the 4-connected pieces of ~ink; their *parts* are what is left of them farther than gap_px
+    from the ink, which splits inside from outside wherever the outline has gaps up to ~2 gap_px long (a
+    morphological closing would not: a disk touching a thin line from one side fits beside any gap).
+    - A region that the net, and each of its parts, paints almost everywhere (share >= 1 - SNAP_SHARE) is painted
+      whole; one whose parts it paints almost nowhere (<= SNAP_SHARE) and of which it paints at most CLEAR_SHARE
+      is cleared whole (a region without parts, thinner than 2 gap_px, goes by its own share).
+    - A region whose parts disagree is inside and outside joined through a gap: each part is filled or cleared by
+      its own share; the pixels near the outline keep the net's value, or, when the mask was `resized` from the
+      net's resolution (so its edges are blocky there), take the value of the nearest part.
+    - Each 8-connected piece of outline the net paints at all (share >= SNAP_SHARE) is painted whole: an outline
+      belongs to its polygon, and a mask resized from another resolution may cover only its inner half.
     This makes a mask computed at another resolution exact at the input's: the net decides which regions are
     inside, the input's pixels say where they end.
     """
     out = mask.copy()
-    open_white = ~ink
-    labels, share = _region_shares(open_white, mask, FOUR)
-    fill, clear = (share >= 1.0 - SNAP_SHARE)[labels], (share <= SNAP_SHARE)[labels]
-    out[fill & open_white] = True
-    out[clear & open_white] = False
-    undecided = open_white & ~fill & ~clear
-    if undecided.any():
-        near_ink = ndimage.binary_dilation(ink, structure=disk(gap_px))  # bridges gaps up to ~2 gap_px
-        labels, share = _region_shares(undecided & ~near_ink, mask, FOUR)
-        out[(share >= 1.0 - SNAP_SHARE)[labels] & (labels > 0)] = True
-        out[(share <= SNAP_SHARE)[labels] & (labels > 0)] = False
-    labels, share = _region_shares(ink, mask, EIGHT)
-    out[(share >= SNAP_SHARE)[labels] & ink] = True
+    white = ~ink
+    regions, region_share = _region_shares(white, mask, FOUR)  # (H, W), (R + 1,)
+    far = white & (ndimage.distance_transform_edt(white) > gap_px)
+    parts, part_share = _region_shares(far, mask, FOUR)  # (H, W), (P + 1,)
+    # the region of each part (any of its pixels will do), and per region the lowest and highest part share
+    part_region = np.zeros(len(part_share), dtype=np.int64)
+    part_region[parts[far]] = regions[far]
+    low, high = region_share.copy(), region_share.copy()
+    has_parts = np.zeros(len(region_share), dtype=bool)
+    has_parts[part_region[1:]] = True
+    low[has_parts], high[has_parts] = 1.0, 0.0
+    np.minimum.at(low, part_region[1:], part_share[1:])
+    np.maximum.at(high, part_region[1:], part_share[1:])
+    fill = (low >= 1.0 - SNAP_SHARE) & (region_share >= 1.0 - SNAP_SHARE)
+    # Clearing a whole region also needs the net to paint almost none of it: a small interior joined to the
+    # background through a gap may lie entirely near the outline (no part of its own), and must not be wiped.
+    clear = (high <= SNAP_SHARE) & (region_share <= CLEAR_SHARE)
+    fill[0] = clear[0] = False
+    out[fill[regions]] = True
+    out[clear[regions]] = False
+    mixed = ~(fill | clear)[part_region]  # (P + 1,) parts of regions that a gap joins
+    mixed[0] = False
+    out[(mixed & (part_share >= 1.0 - SNAP_SHARE))[parts]] = True
+    out[(mixed & (part_share <= SNAP_SHARE))[parts]] = False
+    region_mixed = ~(fill | clear)
+    region_mixed[0] = False
+    band = white & ~far & region_mixed[regions]  # (H, W) near-outline pixels of regions a gap joins
+    if resized and far.any() and band.any():
+        nearest = ndimage.distance_transform_edt(~far, return_distances=False, return_indices=True)  # (2, H, W)
+        out[band] = out[nearest[0][band], nearest[1][band]]
+    pieces, piece_share = _region_shares(ink, mask, EIGHT)
+    out[(piece_share >= SNAP_SHARE)[pieces] & ink] = True
     return out
 
 
-def disk(radius: int) -> np.ndarray:
-    """(2r + 1, 2r + 1) bool disk, a structuring element."""
-    y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
-    return x * x + y * y <= radius * radius
+def gap_px_at(h: int, w: int, model_size: int) -> int:
+    """snap_to_outline's gap_px for an (h, w) input: GAP_PX at the model's size, scaled with the image."""
+    return max(2, round(GAP_PX * max(h, w) / model_size))
 
 
 def to_model_size(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -154,7 +176,7 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_siz
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         masks = (logits[:, 0] > 0).cpu().numpy()  # (b, h, w)
         ink = (inputs[sl] < INK_BELOW).any(axis=-1)  # (b, h, w) the outline: metrics.painted_mask's rule
-        gap_px = max(2, round(GAP_PX * max(h, w) / loaded.image_size))  # gaps scale with the image
-        snapped = np.stack([snap_to_outline(m, k, gap_px) for m, k in zip(masks, ink)])
+        gap_px, resized = gap_px_at(h, w, loaded.image_size), (h, w) != (loaded.image_size,) * 2
+        snapped = np.stack([snap_to_outline(m, k, gap_px, resized) for m, k in zip(masks, ink)])
         out[sl] = tensor_to_images(composite(torch.from_numpy(snapped)[:, None].float(), colour.cpu()))
     return out
