@@ -6,7 +6,12 @@ import numpy as np
 
 from polycolor.config import IngestConfig
 from polycolor.data.synth import generate
-from polycolor.evaluation.behaviour import BEHAVIOURS, behaviour_shares, other_colours, shifts
+from polycolor.evaluation.behaviour import (
+    BEHAVIOURS,
+    behaviour_shares,
+    other_colours,
+    shifts,
+)
 from polycolor.evaluation.metrics import painted_mask
 from polycolor.evaluation.reference import reference_fill
 

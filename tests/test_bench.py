@@ -2,7 +2,12 @@
 
 import json
 
-from polycolor.bench import BATCH_SIZES, format_table, inference_figures, training_figures
+from polycolor.bench import (
+    BATCH_SIZES,
+    format_table,
+    inference_figures,
+    training_figures,
+)
 from polycolor.cli import main
 from polycolor.config import parse_config
 from polycolor.nn.model import ConditionalUNet

@@ -8,7 +8,12 @@ from scipy import ndimage
 
 from polycolor.config import IngestConfig, ModelConfig
 from polycolor.data.synth import generate
-from polycolor.nn.inference import images_to_tensor, paint, snap_to_outline, to_model_size
+from polycolor.nn.inference import (
+    images_to_tensor,
+    paint,
+    snap_to_outline,
+    to_model_size,
+)
 from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import LoadedModel
 

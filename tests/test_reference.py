@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polycolor.data.ayna import load_split
 from polycolor.config import IngestConfig
+from polycolor.data.ayna import load_split
 from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.evaluation import metrics as M

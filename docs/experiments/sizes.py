@@ -24,7 +24,13 @@ from polycolor.config import load_params
 from polycolor.data.synth import generate
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.evaluate import plain_geometry
-from polycolor.nn.inference import encode_colours, gap_px_at, images_to_tensor, snap_to_outline, to_model_size
+from polycolor.nn.inference import (
+    encode_colours,
+    gap_px_at,
+    images_to_tensor,
+    snap_to_outline,
+    to_model_size,
+)
 from polycolor.nn.model import composite
 from polycolor.nn.modelio import load_model
 

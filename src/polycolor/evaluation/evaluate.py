@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from polycolor import tracking
-from polycolor.colours import AYNA_COLOURS, SHAPES, canonical_colour
+from polycolor.colours import canonical_colour
 from polycolor.config import Config, EvaluateConfig, IngestConfig
 from polycolor.data.ayna import SplitArrays, load_split, write_png
 from polycolor.data.synth import generate

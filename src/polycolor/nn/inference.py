@@ -55,6 +55,10 @@ def hard_image(pred: UNetOutput, colour_rgb: torch.Tensor) -> torch.Tensor:
 
 
 INK_BELOW = 240  # an input pixel with some channel below this is outline (metrics.WHITE_MIN; nn cannot import it)
+# Images per forward pass. Measured with `polycolor bench` (infer_images_per_s, 64 images of 128 px, median of 5
+# warm runs): batch 64 is the slowest (activations outgrow the CPU caches), 1 and 8 the fastest; on an idle 2-core
+# machine the issue measured 91 images/s at 1, 112 at 8, 56 at 64. See docs/performance.md item 13.
+BATCH_SIZE = 8
 GAP_PX = 4  # px at the model's size: the outline grown by this bridges the gaps the generator draws (<= 6 px)
 CLEAR_SHARE = 0.03  # ... and a whole region is cleared only when the net paints at most this share of it
 SNAP_SHARE = 0.25  # a region the net paints on <= this share of its pixels is cleared, on >= 1 - this filled
@@ -142,7 +146,7 @@ def to_model_size(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_size: int = 32) -> np.ndarray:
+def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Fill each outline with its colour.
 
     inputs: uint8 (N, H, W, 3) RGB outlines, any H, W; colours: N colour strings.
