@@ -192,7 +192,7 @@ class EvaluateConfig:
     native_size: int = 256  # the native_<size> set: the training geometry drawn at this size, widths scaled with it
     behaviour_samples: int = 32  # validation samples the behavioural (invariance) shares are measured on; 0 disables
     grid_samples: int = 8  # rows of the qualitative grid
-    batch_size: int = 8  # images per forward pass (inference.BATCH_SIZE, chosen by `polycolor bench`)
+    batch_size: int = 4  # images per forward pass (inference.BATCH_SIZE, chosen by `polycolor bench`)
 
     def validate(self) -> None:
         _check(self.ood_samples >= 0, "evaluate.ood_samples", self.ood_samples, "must be >= 0")

@@ -55,10 +55,10 @@ def hard_image(pred: UNetOutput, colour_rgb: torch.Tensor) -> torch.Tensor:
 
 
 INK_BELOW = 240  # an input pixel with some channel below this is outline (metrics.WHITE_MIN; nn cannot import it)
-# Images per forward pass. Measured with `polycolor bench` (infer_images_per_s, 64 images of 128 px, median of 5
-# warm runs): batch 64 is the slowest (activations outgrow the CPU caches), 1 and 8 the fastest; on an idle 2-core
-# machine the issue measured 91 images/s at 1, 112 at 8, 56 at 64. See docs/performance.md item 13.
-BATCH_SIZE = 8
+# Images per forward pass. Measured with `polycolor bench` (infer_images_per_s: 64 images of 128 px, median of 5
+# warm runs, two runs): batch 1 / 4 / 8 / 16 / 64 painted 104-118 / 112-116 / 93-100 / 73-89 / 46-49 images/s;
+# larger batches outgrow the CPU caches. 4 is at least as fast per image as 1. See docs/performance.md item 13.
+BATCH_SIZE = 4
 GAP_PX = 4  # px at the model's size: the outline grown by this bridges the gaps the generator draws (<= 6 px)
 CLEAR_SHARE = 0.03  # ... and a whole region is cleared only when the net paints at most this share of it
 SNAP_SHARE = 0.25  # a region the net paints on <= this share of its pixels is cleared, on >= 1 - this filled
