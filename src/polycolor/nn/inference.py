@@ -85,8 +85,8 @@ def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4, resized:
     - A region that the net, and each of its parts, paints almost everywhere (share >= 1 - SNAP_SHARE) is painted
       whole; one whose parts it paints almost nowhere (<= SNAP_SHARE) and of which it paints at most CLEAR_SHARE
       is cleared whole (a region without parts, thinner than 2 gap_px, goes by its own share).
-    - A region whose parts disagree is inside and outside joined through a gap: each part is filled or cleared by
-      its own share; the pixels near the outline keep the net's value, or, when the mask was `resized` from the
+    - A region whose parts disagree is inside and outside joined through a gap: each part is filled (share >=
+      1 - SNAP_SHARE) or cleared (<= CLEAR_SHARE) by its own share, or else keeps the net's pixels; the pixels near the outline keep the net's value, or, when the mask was `resized` from the
       net's resolution (so its edges are blocky there), take the value of the nearest part.
     - Each 8-connected piece of outline the net paints at all (share >= SNAP_SHARE) is painted whole: an outline
       belongs to its polygon, and a mask resized from another resolution may cover only its inner half.
@@ -117,7 +117,7 @@ def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4, resized:
     mixed = ~(fill | clear)[part_region]  # (P + 1,) parts of regions that a gap joins
     mixed[0] = False
     out[(mixed & (part_share >= 1.0 - SNAP_SHARE))[parts]] = True
-    out[(mixed & (part_share <= SNAP_SHARE))[parts]] = False
+    out[(mixed & (part_share <= CLEAR_SHARE))[parts]] = False  # a gap wider than 2 gap_px leaves one mixed part
     region_mixed = ~(fill | clear)
     region_mixed[0] = False
     band = white & ~far & region_mixed[regions]  # (H, W) near-outline pixels of regions a gap joins
