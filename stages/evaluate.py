@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> None:
         if "skipped" in values:
             print(f"{block:<22}  skipped: {values['skipped']}")
             continue
+        if not set(values) & set(SHOWN[:-1]):  # the behavioural shares
+            print(f"{block:<22}  " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()))
+            continue
         cells = [values.get(k) for k in SHOWN]
         print(f"{block:<22}" + "".join(f"{'-' if v is None else f'{v:.4g}':>16}" for v in cells))
 

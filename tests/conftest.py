@@ -71,7 +71,7 @@ def small_source(tmp_path: Path) -> Path:
 
     root = tmp_path / "source"
     for split, n, seed in (("training", 3, 1), ("validation", 2, 2)):
-        a = synth.generate_arrays(n, image_size=32, shapes=("square", "star"), seed=seed)
+        a = synth.generate(IngestConfig(image_size=32, shapes=("square", "star")), n, seed)
         inputs, names = a.inputs.copy(), [f"{s}{i}.png" for i, s in enumerate(a.shapes)]
         if split == "training":  # entry 1 reuses entry 0's input (as red_star/blue_star share star.png)
             inputs[1], names[1] = inputs[0], names[0]

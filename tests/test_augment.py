@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, tree_digest
 from helpers import format_problems
 
-from polycolor.config import AugmentConfig
+from polycolor.config import AugmentConfig, IngestConfig
 from polycolor.data import augment, ayna, synth
 from polycolor.images import painted_mask
 
@@ -25,8 +25,8 @@ NONE = AugmentConfig(copies=1, hflip=0.0, vflip=0.0, rot90=False, degrees=0.0, s
 @pytest.fixture(scope="module")
 def pairs() -> ayna.SplitArrays:
     """Pairs at 64 px with thin (1-2 px) outlines and large poses: the hardest case for resampling and framing."""
-    return synth.generate_arrays(16, image_size=64, scale=(0.3, 0.45), offset=0.15, outline_width=(1, 2),
-                                 random_colour_fraction=0.5, seed=0)
+    return synth.generate(IngestConfig(image_size=64, scale=(0.3, 0.45), offset=0.15, outline_width=(1, 2),
+                                       random_colour_fraction=0.5), 16, 0)
 
 
 def test_every_augmented_pair_stays_aligned_two_valued_and_framed(pairs):
@@ -74,7 +74,7 @@ def test_pipeline_applies_the_same_flip_to_both(pairs):
 
 
 def test_in_frame_affine_keeps_a_shape_at_the_edge_inside():
-    a = synth.generate_arrays(1, image_size=64, shapes=("square",), scale=(0.45, 0.45), offset=0.4, seed=5)
+    a = synth.generate(IngestConfig(image_size=64, shapes=("square",), scale=(0.45, 0.45), offset=0.4), 1, 5)
     aug = augment.Augmenter(dataclasses.replace(NONE, degrees=180.0, scale=(1.2, 1.5), translate=0.5))
     for seed in range(20):
         inp, tgt, _ = aug(a.inputs[0], a.targets[0], seed)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from polycolor import fileio
 from polycolor.colours import AYNA_COLOURS
+from polycolor.config import IngestConfig
 from polycolor.data import ayna, synth
 from polycolor.errors import PolycolorError
 
@@ -175,7 +176,7 @@ def test_mixed_sizes_need_a_size(small_source):
 # --- writing -------------------------------------------------------------------------------------------------------
 
 def test_write_split_round_trips_and_shares_inputs(tmp_path):
-    a = synth.generate_arrays(3, image_size=32, seed=0)
+    a = synth.generate(IngestConfig(image_size=32), 3, 0)
     inputs = a.inputs.copy()
     inputs[2] = inputs[0]
     names = ["a.png", "b.png", "a.png"]
@@ -189,7 +190,7 @@ def test_write_split_round_trips_and_shares_inputs(tmp_path):
 
 
 def test_png_writing_is_byte_deterministic(tmp_path):
-    img = synth.generate_arrays(1, image_size=32, seed=3).targets[0]
+    img = synth.generate(IngestConfig(image_size=32), 1, 3).targets[0]
     ayna.write_png(tmp_path / "a.png", img)
     ayna.write_png(tmp_path / "b.png", img)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()

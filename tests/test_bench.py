@@ -2,7 +2,12 @@
 
 import json
 
-from polycolor.bench import format_table, inference_figures, training_figures
+from polycolor.bench import (
+    BATCH_SIZES,
+    format_table,
+    inference_figures,
+    training_figures,
+)
 from polycolor.cli import main
 from polycolor.config import parse_config
 from polycolor.nn.model import ConditionalUNet
@@ -21,8 +26,11 @@ def test_training_figures_count_flops_and_rate():
 
 def test_inference_figures_and_table():
     model = ConditionalUNet(TINY.model, ("red",), 32).eval()
-    fig = inference_figures(LoadedModel(model, TINY.model, ("red",), 32, {}), TINY, repeats=3)
-    assert fig["infer_ms_p95"] >= fig["infer_ms_p50"] > 0 and fig["infer_images_per_s_b64"] > 0
+    fig = inference_figures(LoadedModel(model, TINY.model, ("red",), 32, {}), TINY, repeats=3, runs=1)
+    assert fig["infer_ms_p95"] >= fig["infer_ms_p50"] > 0
+    assert fig["infer_ms_p95_64px"] >= fig["infer_ms_p50_64px"] > 0 and fig["infer_ms_p50_128px"] > 0
+    assert set(fig["infer_images_per_s"]) == {f"b{bs}" for bs in BATCH_SIZES}
+    assert min(fig["infer_images_per_s"].values()) > 0 and fig["infer_best_batch"] in BATCH_SIZES
     table = format_table({**fig, "stage_wall_s": {"train": 1.5}})
     assert "infer_ms_p50" in table and "stage_wall_s.train" in table
 

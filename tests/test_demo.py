@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from polycolor.config import ModelConfig
+from polycolor.config import IngestConfig, ModelConfig
 from polycolor.data.ayna import load_image, read_split
 from polycolor.errors import PolycolorError
 from polycolor.nn import modelio
@@ -35,7 +35,7 @@ def sample(tmp_path_factory) -> tuple[Path, str, np.ndarray]:
         return s.input_path, s.colour, load_image(s.output_path)
     from polycolor.data import ayna, synth
 
-    a = synth.generate_arrays(1, image_size=128, shapes=("star",), seed=3)
+    a = synth.generate(IngestConfig(image_size=128, shapes=("star",)), 1, 3)
     out = tmp_path_factory.mktemp("outline")
     ayna.write_split(out, a.inputs, a.targets, a.colours, ["star.png"], ["star_out.png"])
     return out / "inputs" / "star.png", a.colours[0], a.targets[0]

@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from polycolor import tracking
-from polycolor.config import ModelConfig, parse_config
+from polycolor.config import IngestConfig, ModelConfig, parse_config
 from polycolor.data.ayna import write_split
-from polycolor.data.synth import generate_arrays
+from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.evaluation import evaluate as E
 from polycolor.evaluation import metrics as M
@@ -73,14 +73,15 @@ def project(tmp_path, store, monkeypatch) -> dict:
     torch.manual_seed(0)
     model = ConditionalUNet(ModelConfig(widths=(4, 8)), ("red", "blue"), 32)
     save_model(tmp_path / "model.pt", model, meta={})
-    val = generate_arrays(6, image_size=32, seed=1)
+    val = generate(IngestConfig(image_size=32), 6, 1)
     names = [f"{i:02d}_{s}.png" for i, s in enumerate(val.shapes)]
     write_split(tmp_path / "validation", val.inputs, val.targets, val.colours, names, names)
     extra = {"missing_one": {"path": str(tmp_path / "nowhere"), "required": False}}
     if REAL_VAL.is_dir():
         extra["ayna_real"] = {"path": str(REAL_VAL), "required": False}
     params = {"seed": 7, "evaluate": {"extra_sets": extra, "ood_samples": 3, "ood_scale": [0.15, 0.48],
-                                      "ood_offset": 0.2, "unseen_colour_samples": 2, "grid_samples": 2, "batch_size": 4}}
+                                      "ood_offset": 0.2, "unseen_colour_samples": 2, "grid_samples": 2, "batch_size": 4,
+                                      "robust_samples": 2, "native_size": 64, "behaviour_samples": 3}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     tracking.write_run_info(tmp_path / "run.json", {"run_id": store["run_id"], "experiment_id": store["exp_id"]})
     return {"dir": tmp_path, "params": params}
@@ -107,12 +108,20 @@ def test_end_to_end(project, store, capsys):
     blocks = ["val", "reference", "ood", "ood_reference", "unseen_colours", "unseen_colours_reference"]
     if REAL_VAL.is_dir():
         blocks += ["ayna_real", "ayna_real_reference"]
+    for block in [b for b in blocks if b.endswith("reference")]:  # closed outlines: the flood fill is exact
+        assert result[block]["psnr_min"] == M.PSNR_CAP and result[block]["iou"] == 1.0, block
+    robust = ["gappy", "hand_drawn", "thick_thin", "novel_shapes", "native_64"]
+    blocks += robust + [f"{b}_reference" for b in robust]
     for block in blocks:
         assert set(result[block]) == BLOCK_KEYS, f"{block}: {sorted(result[block])}"
     assert result["missing_one"] == {"skipped": f"{d / 'nowhere'} does not exist"}
     assert result["val"]["n"] == 6 and result["ood"]["n"] == 3 and result["unseen_colours"]["n"] == 2
-    for block in [b for b in blocks if b.endswith("reference")]:
-        assert result[block]["psnr_min"] == M.PSNR_CAP and result[block]["iou"] == 1.0, block
+    assert all(result[b]["n"] == 2 for b in robust)
+    assert result["gappy_reference"]["psnr_mean"] < 40, "gaps make the flood fill leak"
+    for block in ("behaviour", "behaviour_reference"):
+        assert set(result[block]) == {"rot_flip", "colour_change", "all_white", "shift", "n"}, block
+        assert result[block]["n"] == 3
+    assert all(v == 1.0 for k, v in result["behaviour_reference"].items() if k != "n"), "the flood fill is exact"
 
     tables = d / "out" / "eval"
     assert sorted(p.name for p in tables.iterdir()) == ["confusion.csv", "per_colour.csv", "per_shape.csv",
@@ -126,7 +135,8 @@ def test_end_to_end(project, store, capsys):
     assert per_colour.groupby("set")["n"].sum()["val"] == 6
 
     grid = np.asarray(Image.open(d / "out" / "eval_grid.png"))
-    rows = 2 + (2 if REAL_VAL.is_dir() else 0)  # grid_samples of val, then of the real Ayna set
+    # grid_samples of val, then of the real Ayna set, then 2 (of 3 allowed) of each robustness set at val's size
+    rows = 2 + (2 if REAL_VAL.is_dir() else 0) + 4 * 2
     cell = 128 if REAL_VAL.is_dir() else 32  # the largest image: the real data is 128 px
     assert grid.shape == (12 + rows * (12 + cell + 2) + 2, 4 * (cell + 2) + 2, 3)
 
@@ -228,7 +238,7 @@ def test_grid_layout():
 
 
 def test_bad_extra_set_names_are_errors(tmp_path):
-    for name in ("reference", "val_reference", "a b"):
+    for name in ("reference", "val_reference", "a b", "gappy", "behaviour", "native_512"):
         cfg = parse_config({"evaluate": {"extra_sets": {name: str(tmp_path)}}})
         with pytest.raises(PolycolorError, match="evaluate.extra_sets"):
             E.load_sets(cfg, tmp_path)
@@ -240,7 +250,7 @@ def test_embedding_model_leaves_out_unknown_colours():
     from polycolor.nn.modelio import LoadedModel
 
     loaded = LoadedModel(model.eval(), model.cfg, model.vocab, 32, {})
-    arrays = generate_arrays(4, image_size=32, colours=("red", "green"), seed=2)
+    arrays = generate(IngestConfig(image_size=32, colours=("red", "green")), 4, 2)
     cfg = parse_config({"evaluate": {"grid_samples": 1}}).evaluate
     ev = E.evaluate_model(loaded, [E.EvalSet("val", arrays)], cfg, {"gone": "missing"})
     assert ev.metrics["val"]["n"] == ev.metrics["reference"]["n"] == arrays.colours.count("red")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from conftest import TINY
 
-from polycolor.data.synth import generate_from_config
+from polycolor.data.synth import generate
 from polycolor.images import (
     WHITE_MIN,
     images_to_tensor,
@@ -45,7 +45,7 @@ def test_painted_is_one_rule_on_both_scales():
 
 def test_on_the_data_the_old_thresholds_agree_with_the_rule():
     """Targets and inputs are two-valued, so `!= 255` (augment, ayna) and `< 0.999` (the loss) gave these masks."""
-    a = generate_from_config(TINY, 12, 0)
+    a = generate(TINY, 12, 0)
     for images in (a.inputs, a.targets):
         np.testing.assert_array_equal(painted_mask(images), (images != 255).any(-1))
         signed = images_to_tensor(images)

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from polycolor.config import IngestConfig
 from polycolor.data.ayna import load_split
-from polycolor.data.synth import generate_arrays
+from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.reference import enclosed_mask, reference_fill
@@ -58,7 +59,7 @@ def test_bad_input_is_an_error():
 
 
 def test_exact_on_synthetic_pairs():
-    arrays = generate_arrays(16, image_size=32, scale=(0.15, 0.48), offset=0.2, seed=3)
+    arrays = generate(IngestConfig(image_size=32, scale=(0.15, 0.48), offset=0.2), 16, 3)
     preds = reference_fill(arrays.inputs, arrays.colours)
     np.testing.assert_array_equal(preds, arrays.targets)
 

@@ -33,7 +33,7 @@ def test_canonical_pose_reproduces_the_real_images(ayna_dir, shape):
 
 @pytest.mark.parametrize("size, widths", [(32, (1, 2)), (64, (2, 3)), (128, (2, 3))])
 def test_synthetic_pairs_pass_the_shared_checker(size, widths):
-    a = synth.generate_arrays(48, image_size=size, outline_width=widths, random_colour_fraction=0.5, seed=size)
+    a = synth.generate(IngestConfig(image_size=size, outline_width=widths, random_colour_fraction=0.5), 48, size)
     assert a.inputs.shape == a.targets.shape == (48, size, size, 3)
     assert a.inputs.dtype == np.uint8 and a.rgb.shape == (48, 3)
     for i in range(len(a)):
@@ -45,16 +45,16 @@ def test_synthetic_pairs_pass_the_shared_checker(size, widths):
 
 
 def test_same_seed_same_arrays_other_seed_other_arrays():
-    kw = dict(image_size=32, random_colour_fraction=0.5)
-    a, b = synth.generate_arrays(16, seed=7, **kw), synth.generate_arrays(16, seed=7, **kw)
-    c = synth.generate_arrays(16, seed=8, **kw)
+    cfg = IngestConfig(image_size=32, random_colour_fraction=0.5)
+    a, b = synth.generate(cfg, 16, 7), synth.generate(cfg, 16, 7)
+    c = synth.generate(cfg, 16, 8)
     assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.targets, b.targets)
     assert a.colours == b.colours and a.shapes == b.shapes
     assert not np.array_equal(a.targets, c.targets)
 
 
 def test_shapes_and_named_colours_are_balanced():
-    a = synth.generate_arrays(80, image_size=32, seed=1)
+    a = synth.generate(IngestConfig(image_size=32), 80, 1)
     assert sorted(set(a.shapes)) == sorted(SHAPES)
     assert all(a.shapes.count(s) == 10 for s in SHAPES)
     assert all(a.colours.count(c) == 10 for c in AYNA_COLOURS)
@@ -62,24 +62,24 @@ def test_shapes_and_named_colours_are_balanced():
 
 
 def test_shape_and_colour_lists_are_configurable():
-    a = synth.generate_arrays(6, image_size=32, shapes=("star",), colours=("Teal", "#102030"), seed=0)
+    a = synth.generate(IngestConfig(image_size=32, shapes=("star",), colours=("Teal", "#102030")), 6, 0)
     assert set(a.shapes) == {"star"}
     assert set(a.colours) == {"teal", "#102030"}
 
 
 def test_random_colours_are_hex_and_never_near_white():
-    a = synth.generate_arrays(400, image_size=16, random_colour_fraction=1.0, seed=0)
+    a = synth.generate(IngestConfig(image_size=16, random_colour_fraction=1.0), 400, 0)
     assert all(c.startswith("#") and len(c) == 7 for c in a.colours)
     assert (a.rgb.min(axis=1) <= 191).all(), "some channel at least 64 below white"
     assert len(set(a.colours)) > 350
-    b = synth.generate_arrays(400, image_size=16, random_colour_fraction=0.25, seed=0)
+    b = synth.generate(IngestConfig(image_size=16, random_colour_fraction=0.25), 400, 0)
     share = sum(c.startswith("#") for c in b.colours) / 400
     assert 0.18 < share < 0.32
 
 
 def test_pose_follows_the_ranges():
-    specs = synth.sample_specs(300, image_size=128, scale=(0.3, 0.35), rotation=(10.0, 20.0), offset=0.05,
-                               outline_width=(3, 3), seed=0)
+    specs = synth.sample_specs(IngestConfig(image_size=128, scale=(0.3, 0.35), rotation=(10.0, 20.0), offset=0.05,
+                                            outline_width=(3, 3)), 300, 0)
     radii = np.array([s.radius for s in specs]) / 128
     assert radii.min() >= 0.3 and radii.max() <= 0.35
     assert all(10.0 <= s.angle <= 20.0 and s.width == 3 for s in specs)
@@ -89,17 +89,17 @@ def test_pose_follows_the_ranges():
 
 
 def test_too_large_shapes_are_kept_inside_the_frame():
-    a = synth.generate_arrays(24, image_size=32, scale=(0.5, 0.5), offset=0.4, seed=0)
+    a = synth.generate(IngestConfig(image_size=32, scale=(0.5, 0.5), offset=0.4), 24, 0)
     for i in range(len(a)):
         filled = painted_mask(a.targets[i])
         assert not (filled[0].any() or filled[-1].any() or filled[:, 0].any() or filled[:, -1].any())
         assert format_problems(a.inputs[i], a.targets[i]) == []
 
 
-def test_generate_from_config_matches_generate_arrays():
-    cfg = dataclasses.replace(IngestConfig(), image_size=32, scale=(0.15, 0.48), offset=0.2)
-    a = synth.generate_from_config(cfg, 8, seed=3)
-    b = synth.generate_arrays(8, image_size=32, scale=(0.15, 0.48), offset=0.2, seed=3)
+def test_a_generator_rng_and_its_seed_give_the_same_pairs():
+    cfg = IngestConfig(image_size=32, scale=(0.15, 0.48), offset=0.2)
+    a = synth.generate(cfg, 8, np.random.default_rng(3))
+    b = synth.generate(cfg, 8, 3)
     assert np.array_equal(a.targets, b.targets) and a.colours == b.colours
 
 
@@ -107,3 +107,94 @@ def test_file_names():
     spec = synth.PolygonSpec("star", "#1a2b3c", (26, 43, 60), (16.0, 16.0), 8.0, 0.0, 2)
     assert synth.file_names(12, spec) == ("00012_star.png", "00012_1a2b3c_star.png")
     assert synth.file_names(3, dataclasses.replace(spec, colour="red")) == ("00003_star.png", "00003_red_star.png")
+
+
+# --- variation beyond the Ayna look ----------------------------------------------------------------------------------
+
+VARIED = IngestConfig(image_size=64, outline_width=(1, 3), random_colour_fraction=0.3, gap_fraction=0.4,
+                      wobble_fraction=0.4, novel_shape_fraction=0.4, wide_pose_fraction=0.4)
+
+
+def test_variation_shares_leave_the_other_draws_alone():
+    """Turning the shares on changes no colour and no Ayna-shape sample's pose draws: they are drawn after all else."""
+    plain = synth.sample_specs(dataclasses.replace(VARIED, gap_fraction=0.0, wobble_fraction=0.0,
+                                                   novel_shape_fraction=0.0, wide_pose_fraction=0.0), 40, 3)
+    varied = synth.sample_specs(VARIED, 40, 3)
+    assert [s.colour for s in plain] == [s.colour for s in varied]
+    assert all(not s.gaps and s.wobble == 0 and s.unit == () for s in plain)
+    same = [(p, v) for p, v in zip(plain, varied) if v.unit == () and v.wobble == 0 and p.radius == v.radius]
+    assert same and all(p.shape == v.shape and p.angle == v.angle and p.width == v.width for p, v in same)
+
+
+def test_varied_pairs_are_deterministic_framed_and_pass_the_checker():
+    a, b = synth.generate(VARIED, 48, 11), synth.generate(VARIED, 48, 11)
+    assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.targets, b.targets) and a.shapes == b.shapes
+    for i in range(len(a)):
+        assert format_problems(a.inputs[i], a.targets[i]) == [], f"sample {i} ({a.shapes[i]})"
+        filled = (a.targets[i] != 255).any(-1)
+        assert not np.concatenate([filled[0], filled[-1], filled[:, 0], filled[:, -1]]).any(), f"sample {i}"
+
+
+def test_a_gap_removes_outline_pixels_and_leaves_the_target_closed():
+    cfg = IngestConfig(image_size=64, gap_fraction=1.0, gap_count=(1, 3), gap_length=(1, 6))
+    for spec in synth.sample_specs(cfg, 24, 5):
+        assert 1 <= len(spec.gaps) <= 3 and all(1 <= length <= 6 for _, length in spec.gaps)
+        inp, tgt = synth.render(spec, 64)
+        closed_inp, closed_tgt = synth.render(dataclasses.replace(spec, gaps=()), 64)
+        assert np.array_equal(tgt, closed_tgt), "the target is the polygon as if closed"
+        removed = (inp != closed_inp).any(-1)
+        assert removed.any(), f"{spec.shape}: the gaps removed nothing"
+        assert (closed_inp[removed] == 0).all() and (inp[removed] == 255).all(), "gaps only turn outline white"
+
+
+def test_gaps_make_the_flood_fill_leak():
+    from polycolor.evaluation.reference import reference_fill
+
+    a = synth.generate(IngestConfig(image_size=64, gap_fraction=1.0, gap_length=(3, 6)), 16, 2)
+    leaked = (reference_fill(a.inputs, a.colours) != a.targets).any(axis=(1, 2, 3))
+    assert leaked.mean() > 0.8, f"only {leaked.mean():.0%} of gappy outlines leak"
+
+
+def test_wobbly_edges_leave_the_straight_line_by_at_most_the_amplitude():
+    cfg = IngestConfig(image_size=128, wobble_fraction=1.0, wobble_amplitude=3.0, shapes=("square",))
+    for spec in synth.sample_specs(cfg, 8, 1):
+        assert 1.5 <= spec.wobble <= 3.0
+        wobbly, straight = synth.vertices(spec), synth.vertices(dataclasses.replace(spec, wobble=0.0))
+        # distance of every wobbly point to the straight square's nearest edge line
+        half = spec.radius / 2
+        local = synth._rotate(wobbly - np.asarray(spec.centre), -spec.angle)
+        off = np.abs(np.abs(local).max(axis=1) - half)
+        assert off.max() <= 3.0 + 1e-6 and off.max() > 1.0, off.max()
+        assert len(wobbly) > len(straight)
+        inp, tgt = synth.render(spec, 128)
+        assert format_problems(inp, tgt) == []
+
+
+def test_novel_shapes_cover_every_kind():
+    specs = synth.sample_specs(IngestConfig(image_size=64, novel_shape_fraction=1.0), 120, 0)
+    names = {s.shape for s in specs}
+    assert {"convex", "concave", "cross", "arrow"} <= names
+    assert any(n.startswith("ngon") for n in names) and any(n.startswith("star") and n != "star" for n in names)
+    assert all(s.unit for s in specs) and not names & set(SHAPES)
+    ngons = sorted(int(n[4:]) for n in names if n.startswith("ngon"))
+    assert ngons[0] >= 3 and ngons[-1] <= 12
+
+
+def test_wide_poses_reach_small_large_and_the_border():
+    cfg = IngestConfig(image_size=128, wide_pose_fraction=1.0, wide_scale=(0.08, 0.5), wide_offset=0.4)
+    a = synth.generate(cfg, 64, 0)
+    area = (a.targets != 255).any(-1).mean(axis=(1, 2))
+    assert area.min() < 0.02 and area.max() > 0.4
+    filled = (a.targets != 255).any(-1)
+    near = [f[:6].any() or f[-6:].any() or f[:, :6].any() or f[:, -6:].any() for f in filled]
+    assert np.mean(near) > 0.1, "some shapes come within 6 px of the border"
+
+
+@pytest.mark.parametrize("key, value", [("gap_fraction", 1.5), ("gap_length", [0, 6]), ("wobble_amplitude", -1.0),
+                                        ("novel_shape_fraction", -0.1), ("wide_scale", [0.3, 0.1])])
+def test_bad_variation_params_are_one_line_errors(key, value):
+    from polycolor.config import parse_config
+    from polycolor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"ingest.{key}"):
+        parse_config({"ingest": {key: value}})

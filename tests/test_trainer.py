@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from polycolor.config import LossConfig, ModelConfig, TrainConfig
-from polycolor.data.synth import generate_arrays
+from polycolor.config import IngestConfig, LossConfig, ModelConfig, TrainConfig
+from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.training.trainer import (
     Trainer,
@@ -22,7 +22,7 @@ TRAIN = TrainConfig(lr=3e-3, batch_size=4, epochs=2, seed=3, plateau_patience=1)
 
 
 def tiny_data(n=12, seed=0):
-    a = generate_arrays(n, image_size=32, scale=(0.3, 0.4), offset=0.05, outline_width=(1, 2), seed=seed)
+    a = generate(IngestConfig(image_size=32, scale=(0.3, 0.4), offset=0.05, outline_width=(1, 2)), n, seed)
     vocab = build_vocab(a.colours)
     return to_tensor_data(a.inputs, a.targets, a.colours, vocab, "embedding"), vocab
 

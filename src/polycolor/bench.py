@@ -5,8 +5,10 @@ Figures, all measured in the same process so ratios are comparable on a noisy ma
   train_gflop_per_image  model FLOPs of one training step per image (forward + backward, torch's FlopCounterMode)
   train_images_per_s     training throughput at train.batch_size on synthetic data, after warm-up
   train_ceiling_ratio    train_gflop_per_image x train_images_per_s / matmul_gflops
-  infer_ms_p50/p95       polycolor.nn.inference.paint on one 128 px image (batch 1), as `polycolor predict` runs it
-  infer_images_per_s_b64 paint throughput at batch 64
+  infer_ms_p50/p95       polycolor.nn.inference.paint on one 128 px image (batch 1), as `polycolor predict` runs it;
+                         infer_ms_p50_256px etc. at 256 and 512 px (drawn natively, painted at full quality)
+  infer_images_per_s     paint throughput on 64 images of 128 px at batch 1, 4, ..., 64: median of 5 warm runs
+  infer_best_batch       the batch size with the highest of those
   parameters, model_file_mb  of models/model.pt when present, else of a fresh model from params
   peak_rss_mb_train      peak resident memory of the last train stage (metrics/train.json)
   stage_wall_s           with --repro: wall time of each stage of a real `dvc repro` in a scratch copy
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 from polycolor.config import Config
-from polycolor.data.synth import generate_from_config
+from polycolor.data.synth import generate
 from polycolor.images import images_to_tensor
 from polycolor.nn.inference import encode_colours, paint, paintable
 from polycolor.nn.losses import Objective
@@ -63,7 +66,7 @@ def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     size, bs = cfg.ingest.image_size, cfg.train.batch_size
-    data = generate_from_config(cfg.ingest, bs, 0)
+    data = generate(cfg.ingest, bs, 0)
     vocab = tuple(sorted(set(data.colours)))
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = ConditionalUNet(cfg.model, vocab, size).to(memory_format=fmt).train()
@@ -84,21 +87,49 @@ def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
     return {"train_gflop_per_image": flops / 1e9, "train_images_per_s": bs / statistics.median(times)}
 
 
-def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30) -> dict[str, float]:
-    data = generate_from_config(cfg.ingest, 64, 1)
+LATENCY_SCALES = (1, 2, 4)  # batch-1 latency is reported at the model's size (128 px) and 2x, 4x (256, 512 px)
+BATCH_SIZES = (1, 4, 8, 16, 32, 64)  # paint batch sizes whose throughput is compared
+BATCH_IMAGES = 64  # images painted per throughput run
+
+
+def _bench_images(loaded: LoadedModel, cfg: Config, size: int, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """n pairs of the training geometry drawn at `size` px, and colours the model can paint."""
+    data = generate(replace(cfg.ingest, image_size=size), n, seed)
     known = set(paintable(data.colours, loaded.vocab, loaded.config.colour_encoding).tolist())
     colours = [c if i in known else loaded.vocab[0] for i, c in enumerate(data.colours)]  # embedding: vocab only
-    paint(loaded, data.inputs[:1], colours[:1])  # warm-up
-    times = []
-    for i in range(repeats):
-        t = time.perf_counter()
-        paint(loaded, data.inputs[i % 64: i % 64 + 1], colours[i % 64: i % 64 + 1])
-        times.append((time.perf_counter() - t) * 1000)
-    t = time.perf_counter()
-    paint(loaded, data.inputs, colours, batch_size=64)
-    b64 = 64 / (time.perf_counter() - t)
-    return {"infer_ms_p50": float(np.percentile(times, 50)), "infer_ms_p95": float(np.percentile(times, 95)),
-            "infer_images_per_s_b64": b64}
+    return data.inputs, colours
+
+
+def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30, runs: int = 5) -> dict[str, Any]:
+    """Batch-1 latency of paint (p50, p95 over `repeats` calls, after a warm-up) at each LATENCY_SCALES, and the
+    throughput of painting BATCH_IMAGES images of the model's size at each BATCH_SIZES: the median of `runs` warm
+    runs (one unmeasured run first), so one slow call on a shared machine does not decide it."""
+    out: dict[str, Any] = {}
+    for size in (scale * loaded.image_size for scale in LATENCY_SCALES):
+        inputs, colours = _bench_images(loaded, cfg, size, min(repeats, 16), size)
+        paint(loaded, inputs[:1], colours[:1])  # warm-up
+        times = []
+        for i in range(repeats):
+            k = i % len(inputs)
+            t = time.perf_counter()
+            paint(loaded, inputs[k:k + 1], colours[k:k + 1])
+            times.append((time.perf_counter() - t) * 1000)
+        suffix = "" if size == loaded.image_size else f"_{size}px"
+        out[f"infer_ms_p50{suffix}"] = float(np.percentile(times, 50))
+        out[f"infer_ms_p95{suffix}"] = float(np.percentile(times, 95))
+    inputs, colours = _bench_images(loaded, cfg, loaded.image_size, BATCH_IMAGES, 1)
+    rates = {}
+    for bs in BATCH_SIZES:
+        paint(loaded, inputs, colours, batch_size=bs)  # warm-up at this batch size
+        per_run = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            paint(loaded, inputs, colours, batch_size=bs)
+            per_run.append(len(inputs) / (time.perf_counter() - t))
+        rates[f"b{bs}"] = float(statistics.median(per_run))
+    out["infer_images_per_s"] = rates
+    out["infer_best_batch"] = int(max(BATCH_SIZES, key=lambda bs: rates[f"b{bs}"]))
+    return out
 
 
 PIPELINE_OUTPUTS = ("data/", "metrics/", "models/", "package/", "checkpoints/", "dvc.lock")  # a fresh clone lacks

@@ -39,6 +39,16 @@ class IngestConfig:
     rotation: tuple[float, float] = (0.0, 360.0)  # degrees
     offset: float = 0.12  # max centre offset from the image centre, as a fraction of the side
     outline_width: tuple[int, int] = (2, 3)  # pixels, inclusive range
+    # Variation beyond the Ayna look, each for a share of the samples (0 = off; shares combine independently).
+    gap_fraction: float = 0.0  # outlines with gaps; the target is the polygon as if closed
+    gap_count: tuple[int, int] = (1, 3)  # gaps per gappy outline, inclusive range
+    gap_length: tuple[int, int] = (1, 6)  # pixels along the edge, inclusive range
+    wobble_fraction: float = 0.0  # hand-drawn outlines whose edges wobble; the target fills the wobbly polygon
+    wobble_amplitude: float = 2.0  # pixels: the most a wobbly edge leaves the straight line
+    novel_shape_fraction: float = 0.0  # shapes beyond the 8 (synth.NOVEL_KINDS: N-gons, stars, random, cross, arrow)
+    wide_pose_fraction: float = 0.0  # poses from wide_scale and wide_offset instead of scale and offset
+    wide_scale: tuple[float, float] = (0.08, 0.5)  # smaller and larger shapes
+    wide_offset: float = 0.4  # up to the border (synth keeps a 2 px margin)
 
     def validate(self) -> None:
         _check(self.image_size >= 16, "ingest.image_size", self.image_size, "must be >= 16")
@@ -58,7 +68,16 @@ class IngestConfig:
         _range(self.scale, "ingest.scale", 0.05, 0.5)
         _range(self.rotation, "ingest.rotation", -3600.0, 3600.0)
         _check(0.0 <= self.offset <= 0.4, "ingest.offset", self.offset, "must be in [0, 0.4]")
-        _range(self.outline_width, "ingest.outline_width", 1, 8)
+        _range(self.outline_width, "ingest.outline_width", 1, 16)
+        for key in ("gap_fraction", "wobble_fraction", "novel_shape_fraction", "wide_pose_fraction"):
+            v = getattr(self, key)
+            _check(0.0 <= v <= 1.0, f"ingest.{key}", v, "must be in [0, 1]")
+        _range(self.gap_count, "ingest.gap_count", 1, 10)
+        _range(self.gap_length, "ingest.gap_length", 1, 64)
+        _check(0.0 <= self.wobble_amplitude <= 8.0, "ingest.wobble_amplitude", self.wobble_amplitude,
+               "must be in [0, 8]")
+        _range(self.wide_scale, "ingest.wide_scale", 0.03, 0.5)
+        _check(0.0 <= self.wide_offset <= 0.5, "ingest.wide_offset", self.wide_offset, "must be in [0, 0.5]")
 
     def source_path(self) -> Path:
         """`source` as a path, resolved against the project root (see paths.repo_path)."""
@@ -182,13 +201,21 @@ class EvaluateConfig:
     ood_scale: tuple[float, float] = (0.15, 0.48)
     ood_offset: float = 0.2
     unseen_colour_samples: int = 64  # fresh polygons painted random #rrggbb colours no training sample had; 0 disables
+    robust_samples: int = 64  # per robustness set (gappy, hand_drawn, thick_thin, novel_shapes, native_*); 0 = none
+    thick_thin_width: tuple[int, int] = (1, 6)  # thick_thin: half the outlines this thin (px), half this thick
+    native_size: int = 256  # the native_<size> set: the training geometry drawn at this size, widths scaled with it
+    behaviour_samples: int = 32  # validation samples the behavioural (invariance) shares are measured on; 0 disables
     grid_samples: int = 8  # rows of the qualitative grid
-    batch_size: int = 32
+    batch_size: int = 4  # images per forward pass (inference.BATCH_SIZE, chosen by `polycolor bench`)
 
     def validate(self) -> None:
         _check(self.ood_samples >= 0, "evaluate.ood_samples", self.ood_samples, "must be >= 0")
         _check(self.unseen_colour_samples >= 0, "evaluate.unseen_colour_samples", self.unseen_colour_samples,
                "must be >= 0")
+        _check(self.robust_samples >= 0, "evaluate.robust_samples", self.robust_samples, "must be >= 0")
+        _range(self.thick_thin_width, "evaluate.thick_thin_width", 1, 16)
+        _check(self.native_size >= 16, "evaluate.native_size", self.native_size, "must be >= 16")
+        _check(self.behaviour_samples >= 0, "evaluate.behaviour_samples", self.behaviour_samples, "must be >= 0")
         _range(self.ood_scale, "evaluate.ood_scale", 0.05, 0.5)
         _check(0.0 <= self.ood_offset <= 0.4, "evaluate.ood_offset", self.ood_offset, "must be in [0, 0.4]")
         _check(self.grid_samples >= 1, "evaluate.grid_samples", self.grid_samples, "must be >= 1")

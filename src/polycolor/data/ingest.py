@@ -44,7 +44,7 @@ def ingest_synthetic(cfg: IngestConfig, seed: int, out_dir: Path) -> list[dict]:
     rows: list[dict] = []
     for split, n in (("training", cfg.train_samples), ("validation", cfg.val_samples)):
         rng = np.random.default_rng([seed, SEED_STREAMS[split]])
-        specs = synth.specs_from_config(cfg, n, rng)
+        specs = synth.sample_specs(cfg, n, rng)
         input_names, output_names = _write_synthetic_split(out_dir / split, specs, cfg.image_size)
         rgb = np.array([s.rgb for s in specs], dtype=np.uint8).reshape(-1, 3)
         rows += ayna.manifest_rows(split, [s.colour for s in specs], rgb, [s.shape for s in specs],

@@ -15,6 +15,10 @@ pose (128 px, centre (64, 64), nominal radius R = 40 px, rotation 0, outline 2 p
 Pose: R = scale * side, rotation about the shape's centre, and a centre offset drawn uniformly from the part of
 [-offset, offset] * side that keeps the whole polygon at least `MARGIN` px inside the frame (a polygon too big for
 the frame is shrunk to fit).
+
+Variation beyond the Ayna look (IngestConfig's *_fraction keys, each for a share of the samples): gaps cut out of
+the outline (input only: the target is the polygon as if closed), wobbly hand-drawn edges (both images follow the
+wobbly polygon), NOVEL_KINDS shapes, and wide poses (wide_scale, wide_offset).
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+from skimage import draw as skdraw
 
 from polycolor.colours import (
-    AYNA_COLOURS,
     SHAPES,
     canonical_colour,
     resolve_colour,
@@ -64,6 +68,39 @@ UNIT_VERTICES: dict[str, np.ndarray] = {
 assert set(UNIT_VERTICES) == set(SHAPES)
 
 
+# Shapes beyond the 8 Ayna ones, drawn for a share `ingest.novel_shape_fraction` of samples; each kind makes its
+# unit vertices (circumradius about 1) from the sample's own random stream. Names as written to file names and the
+# manifest: ngon3..ngon12, star3..star8, convex, concave, cross, arrow.
+NOVEL_KINDS = ("ngon", "star", "convex", "concave", "cross", "arrow")
+
+
+def novel_shape(kind: str, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """(name, unit vertices (V, 2)) of one shape of `kind`, drawn with rng."""
+    if kind == "ngon":
+        n = int(rng.integers(3, 13))
+        return f"ngon{n}", _regular(n, 1.0, float(rng.uniform(0, 360)))
+    if kind == "star":
+        points = int(rng.choice([3, 4, 6, 7, 8]))
+        return f"star{points}", _star(points, float(rng.uniform(0.3, 0.6)))
+    if kind in ("convex", "concave"):
+        # Vertices at sorted angles around the centre never cross, so both are simple polygons; on one ellipse they
+        # are convex, with random radii concave (star-shaped about the centre).
+        k = int(rng.integers(4, 10)) if kind == "convex" else int(rng.integers(5, 13))
+        t = np.sort(rng.uniform(0, 2 * np.pi, k))
+        r = np.ones(k) if kind == "convex" else rng.uniform(0.35, 1.0, k)
+        squash = float(rng.uniform(0.5, 1.0)) if kind == "convex" else 1.0
+        return kind, np.stack([r * np.cos(t), squash * r * np.sin(t)], axis=1)
+    if kind == "cross":
+        h = float(rng.uniform(0.2, 0.4))  # half-width of an arm
+        return kind, np.array([[-h, -1], [h, -1], [h, -h], [1, -h], [1, h], [h, h], [h, 1], [-h, 1], [-h, h],
+                               [-1, h], [-1, -h], [-h, -h]])
+    if kind == "arrow":
+        shaft, head, neck = float(rng.uniform(0.12, 0.3)), float(rng.uniform(0.45, 0.8)), float(rng.uniform(0, 0.4))
+        return kind, np.array([[-1, -shaft], [neck, -shaft], [neck, -head], [1, 0], [neck, head], [neck, shaft],
+                               [-1, shaft]])
+    raise ValueError(f"unknown novel shape kind {kind!r}")
+
+
 @dataclass(frozen=True)
 class PolygonSpec:
     """Everything needed to draw one pair."""
@@ -75,11 +112,17 @@ class PolygonSpec:
     radius: float  # nominal radius R in pixels
     angle: float  # degrees, counter-clockwise on screen
     width: int  # outline width in pixels
+    unit: tuple[tuple[float, float], ...] = ()  # vertices in units of R; () = UNIT_VERTICES[shape]
+    wobble: float = 0.0  # px: hand-drawn edges wander up to this far off the straight line; 0 = straight
+    wobble_seed: int = 0  # seeds the wobble's smooth noise
+    gaps: tuple[tuple[float, float], ...] = ()  # (position along the perimeter in [0, 1), length in px) per gap
 
 
 def vertices(spec: PolygonSpec) -> np.ndarray:
-    """(V, 2) float pixel coordinates (x, y) of the spec's polygon."""
-    return _place(UNIT_VERTICES[spec.shape], spec.radius, spec.angle, spec.centre)
+    """(V, 2) float pixel coordinates (x, y) of the spec's polygon (wobbly edges included)."""
+    unit = np.asarray(spec.unit, dtype=np.float64) if spec.unit else UNIT_VERTICES[spec.shape]
+    pts = _place(unit, spec.radius, spec.angle, spec.centre)
+    return _wobble(pts, spec.wobble, spec.wobble_seed) if spec.wobble > 0 else pts
 
 
 def _rotate(unit: np.ndarray, angle_deg: float) -> np.ndarray:
@@ -93,17 +136,60 @@ def _place(unit: np.ndarray, radius: float, angle: float, centre: tuple[float, f
     return _rotate(unit, angle) * radius + np.asarray(centre, dtype=np.float64)
 
 
+def _wobble(pts: np.ndarray, amplitude: float, seed: int) -> np.ndarray:
+    """A hand-drawn version of the closed polygon pts (V, 2): edges cut into ~3 px steps, each point moved along the
+    local normal by a smooth periodic noise (3 sines, whole periods over the perimeter) of at most `amplitude` px."""
+    rng = np.random.default_rng(seed)
+    nxt = np.roll(pts, -1, axis=0)
+    steps = np.maximum(1, np.ceil(np.linalg.norm(nxt - pts, axis=1) / 3.0)).astype(int)  # (V,)
+    dense = np.concatenate([p + (q - p) * (np.arange(k)[:, None] / k) for p, q, k in zip(pts, nxt, steps)])  # (D, 2)
+    seg = np.linalg.norm(np.roll(dense, -1, axis=0) - dense, axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)[:-1]]) / seg.sum()  # (D,) arc length in [0, 1)
+    cycles = rng.integers(2, 9, 3)
+    noise = sum(rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * (c * s + rng.uniform())) for c in cycles)
+    noise *= amplitude / max(np.abs(noise).max(), 1e-9)
+    tangent = np.roll(dense, -1, axis=0) - np.roll(dense, 1, axis=0)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1) / np.maximum(
+        np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    return dense + normal * noise[:, None]
+
+
+def _gap_mask(pts: np.ndarray, gaps: tuple[tuple[float, float], ...], width: int, image_size: int) -> np.ndarray:
+    """(H, W) bool: pixels a gap removes from the outline. Each gap is a rectangle `length` px along the edge at
+    its perimeter position and wide enough across it (width + 2 px each way) to cut through the outline."""
+    cut = np.zeros((image_size, image_size), dtype=bool)
+    nxt = np.roll(pts, -1, axis=0)
+    lengths = np.linalg.norm(nxt - pts, axis=1)  # (V,)
+    ends = np.cumsum(lengths)
+    for pos, length in gaps:
+        at = pos * ends[-1]
+        e = min(int(np.searchsorted(ends, at, side="right")), len(pts) - 1)
+        t = (nxt[e] - pts[e]) / max(lengths[e], 1e-9)  # unit tangent of that edge
+        n = np.array([-t[1], t[0]])
+        p = pts[e] + t * (at - (ends[e] - lengths[e]))
+        a, b = t * length / 2.0, n * (width + 2.0)
+        corners = np.array([p - a - b, p + a - b, p + a + b, p - a + b])  # (4, 2) x, y
+        rr, cc = skdraw.polygon(corners[:, 1], corners[:, 0], shape=cut.shape)
+        cut[rr, cc] = True
+    return cut
+
+
 def render(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one pair: (input, target), each uint8 (H, W, 3) with H = W = image_size, exactly two values each."""
-    pts = [(float(x), float(y)) for x, y in vertices(spec)]
+    """Draw one pair: (input, target), each uint8 (H, W, 3) with H = W = image_size, exactly two values each.
+
+    A gap removes outline pixels from the input only: the target is the polygon as if its outline were closed.
+    """
+    v = vertices(spec)
+    pts = [(float(x), float(y)) for x, y in v]
     outline_im = Image.new("L", (image_size, image_size), 0)
     ImageDraw.Draw(outline_im).polygon(pts, outline=1, width=spec.width)
     fill_im = Image.new("L", (image_size, image_size), 0)
     ImageDraw.Draw(fill_im).polygon(pts, fill=1)
     outline = np.asarray(outline_im, dtype=bool)  # (H, W)
     filled = np.asarray(fill_im, dtype=bool) | outline  # the fill covers the outline, by construction
+    drawn = outline & ~_gap_mask(v, spec.gaps, spec.width, image_size) if spec.gaps else outline
     inp = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
-    inp[outline] = 0
+    inp[drawn] = 0
     tgt = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
     tgt[filled] = spec.rgb
     return inp, tgt
@@ -114,51 +200,71 @@ def _balanced(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.arange(n) % k)
 
 
-def sample_specs(n: int, *, image_size: int = 128, shapes: Sequence[str] = SHAPES,
-                 colours: Sequence[str] = tuple(AYNA_COLOURS), random_colour_fraction: float = 0.0,
-                 scale: tuple[float, float] = (0.25, 0.42), rotation: tuple[float, float] = (0.0, 360.0),
-                 offset: float = 0.12, outline_width: tuple[int, int] = (2, 3),
-                 seed: int | np.random.Generator = 0) -> list[PolygonSpec]:
-    """Draw n pair specs. Shapes and named colours are balanced (counts differ by at most one).
+def sample_specs(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> list[PolygonSpec]:
+    """Draw n pair specs with the generator settings of `cfg` (shapes, colours, poses, outline widths; its sample
+    counts and source are not used). Shapes and named colours are balanced (counts differ by at most one).
 
-    A share `random_colour_fraction` of samples gets a random `#rrggbb` colour instead of a name, never near white
-    (some channel <= 255 - NEAR_WHITE). Pose ranges are as in IngestConfig. Same arguments and seed, same specs.
+    A share `cfg.random_colour_fraction` of samples gets a random `#rrggbb` colour instead of a name, never near
+    white (some channel <= 255 - NEAR_WHITE). Same config and seed, same specs. Other settings (evaluate's
+    out-of-distribution poses, another image size) come from `dataclasses.replace(cfg, ...)`.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    shapes, image_size = cfg.shapes, cfg.image_size
     for s in shapes:
         if s not in UNIT_VERTICES:
             raise ValueError(f"unknown shape {s!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    names = [canonical_colour(c) for c in colours]
+    names = [canonical_colour(c) for c in cfg.colours]
     named_rgb = [resolve_colour(c) for c in names]
-    # Every draw happens here, vectorised and in a fixed order, so a spec depends only on (arguments, seed).
+    # Every draw happens here, vectorised and in a fixed order, so a spec depends only on (config, seed).
     shape_idx = _balanced(n, len(shapes), rng)
     colour_idx = _balanced(n, len(names), rng)
-    is_random = rng.random(n) < random_colour_fraction
+    is_random = rng.random(n) < cfg.random_colour_fraction
     rand_rgb = rng.integers(0, 256, size=(n, 3))
     while True:  # redraw near-white colours (about 1/16 of draws) until none is left
         bad = rand_rgb.min(axis=1) > 255 - NEAR_WHITE
         if not bad.any():
             break
         rand_rgb[bad] = rng.integers(0, 256, size=(int(bad.sum()), 3))
-    radius = rng.uniform(scale[0], scale[1], n) * image_size
-    angle = rng.uniform(rotation[0], rotation[1], n)
+    radius = rng.uniform(cfg.scale[0], cfg.scale[1], n) * image_size
+    angle = rng.uniform(cfg.rotation[0], cfg.rotation[1], n)
     u_xy = rng.random((n, 2))
-    width = rng.integers(outline_width[0], outline_width[1] + 1, n)
+    width = rng.integers(cfg.outline_width[0], cfg.outline_width[1] + 1, n)
+
+    # The variation shares are drawn after everything above, so with every share at 0 the specs are those of a
+    # generator without them. Per-sample extras (a novel shape's vertices, gaps, wobble) come from the sample's own
+    # stream, so one sample's draws never shift another's.
+    is_wide = rng.random(n) < cfg.wide_pose_fraction
+    wide_radius = rng.uniform(cfg.wide_scale[0], cfg.wide_scale[1], n) * image_size
+    is_novel = rng.random(n) < cfg.novel_shape_fraction
+    is_gappy = rng.random(n) < cfg.gap_fraction
+    is_wobbly = rng.random(n) < cfg.wobble_fraction
+    own_seed = rng.integers(0, 2**63, n)
 
     half = image_size / 2.0
-    lo, hi = float(MARGIN), float(image_size - 1 - MARGIN)  # allowed pixel coordinates of any vertex
-    max_off = offset * image_size
     specs = []
     for i in range(n):
-        shape = shapes[shape_idx[i]]
-        rot = _rotate(UNIT_VERTICES[shape], angle[i])  # (V, 2) in units of R
-        r = float(radius[i])
+        own = np.random.default_rng(int(own_seed[i]))
+        shape, unit = shapes[shape_idx[i]], ()
+        if is_novel[i]:
+            shape, u = novel_shape(NOVEL_KINDS[int(own.integers(len(NOVEL_KINDS)))], own)
+            unit = tuple((float(x), float(y)) for x, y in u)
+        wobble = float(own.uniform(0.5, 1.0) * cfg.wobble_amplitude) if is_wobbly[i] else 0.0
+        gaps = ()
+        if is_gappy[i]:
+            k = int(own.integers(cfg.gap_count[0], cfg.gap_count[1] + 1))
+            gaps = tuple((float(own.random()), float(own.integers(cfg.gap_length[0], cfg.gap_length[1] + 1)))
+                         for _ in range(k))
+        margin = MARGIN + wobble  # a wobbly edge may leave the straight polygon by `wobble` px
+        lo, hi = margin, image_size - 1 - margin  # allowed pixel coordinates of any vertex
+        rot = _rotate(np.asarray(unit) if unit else UNIT_VERTICES[shape], angle[i])  # (V, 2) in units of R
+        r = float(wide_radius[i] if is_wide[i] else radius[i])
         span = (rot.max(axis=0) - rot.min(axis=0)) * r
         if span.max() > hi - lo:  # too big for the frame: shrink to fit
             r *= (hi - lo) / span.max()
         # The centre may move where every vertex stays in [lo, hi], intersected with the offset range.
+        max_off = (cfg.wide_offset if is_wide[i] else cfg.offset) * image_size
         c_lo = np.maximum(half - max_off, lo - rot.min(axis=0) * r)
         c_hi = np.minimum(half + max_off, hi - rot.max(axis=0) * r)
         c_hi = np.maximum(c_hi, c_lo)
@@ -169,7 +275,7 @@ def sample_specs(n: int, *, image_size: int = 128, shapes: Sequence[str] = SHAPE
         else:
             rgb, colour = named_rgb[colour_idx[i]], names[colour_idx[i]]
         specs.append(PolygonSpec(shape, colour, rgb, (float(centre[0]), float(centre[1])), r, float(angle[i]),
-                                 int(width[i])))
+                                 int(width[i]), unit, wobble, int(own.integers(0, 2**31)), gaps))
     return specs
 
 
@@ -185,32 +291,11 @@ def render_specs(specs: Sequence[PolygonSpec], image_size: int) -> SplitArrays:
                        shapes=[s.shape for s in specs])
 
 
-def generate_arrays(n: int, *, image_size: int = 128, shapes: Sequence[str] = SHAPES,
-                    colours: Sequence[str] = tuple(AYNA_COLOURS), random_colour_fraction: float = 0.0,
-                    scale: tuple[float, float] = (0.25, 0.42), rotation: tuple[float, float] = (0.0, 360.0),
-                    offset: float = 0.12, outline_width: tuple[int, int] = (2, 3),
-                    seed: int | np.random.Generator = 0) -> SplitArrays:
-    """n synthetic pairs in memory: inputs/targets (n, image_size, image_size, 3) uint8, colours, rgb, shapes.
-
-    Deterministic in (arguments, seed). Evaluate uses it with wider scale/offset ranges for an out-of-distribution
-    set; ingest uses the same specs to write files.
-    """
-    specs = sample_specs(n, image_size=image_size, shapes=shapes, colours=colours,
-                         random_colour_fraction=random_colour_fraction, scale=scale, rotation=rotation,
-                         offset=offset, outline_width=outline_width, seed=seed)
-    return render_specs(specs, image_size)
-
-
-def specs_from_config(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> list[PolygonSpec]:
-    """sample_specs with every generator setting taken from an IngestConfig (n and seed given apart)."""
-    return sample_specs(n, image_size=cfg.image_size, shapes=cfg.shapes, colours=cfg.colours,
-                        random_colour_fraction=cfg.random_colour_fraction, scale=cfg.scale, rotation=cfg.rotation,
-                        offset=cfg.offset, outline_width=cfg.outline_width, seed=seed)
-
-
-def generate_from_config(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> SplitArrays:
-    """generate_arrays with the settings of an IngestConfig; use dataclasses.replace(cfg, scale=...) to widen."""
-    return render_specs(specs_from_config(cfg, n, seed), cfg.image_size)
+def generate(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> SplitArrays:
+    """n synthetic pairs in memory: inputs/targets (n, cfg.image_size, cfg.image_size, 3) uint8, colours, rgb,
+    shapes. Deterministic in (cfg, seed). Ingest writes the same specs to files; evaluate generates its extra sets
+    from `dataclasses.replace(cfg, ...)`."""
+    return render_specs(sample_specs(cfg, n, seed), cfg.image_size)
 
 
 def file_names(index: int, spec: PolygonSpec) -> tuple[str, str]:

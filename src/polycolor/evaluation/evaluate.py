@@ -21,7 +21,7 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,12 +30,12 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from polycolor import tracking
-from polycolor.colours import AYNA_COLOURS, SHAPES
-from polycolor.config import Config, EvaluateConfig
+from polycolor.config import Config, EvaluateConfig, IngestConfig
 from polycolor.data.ayna import SplitArrays, load_split, write_png
-from polycolor.data.synth import generate_arrays
+from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.evaluation import metrics as M
+from polycolor.evaluation.behaviour import behaviour_shares
 from polycolor.evaluation.reference import reference_fill
 from polycolor.fileio import atomic_output
 from polycolor.nn.inference import paint, paintable
@@ -48,6 +48,11 @@ OOD = "ood"
 OOD_SEED_STREAM = 0x00D  # the OOD set's own random stream under `seed`, apart from ingest's draws
 UNSEEN = "unseen_colours"
 UNSEEN_SEED_STREAM = 0x0C0  # likewise for the unseen-colour set
+ROBUST_SETS = ("gappy", "hand_drawn", "thick_thin", "novel_shapes")  # and native_<size>; see robust_arrays
+ROBUST_SEED_STREAMS = {"gappy": 0x6A9, "hand_drawn": 0x4D0, "thick_thin": 0x771, "novel_shapes": 0x5E7, "native": 0x256}
+ROBUST_GRID_ROWS = 3  # grid rows per robustness set
+BEHAVIOUR = "behaviour"  # eval.json block of the behavioural shares (the reference's: behaviour_reference)
+BEHAVIOUR_SEED_STREAM = 0xBE  # draws the shifts of the behavioural test
 LATENCY_SAMPLES = 5  # images timed one by one for latency_ms_p50
 GRID_COLUMNS = ("input", "target", "prediction", "|error|")
 
@@ -91,21 +96,79 @@ def reference_block(name: str) -> str:
 
 
 def ood_arrays(cfg: Config, image_size: int) -> SplitArrays:
-    """evaluate.ood_samples fresh pairs at image_size px: every shape, the 8 Ayna colours, evaluate.ood_scale and
-    evaluate.ood_offset, full rotation; deterministic in `seed` (its own stream, apart from ingest's)."""
+    """evaluate.ood_samples fresh pairs at image_size px: the plain training geometry (plain_geometry: ingest's
+    shapes, colours and outline widths, no gaps or other variation, so the set isolates the pose) at
+    evaluate.ood_scale and evaluate.ood_offset, full rotation, named colours only; deterministic in `seed` (its own
+    stream, apart from ingest's)."""
     e = cfg.evaluate
-    rng = np.random.default_rng([cfg.seed, OOD_SEED_STREAM])
-    return generate_arrays(e.ood_samples, image_size=image_size, shapes=SHAPES, colours=tuple(AYNA_COLOURS),
-                           random_colour_fraction=0.0, scale=e.ood_scale, rotation=(0.0, 360.0),
-                           offset=e.ood_offset, seed=rng)
+    geometry = replace(plain_geometry(cfg.ingest, image_size), random_colour_fraction=0.0, scale=e.ood_scale,
+                       rotation=(0.0, 360.0), offset=e.ood_offset)
+    return generate(geometry, e.ood_samples, np.random.default_rng([cfg.seed, OOD_SEED_STREAM]))
 
 
 def unseen_colour_arrays(cfg: Config, image_size: int) -> SplitArrays:
-    """evaluate.unseen_colour_samples fresh pairs at the generator's default poses, every one painted a random
-    #rrggbb (never near white): colours no training sample had, so only the rgb encoding can paint them."""
-    rng = np.random.default_rng([cfg.seed, UNSEEN_SEED_STREAM])
-    return generate_arrays(cfg.evaluate.unseen_colour_samples, image_size=image_size, shapes=SHAPES,
-                           random_colour_fraction=1.0, seed=rng)
+    """evaluate.unseen_colour_samples fresh pairs at the plain training geometry, every one painted a random #rrggbb
+    (never near white): colours no training sample had, so only the rgb encoding can paint them."""
+    geometry = replace(plain_geometry(cfg.ingest, image_size), random_colour_fraction=1.0)
+    return generate(geometry, cfg.evaluate.unseen_colour_samples,
+                    np.random.default_rng([cfg.seed, UNSEEN_SEED_STREAM]))
+
+
+def plain_geometry(ingest: IngestConfig, image_size: int) -> IngestConfig:
+    """The training geometry at image_size px with every variation share off: the Ayna shapes at the training poses,
+    outline widths and colours."""
+    return replace(ingest, image_size=image_size, gap_fraction=0.0, wobble_fraction=0.0, novel_shape_fraction=0.0,
+                   wide_pose_fraction=0.0)
+
+
+def concat(parts: list[SplitArrays]) -> SplitArrays:
+    """The samples of every part, in order (same image size)."""
+    return SplitArrays(inputs=np.concatenate([p.inputs for p in parts]),
+                       targets=np.concatenate([p.targets for p in parts]),
+                       colours=[c for p in parts for c in p.colours], rgb=np.concatenate([p.rgb for p in parts]),
+                       shapes=[s for p in parts for s in p.shapes])
+
+
+def robust_arrays(cfg: Config, image_size: int) -> dict[str, SplitArrays]:
+    """The robustness sets, evaluate.robust_samples pairs each, every one from its own random stream under `seed`.
+    Each is the plain training geometry (plain_geometry) with one thing changed:
+
+      gappy          every outline has ingest.gap_count gaps of ingest.gap_length px (target: the polygon closed);
+      hand_drawn     every edge wobbles by up to ingest.wobble_amplitude px;
+      thick_thin     half the outlines evaluate.thick_thin_width[0] px thin, half [1] px thick;
+      novel_shapes   every shape is one of synth.NOVEL_KINDS (N-gons, stars, random polygons, crosses, arrows);
+      native_<size>  drawn at evaluate.native_size px, outline widths scaled with the size (not resized).
+    """
+    e = cfg.evaluate
+    n = e.robust_samples
+    plain = plain_geometry(cfg.ingest, image_size)
+
+    def rng(name: str) -> np.random.Generator:
+        return np.random.default_rng([cfg.seed, ROBUST_SEED_STREAMS[name]])
+
+    thin, thick = e.thick_thin_width
+    tt_rng = rng("thick_thin")
+    f = e.native_size / image_size
+    w0, w1 = plain.outline_width
+    native = replace(plain, image_size=e.native_size, outline_width=(max(1, round(w0 * f)), max(1, round(w1 * f))))
+    return {
+        "gappy": generate(replace(plain, gap_fraction=1.0), n, rng("gappy")),
+        "hand_drawn": generate(replace(plain, wobble_fraction=1.0), n, rng("hand_drawn")),
+        "thick_thin": concat([generate(replace(plain, outline_width=(thin, thin)), n // 2, tt_rng),
+                              generate(replace(plain, outline_width=(thick, thick)), n - n // 2, tt_rng)]),
+        "novel_shapes": generate(replace(plain, novel_shape_fraction=1.0), n, rng("novel_shapes")),
+        native_name(e): generate(native, n, rng("native")),
+    }
+
+
+def native_name(e: EvaluateConfig) -> str:
+    """The eval.json block of the native-size set: native_256 for evaluate.native_size 256."""
+    return f"native_{e.native_size}"
+
+
+def generated_names(e: EvaluateConfig) -> tuple[str, ...]:
+    """Names of the sets evaluate generates itself (not on disk)."""
+    return (OOD, UNSEEN, *ROBUST_SETS, native_name(e))
 
 
 def load_sets(cfg: Config, data_dir: str | Path) -> tuple[list[EvalSet], dict[str, str]]:
@@ -118,7 +181,8 @@ def load_sets(cfg: Config, data_dir: str | Path) -> tuple[list[EvalSet], dict[st
         if not SET_NAME.match(name):
             raise PolycolorError(f"evaluate.extra_sets: name {name!r} must be letters, digits, _ or - "
                                  "(it becomes an eval.json key and an MLflow metric name)")
-        if name in (VAL, OOD, UNSEEN, "reference") or name.endswith("_reference"):
+        if name in (VAL, BEHAVIOUR, "reference", *generated_names(cfg.evaluate)) or name.endswith("_reference") \
+                or name.startswith("native_"):
             raise PolycolorError(f"evaluate.extra_sets: name {name!r} is reserved, choose another")
     val = load_split(data_dir, None)
     sets = [EvalSet(VAL, val)]
@@ -139,6 +203,10 @@ def load_sets(cfg: Config, data_dir: str | Path) -> tuple[list[EvalSet], dict[st
         sets.append(EvalSet(UNSEEN, unseen_colour_arrays(cfg, val.inputs.shape[1])))
     else:
         skipped[UNSEEN] = "evaluate.unseen_colour_samples is 0"
+    if cfg.evaluate.robust_samples > 0:
+        sets += [EvalSet(name, arrays) for name, arrays in robust_arrays(cfg, val.inputs.shape[1]).items()]
+    else:
+        skipped.update({name: "evaluate.robust_samples is 0" for name in (*ROBUST_SETS, native_name(cfg.evaluate))})
     return sets, skipped
 
 
@@ -160,8 +228,9 @@ def score_set(predict: M.Predictor, arrays: SplitArrays) -> tuple[dict[str, Any]
 
 
 def evaluate_model(loaded: LoadedModel, sets: list[EvalSet], cfg: EvaluateConfig,
-                   skipped: dict[str, str] | None = None) -> Evaluation:
-    """Score the model and the reference on every set (no file I/O, no MLflow)."""
+                   skipped: dict[str, str] | None = None, seed: int = 0) -> Evaluation:
+    """Score the model and the reference on every set, and both behaviourally on the first
+    cfg.behaviour_samples of val (sets[0]; shifts drawn from `seed`'s own stream). No file I/O, no MLflow."""
     predict_model = functools.partial(paint, loaded, batch_size=cfg.batch_size)
     metrics: dict[str, dict[str, Any]] = {}
     frames: list[pd.DataFrame] = []
@@ -184,10 +253,17 @@ def evaluate_model(loaded: LoadedModel, sets: list[EvalSet], cfg: EvaluateConfig
             rows.insert(0, "set", block)
             rows["index"] = keep[rows["index"].to_numpy()]  # index into the set as loaded
             frames.append(rows)
-            if block == s.name and s.name not in (OOD, UNSEEN):  # the grid shows the model on val and the extra sets
-                for i in range(min(cfg.grid_samples, len(arrays))):
+            # the grid: the model on val and the extra sets, and a few rows of each robustness set at val's size
+            rows = cfg.grid_samples if s.name not in generated_names(cfg) else ROBUST_GRID_ROWS
+            if block == s.name and (s.name not in generated_names(cfg) or s.name in ROBUST_SETS):
+                for i in range(min(rows, len(arrays))):
                     grid_rows.append(GridRow(f"{s.name} #{keep[i]} {arrays.colours[i]}", arrays.inputs[i],
                                              arrays.targets[i], preds[i]))
+    if cfg.behaviour_samples > 0 and sets:
+        keep = paintable(sets[0].arrays.colours, loaded.vocab, loaded.config.colour_encoding)[:cfg.behaviour_samples]
+        sample = subset(sets[0].arrays, keep)
+        for block, predict in ((BEHAVIOUR, predict_model), (reference_block(BEHAVIOUR), reference_fill)):
+            metrics[block] = behaviour_shares(predict, sample, np.random.default_rng([seed, BEHAVIOUR_SEED_STREAM]))
     for name, reason in (skipped or {}).items():
         metrics[name] = {"skipped": reason}
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["set", *M.SAMPLE_COLUMNS])
@@ -342,9 +418,9 @@ def run_evaluation(cfg: Config, *, model_path: Path, data_dir: Path, run_info_pa
     sets, skipped = load_sets(cfg, data_dir)
     run_id = check_run(run_info_path)
     for name, reason in skipped.items():
-        if name not in (OOD, UNSEEN):  # a 0 sample count is a choice, not a problem
+        if name not in generated_names(cfg.evaluate):  # a 0 sample count is a choice, not a problem
             print(f"warning: evaluate.extra_sets.{name} skipped: {reason}", file=sys.stderr)
-    ev = evaluate_model(loaded, sets, cfg.evaluate, skipped)
+    ev = evaluate_model(loaded, sets, cfg.evaluate, skipped, seed=cfg.seed)
     for note in ev.notes:
         print(f"warning: {note}", file=sys.stderr)
     write_outputs(ev, metrics_path, tables_dir, grid_path)

@@ -1,0 +1,92 @@
+"""Painting at sizes other than the model's: four strategies compared on freshly drawn sets (docs/performance.md).
+
+    PYTHONPATH=src python docs/experiments/sizes.py --model models/model.pt [--n 32]
+
+Each set is the plain training geometry of params.yaml (the Ayna shapes, no gaps) drawn natively at 64, 128, 256 and
+512 px with outline widths scaled with the size, plus gappy outlines at 256 px. Strategies:
+  resize   the old paint: nearest resize to the model size, hard mask, nearest back;
+  native   the fully convolutional net run at the input's own size (sizes divisible by 2^(levels-1));
+  bilinear min-pool down, mask logits resized back bilinearly, thresholded (no snapping);
+  snap     bilinear, then inference.snap_to_outline against the input (what paint does).
+Prints mean / min PSNR and mean IoU per set and strategy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polycolor.config import load_params
+from polycolor.data.synth import generate
+from polycolor.evaluation import metrics as M
+from polycolor.evaluation.evaluate import plain_geometry
+from polycolor.nn.inference import (
+    encode_colours,
+    gap_px_at,
+    images_to_tensor,
+    snap_to_outline,
+    to_model_size,
+)
+from polycolor.nn.model import composite
+from polycolor.nn.modelio import load_model
+
+
+@torch.no_grad()
+def paint_with(loaded, inputs, colours, strategy):
+    idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
+    n, h, w, _ = inputs.shape
+    size = loaded.image_size
+    x = images_to_tensor(inputs)
+    out = []
+    for i in range(n):
+        xi, ii, ci = x[i:i + 1], idx[i:i + 1], rgb[i:i + 1]
+        if strategy == "resize":
+            logits = loaded.model(F.interpolate(xi, size=(size, size), mode="nearest"), ii, ci).mask_logits
+            mask = F.interpolate((logits > 0).float(), size=(h, w), mode="nearest")[0, 0].numpy() > 0.5
+        elif strategy == "native":
+            mask = loaded.model(xi, ii, ci).mask_logits[0, 0].numpy() > 0
+        else:
+            logits = loaded.model(to_model_size(xi, size), ii, ci).mask_logits
+            if (h, w) != (size, size):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            mask = logits[0, 0].numpy() > 0
+            if strategy == "snap":
+                mask = snap_to_outline(mask, (inputs[i] < 240).any(-1), gap_px_at(h, w, size), (h, w) != (size, size))
+        img = composite(torch.from_numpy(mask)[None, None].float(), ci)
+        out.append(((img[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy())
+    return np.stack(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="models/model.pt")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--n", type=int, default=32)
+    args = ap.parse_args()
+    cfg = load_params(args.params)
+    loaded = load_model(args.model)
+    loaded.model.eval()
+    base = plain_geometry(cfg.ingest, loaded.image_size)
+    sets = {}
+    for size in (64, 128, 256, 512):
+        f = size / loaded.image_size
+        w0, w1 = base.outline_width
+        sets[f"plain_{size}"] = dataclasses.replace(base, image_size=size, outline_width=(
+            max(1, round(w0 * f)), max(1, round(w1 * f))))
+    sets["gappy_256"] = dataclasses.replace(sets["plain_256"], gap_fraction=1.0, gap_length=(2, 12))
+    print(f"{'set':<11}{'strategy':<10}{'psnr_mean':>10}{'psnr_min':>10}{'iou':>8}")
+    for name, geometry in sets.items():
+        a = generate(geometry, args.n, np.random.default_rng([cfg.seed, 0x5123]))
+        for strategy in ("resize", "native", "bilinear", "snap"):
+            preds = paint_with(loaded, a.inputs, a.colours, strategy)
+            rows = M.score(a.targets, preds, a.colours)
+            print(f"{name:<11}{strategy:<10}{rows['psnr'].mean():>10.2f}{rows['psnr'].min():>10.2f}"
+                  f"{rows['iou'].mean():>8.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

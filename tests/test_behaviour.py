@@ -1,0 +1,57 @@
+"""Behavioural (invariance) shares: exact painters score 1, painters that break each invariance score 0 on it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polycolor.config import IngestConfig
+from polycolor.data.synth import generate
+from polycolor.evaluation.behaviour import (
+    BEHAVIOURS,
+    behaviour_shares,
+    other_colours,
+    shifts,
+)
+from polycolor.evaluation.metrics import painted_mask
+from polycolor.evaluation.reference import reference_fill
+
+ARRAYS = generate(IngestConfig(image_size=32, scale=(0.2, 0.3)), 6, 4)
+
+
+def test_the_flood_fill_holds_every_invariance():
+    shares = behaviour_shares(reference_fill, ARRAYS, np.random.default_rng(0))
+    assert shares == {**{k: 1.0 for k in BEHAVIOURS}, "n": 6}
+
+
+def test_a_painter_fixed_to_the_frame_breaks_turns_shifts_and_white():
+    def corner(inputs, colours):  # paints the top-left quarter whatever the input
+        out = np.full_like(inputs, 255)
+        out[:, :8, :8] = (255, 0, 0)
+        return out
+
+    shares = behaviour_shares(corner, ARRAYS, np.random.default_rng(0))
+    assert shares["rot_flip"] == 0.0 and shares["all_white"] == 0.0 and shares["shift"] == 0.0
+    assert shares["colour_change"] == 1.0
+
+
+def test_a_colour_dependent_mask_breaks_colour_change():
+    def by_colour(inputs, colours):  # the flood fill, but red paints only the outline
+        out = reference_fill(inputs, colours)
+        for i, c in enumerate(colours):
+            if c == "red":
+                out[i][~painted_mask(inputs[i])] = 255
+        return out
+
+    arrays = generate(IngestConfig(image_size=64, colours=("red", "blue"), scale=(0.25, 0.35)), 4, 1)
+    shares = behaviour_shares(by_colour, arrays, np.random.default_rng(0))
+    assert shares["colour_change"] == 0.0 and shares["rot_flip"] == 1.0
+
+
+def test_other_colours_differ_and_shifts_keep_the_polygon_inside():
+    assert other_colours(["red", "red", "blue"]) == ["blue", "blue", "red"]
+    assert other_colours(["red"]) == ["red"]
+    for t, (dy, dx) in zip(ARRAYS.targets, shifts(ARRAYS.targets, np.random.default_rng(1))):
+        assert (dy, dx) != (0, 0)
+        moved = np.roll(painted_mask(t), (dy, dx), axis=(0, 1))
+        assert moved.sum() == painted_mask(t).sum()
+        assert not (np.abs(np.diff(np.nonzero(moved)[0])) > 16).any(), "nothing wrapped around"

@@ -1,0 +1,79 @@
+"""Painting at any size: the min-pool shrink keeps thin outlines, and snapping makes a resized mask exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from polycolor.config import IngestConfig, ModelConfig
+from polycolor.data.synth import generate
+from polycolor.nn.inference import (
+    images_to_tensor,
+    paint,
+    snap_to_outline,
+    to_model_size,
+)
+from polycolor.nn.model import ConditionalUNet
+from polycolor.nn.modelio import LoadedModel
+
+
+def square(size: int, lo: int, hi: int, width: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(ink, filled) (size, size) bool of an axis-aligned square outline from lo to hi inclusive."""
+    filled = np.zeros((size, size), dtype=bool)
+    filled[lo:hi + 1, lo:hi + 1] = True
+    inner = np.zeros_like(filled)
+    inner[lo + width:hi + 1 - width, lo + width:hi + 1 - width] = True
+    return filled & ~inner, filled
+
+
+def test_snapping_makes_an_offset_mask_exact():
+    ink, filled = square(64, 10, 50, width=2)
+    coarse = np.zeros_like(filled)
+    coarse[12:53, 9:49] = True  # the net's mask, off by up to 2 px on every side
+    assert np.array_equal(snap_to_outline(coarse, ink, resized=True), filled)
+
+
+def test_snapping_clears_stray_paint_and_keeps_undecided_regions():
+    ink, filled = square(64, 10, 50)
+    mask = filled.copy()
+    mask[55:60, 55:60] = True  # a stray blob in the background
+    assert np.array_equal(snap_to_outline(mask, ink), filled)
+    gap = ink.copy()
+    gap[10, 20:24] = False  # a gap joins inside and outside: the net's pixels stand
+    assert np.array_equal(snap_to_outline(filled, gap), filled)
+
+
+def test_shrinking_keeps_a_one_pixel_outline_unbroken():
+    ink, _ = square(256, 41, 201)
+    img = np.where(ink[..., None], 0, 255).astype(np.uint8)[None].repeat(3, axis=-1)  # (1, 256, 256, 3)
+    small = to_model_size(images_to_tensor(img), 128)  # (1, 3, 128, 128)
+    dark = (small[0] < 0).all(dim=0).numpy()
+    ring, _ = square(128, 20, 100)
+    assert np.array_equal(dark, ring), "every 2x2 window holding ink is ink"
+    assert to_model_size(images_to_tensor(img[:, :64, :64]), 128).shape == (1, 3, 128, 128)
+
+
+def test_paint_keeps_any_size_and_is_two_valued():
+    torch.manual_seed(0)
+    model = ConditionalUNet(ModelConfig(widths=(4, 8)), ("red",), 32).eval()
+    loaded = LoadedModel(model, model.cfg, model.vocab, 32, {})
+    for size in (24, 32, 64):
+        a = generate(IngestConfig(image_size=size), 3, size)
+        out = paint(loaded, a.inputs, a.colours)
+        assert out.shape == a.inputs.shape
+        values = {tuple(v) for v in out.reshape(-1, 3).tolist()}
+        assert values <= {(255, 255, 255), *(tuple(map(int, c)) for c in a.rgb)}
+
+
+def test_across_a_gap_only_pixels_near_the_outline_keep_the_nets_value():
+    ink, filled = square(64, 10, 50, width=2)
+    gappy = ink.copy()
+    gappy[10:12, 28:33] = False  # a 5 px gap in the top edge joins inside and outside
+    coarse = np.zeros_like(filled)
+    coarse[11:52, 9:50] = True  # off by a pixel on every side, and so reaching out through the gap
+    out = snap_to_outline(coarse, gappy, gap_px=4)
+    wrong = out != filled
+    assert wrong[20:45, 20:45].sum() == 0 and wrong[55:, :].sum() == 0, "far from the outline: snapped"
+    near = ndimage.binary_dilation(gappy, structure=np.ones((9, 9), dtype=bool))
+    assert np.array_equal(out[near & ~gappy], coarse[near & ~gappy]), "near the outline: the net's pixels"
