@@ -107,3 +107,27 @@ def test_a_run_whose_checkpoint_cannot_be_resumed_is_not_left_running(tiny_datas
     status = {r.info.run_id: r.info.status for r in runs(store)}
     assert status.pop(killed.info.run_id) == "KILLED"
     assert list(status.values()) == ["FINISHED"], "the new training has a run of its own"
+
+
+def test_a_resumed_run_logs_the_epoch_a_kill_left_unlogged(tiny_dataset, tmp_path, store, monkeypatch):
+    """Killed after epoch 2's checkpoint was written but before epoch 2 reached MLflow: the continued run fills in
+    epoch 2, so its curve has every epoch exactly once."""
+    out = outputs(tmp_path)
+    real_log_metrics = mlflow.log_metrics
+
+    def killed_at_epoch_2(metrics, step=None, **kw):
+        if step == 2:
+            raise KeyboardInterrupt  # as a signal between save_checkpoint and the epoch's log call
+        return real_log_metrics(metrics, step=step, **kw)
+
+    monkeypatch.setattr(mlflow, "log_metrics", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(parse_config(TINY_PARAMS), train_dir=tiny_dataset / "training",
+                     val_dir=tiny_dataset / "validation", **out)
+    monkeypatch.setattr(mlflow, "log_metrics", real_log_metrics)
+    assert torch.load(out["checkpoint_dir"] / "last.pt", weights_only=True)["epoch"] == 2
+    three = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 3}})
+    run_training(three, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
+    [run] = runs(store)
+    steps = sorted(m.step for m in mlflow.MlflowClient(store).get_metric_history(run.info.run_id, "val_loss"))
+    assert steps == [1, 2, 3] and run.info.status == "FINISHED", (steps, run.info.status)

@@ -100,8 +100,13 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
                 tracking.with_retry(mlflow.log_image, grid, key="samples", step=step)
 
             trainer.log, trainer.log_image = log, log_image
-            if not continued:  # a new run for a resumed checkpoint: its curves start at epoch 1 too
-                for row in trainer.history:
+            # The run gets every epoch the checkpoint holds that it has not logged yet: all of them for a new run of
+            # a resumed checkpoint (its curves start at epoch 1 too); for a continued run, the epoch whose checkpoint
+            # was written just before a kill stopped its logging (a checkpoint is saved before its epoch is logged).
+            logged = ({m.step for m in tracking.with_retry(mlflow.MlflowClient().get_metric_history, run_id,
+                                                           "val_loss")} if continued else set())
+            for row in trainer.history:
+                if int(row["epoch"]) not in logged:
                     log({k: float(v) for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
             result = trainer.fit(train_t, val_t)
             write_outputs(cfg, result, vocab=vocab, image_size=size, lineage=lineage, run_id=run_id,
