@@ -110,10 +110,10 @@ def deep_update(base: dict, over: dict) -> dict:
     return base
 
 
-def new_project(root: Path, *, tiny: bool = True) -> dict[str, str]:
+def new_project(root: Path, *, tiny: bool = True, ayna: bool = True, overrides: dict | None = None) -> dict[str, str]:
     """A git repo at `root` holding the project's files (tracked and new, as git sees them, no outputs), with the
-    tiny preset written into params.yaml when `tiny` and the real Ayna validation split as an absolute extra set
-    when it is beside this checkout. Returns the environment to run its pipeline in (polycolor.bench.pipeline_env:
+    tiny preset written into params.yaml when `tiny`, then `overrides`, and the real Ayna validation split as an
+    absolute extra set when `ayna` and it is beside this checkout. Returns the environment to run its pipeline in (polycolor.bench.pipeline_env:
     no MLFLOW_/DVC_ settings, so its stores are its own)."""
     from polycolor.bench import copy_project, pipeline_env
 
@@ -121,8 +121,9 @@ def new_project(root: Path, *, tiny: bool = True) -> dict[str, str]:
     params = yaml.safe_load((root / "params.yaml").read_text())
     if tiny:
         params = deep_update(params, TINY_PRESET)
+    params = deep_update(params, overrides or {})
     params["evaluate"]["extra_sets"] = (
-        {"ayna_real": {"path": str(AYNA_VAL), "required": True}} if AYNA_VAL.is_dir() else {})
+        {"ayna_real": {"path": str(AYNA_VAL), "required": True}} if ayna and AYNA_VAL.is_dir() else {})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = pipeline_env()
     # A local identity: DVC commits experiments to hidden refs, and CI machines may have no global git config.

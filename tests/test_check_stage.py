@@ -12,18 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import new_project, sh
 
-from polycolor.bench import copy_project, pipeline_env
-
-REPO = Path(__file__).parents[1]
-TINY = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
 SECRET = "planted-secret-7d2e0b"
 
 
@@ -65,13 +61,6 @@ def test_check_refuses_cuda_without_cuda(stage, tmp_path, capsys):
     assert "train.device is cuda but this machine has no CUDA device" in capsys.readouterr().err
 
 
-def sh(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
-
-
 def outputs(root: Path) -> dict[str, str]:
     """{path: sha256} of every file DVC would delete before rerunning ingest or train (a missing one: absent)."""
     files = [*(root / "data" / "dataset").rglob("*"),
@@ -83,17 +72,8 @@ def outputs(root: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_a_bad_param_or_source_under_dvc_repro_costs_no_output(tmp_path):
     root = tmp_path / "polycolor"
-    copy_project(REPO, root)
-    base = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        base[section] = {**(base.get(section) or {}), **values}
-    base["evaluate"]["extra_sets"] = {}
-    good = yaml.safe_dump(base, sort_keys=False)
-    (root / "params.yaml").write_text(good)
-    env = pipeline_env() | {"AWS_SECRET_ACCESS_KEY": SECRET}
-    for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "ci@polycolor.invalid"],
-                 ["git", "config", "user.name", "polycolor tests"]):
-        sh(args, root, env)
+    env = new_project(root, ayna=False) | {"AWS_SECRET_ACCESS_KEY": SECRET}
+    good = (root / "params.yaml").read_text()
     dvc = [sys.executable, "-m", "dvc"]
     sh([*dvc, "repro"], root, env)
     again = sh([*dvc, "repro"], root, env)

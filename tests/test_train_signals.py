@@ -17,13 +17,10 @@ import psutil
 import pytest
 import torch
 import yaml
-
-from polycolor.bench import copy_project, pipeline_env
+from conftest import new_project
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).parents[1]
-TINY = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
 STOP_WITHIN_S = 30  # from the signal to the stage process gone, on a loaded 2-core machine (measured 7-14 s)
 
 
@@ -31,14 +28,7 @@ STOP_WITHIN_S = 30  # from the signal to the stage process gone, on a loaded 2-c
 def project(tmp_path_factory):
     """The project with tiny params and a long training, its data stages already run."""
     root = tmp_path_factory.mktemp("signals") / "polycolor"
-    copy_project(REPO, root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section] = {**params[section], **values} if isinstance(values, dict) else values
-    params["train"]["epochs"] = 300  # far longer than the test waits
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**pipeline_env(), "SHELL": "/bin/sh"}
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=env)
+    env = {**new_project(root, overrides={"train": {"epochs": 300}}), "SHELL": "/bin/sh"}  # far longer than we wait
     for stage in ("check", "ingest", "augment"):
         subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root, env=env,
                        check=True, capture_output=True)
