@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from polycolor.colours import resolve_colour
 from polycolor.config import ModelConfig
@@ -80,14 +80,19 @@ def test_predict_real_ayna_validation_split(model_file, work):
 
 def test_predict_single_image_any_size_and_mode(model_file, work):
     src = work / "odd.png"
-    Image.new("LA", (50, 37), (0, 0)).save(src)  # grey + alpha, not square, not the model's size
+    im = Image.new("LA", (50, 37), (0, 0))  # grey + alpha, not square, not the model's size; transparent = white
+    ImageDraw.Draw(im).rectangle((22, 16, 28, 21), outline=(0, 255), width=2)  # an opaque black outline
+    im.save(src)
     out = work / "deep" / "out.png"
     proc = run_cli("--model", str(model_file), "--input", str(src), "--colour", "#00ff00", "--output", str(out),
                    cwd=work)
     assert proc.returncode == 0, proc.stderr
     with Image.open(out) as im:
         assert im.size == (50, 37) and im.mode == "RGB"
-    assert colours_of(out) == {(0, 255, 0)}
+        painted = (np.asarray(im) == (0, 255, 0)).all(axis=-1)
+    assert colours_of(out) == {(0, 255, 0), WHITE}
+    # this model paints every pixel it is shown, but only the ink's surroundings come back (inference.restore)
+    assert painted[16:22, 22:29].all() and not painted[:4].any(), "the rectangle and its outline, nothing far off"
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.png"], "no temporary files left"
     assert not (work / "mlflow.db").exists(), "predict from a file must not create an MLflow store"
 

@@ -133,7 +133,9 @@ def test_serve_champion_answers_with_an_image_of_the_requested_colour(champion_s
     with Image.open(io.BytesIO(base64.b64decode(row["image"]))) as im:
         assert im.format == "PNG" and im.size == (48, 40), (im.format, im.size)
         pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
-    assert {tuple(c) for c in np.unique(pixels, axis=0).tolist()} == {(255, 0, 255)}, "painted magenta"
+        stroke = np.asarray(im.convert("RGB"))[10:12, 10:38]
+    assert {tuple(c) for c in np.unique(pixels, axis=0).tolist()} == {(255, 0, 255), (255, 255, 255)}
+    assert (stroke == (255, 0, 255)).all(), "the stroke, at least, painted magenta"
 
 
 def post_expecting_error(url: str, payload: dict) -> tuple[int, dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -144,42 +145,152 @@ def to_model_size(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="nearest")
 
 
+# The dihedral group of the square as (quarter turns k, flip left-right first): the 8 ways to turn or flip an image
+# onto its own grid, which move pixels without resampling.
+Pose = tuple[int, bool]
+POSES: tuple[Pose, ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def turn(a: np.ndarray, pose: Pose) -> np.ndarray:
+    """a (H, W, ...) flipped left-right if pose says so, then turned k quarter turns (np.rot90)."""
+    k, flip = pose
+    return np.rot90(a[:, ::-1] if flip else a, k)
+
+
+def unturn(a: np.ndarray, pose: Pose) -> np.ndarray:
+    """The inverse of turn: unturn(turn(a, p), p) == a."""
+    k, flip = pose
+    a = np.rot90(a, -k)
+    return a[:, ::-1] if flip else a
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """An input's canonical form, which every turn, flip and shift of the input shares, and how to carry its paint
+    back to the input."""
+
+    image: np.ndarray  # (H', W', 3) uint8: the crop to the input's ink, in its canonical pose, centred on white
+    poses: tuple[Pose, ...]  # the poses that turn the input's crop into the canonical one (> 1: a symmetric crop)
+    box: tuple[int, int, int, int]  # the crop in the input: top, left, height, width (height 0: no ink at all)
+    at: tuple[int, int]  # the turned crop's top-left in `image`
+    margin: int  # px around the crop that are carried back too (a gap may cut a vertex off the ink)
+
+
+def _key(a: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+    """An order on arrays: by shape, then bytes (bool arrays packed 8 to a byte, so comparing them is cheap)."""
+    a = np.ascontiguousarray(a)
+    return a.shape, (np.packbits(a) if a.dtype == bool else a).tobytes()
+
+
+def canonicalise(image: np.ndarray, margin: int) -> Canonical:
+    """The canonical form of an (H, W, 3) uint8 input: the crop to its ink (images.painted_mask), turned into the
+    smallest of its 8 poses (by the ink's pixels, then by all of the crop's), centred on a white canvas of the
+    input's size (turned with it). A turned, flipped or shifted input has the same canonical form, so painting that
+    and carrying the paint back (restore) is exactly equivariant to turns, flips and shifts that keep the ink inside
+    the frame: the net, which is only approximately so (its pooling grid and zero padding are fixed to the frame),
+    always sees one and the same image ("canonicalisation", Kaba et al. 2023). Pixels outside the crop are read as
+    white.
+    """
+    ink = painted_mask(image)  # (H, W)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if len(rows) == 0:
+        return Canonical(np.full_like(image, 255), POSES, (0, 0, 0, 0), (0, 0), margin)
+    top, left, height, width = rows[0], cols[0], rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
+    crop = image[top:top + height, left:left + width]
+    poses: tuple[Pose, ...] = POSES
+    for a in (ink[top:top + height, left:left + width], crop):  # the ink decides, unless it is symmetric
+        keys = [_key(turn(a, p)) for p in poses]
+        poses = tuple(p for p, k in zip(poses, keys) if k == min(keys))
+        if len(poses) == 1:
+            break
+    turned = turn(crop, poses[0])  # (h, w, 3)
+    canvas = np.full_like(turn(image, poses[0]), 255)  # (H', W', 3): the input's frame, turned
+    at = ((canvas.shape[0] - turned.shape[0]) // 2, (canvas.shape[1] - turned.shape[1]) // 2)
+    canvas[at[0]:at[0] + turned.shape[0], at[1]:at[1] + turned.shape[1]] = turned
+    return Canonical(canvas, poses, (int(top), int(left), int(height), int(width)), at, margin)
+
+
+def restore(painted: np.ndarray, c: Canonical, shape: tuple[int, int], blank: int) -> np.ndarray:
+    """The paint of c.image, (H', W') bool masks or (H', W', 3) uint8 images, carried back to the input's (H, W)
+    frame: the crop with its margin is turned back into place and everything else is `blank` (False / white). For
+    a symmetric crop, which several poses reach, a mask is painted where at least half of its turns back paint and
+    an image is the rounded integer mean of them: rules that do not depend on the order of the poses, so the
+    result stays equivariant. An input without ink paints nothing: there is no outline to fill."""
+    out = np.full(shape + painted.shape[2:], blank, dtype=painted.dtype)
+    top, left, height, width = c.box
+    if height == 0:
+        return out
+    m = c.margin
+    h, w = (width, height) if c.poses[0][0] % 2 else (height, width)  # the crop's size in its canonical pose
+    padded = np.pad(painted, ((m, m), (m, m)) + ((0, 0),) * (painted.ndim - 2), constant_values=blank)
+    window = padded[c.at[0]:c.at[0] + h + 2 * m, c.at[1]:c.at[1] + w + 2 * m]  # the turned crop and its margin
+    back = sum(unturn(window, p).astype(np.int32) for p in c.poses)  # (height + 2m, width + 2m[, 3])
+    n = len(c.poses)
+    back = 2 * back >= n if painted.dtype == bool else ((back + n // 2) // n).astype(painted.dtype)
+    # the window's place in the input, clipped to the frame
+    r0, c0 = top - m, left - m
+    rs, cs = slice(max(r0, 0), min(r0 + height + 2 * m, shape[0])), slice(max(c0, 0), min(c0 + width + 2 * m, shape[1]))
+    out[rs, cs] = back[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0]
+    return out
+
+
+def _paint_net(loaded: LoadedModel, batch: np.ndarray, idx: torch.Tensor, rgb: torch.Tensor) -> np.ndarray:
+    """The net on one batch of same-size images, uint8 (b, h, w, 3) -> for the composite head the snapped masks
+    (b, h, w) bool, for the tanh head its images uint8 (b, h, w, 3)."""
+    model = loaded.model
+    device = next(model.parameters()).device
+    h, w = batch.shape[1:3]
+    pred = model(to_model_size(images_to_tensor(batch).to(device), loaded.image_size), idx.to(device),
+                 rgb.to(device))
+    if pred.mask_logits is None:
+        image = pred.image if pred.image.shape[-2:] == (h, w) else F.interpolate(pred.image, size=(h, w),
+                                                                                  mode="nearest")
+        return tensor_to_images(image)
+    logits = pred.mask_logits  # (b, 1, size, size)
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    masks = (logits[:, 0] > 0).cpu().numpy()  # (b, h, w)
+    ink = painted_mask(batch)  # (b, h, w) the outline
+    gap_px, resized = gap_px_at(h, w, loaded.image_size), (h, w) != (loaded.image_size,) * 2
+    return np.stack([snap_to_outline(m, k, gap_px, resized) for m, k in zip(masks, ink)])
+
+
 @torch.no_grad()
 def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Fill each outline with its colour.
 
     inputs: uint8 (N, H, W, 3) RGB outlines, any H, W; colours: N colour strings.
-    Returns uint8 (N, H, W, 3), two-valued like the data. The net runs at its own image size (to_model_size). For
-    the composite head its mask logits are resized back bilinearly, thresholded at 0 (sigmoid 0.5) and snapped to
-    the input's own edges (snap_to_outline), at every size, so the output is exact at the input's resolution; the
-    tanh head's image is resized back (nearest).
+    Returns uint8 (N, H, W, 3), two-valued like the data. Each image is painted in its canonical form
+    (canonicalise) and the paint carried back (restore), so turning, flipping or shifting an input turns, flips or
+    shifts its paint exactly, and only the ink's surroundings are painted. The net
+    runs at its own image size (to_model_size). For the composite head its mask logits are resized back bilinearly,
+    thresholded at 0 (sigmoid 0.5) and snapped to the input's own edges (snap_to_outline), at every size, so the
+    output is exact at the input's resolution; the tanh head's image is resized back (nearest).
     """
     if inputs.ndim != 4 or inputs.shape[-1] != 3:
         raise PolycolorError(f"inputs must be (N, H, W, 3) RGB images, got shape {inputs.shape}")
     if len(colours) != len(inputs):
         raise PolycolorError(f"{len(inputs)} images but {len(colours)} colours")
-    model = loaded.model
-    model.eval()
-    device = next(model.parameters()).device
+    loaded.model.eval()
     idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
     n, h, w, _ = inputs.shape
+    canon = [canonicalise(x, 2 * gap_px_at(h, w, loaded.image_size)) for x in inputs]
+    composite_head = loaded.config.head == "composite"
+    masks = np.empty((n, h, w), dtype=bool)
     out = np.empty_like(inputs)
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        colour = rgb[sl].to(device)
-        pred = model(to_model_size(images_to_tensor(inputs[sl]).to(device), loaded.image_size), idx[sl].to(device),
-                     colour)
-        if pred.mask_logits is None:
-            image = pred.image if pred.image.shape[-2:] == (h, w) else F.interpolate(pred.image, size=(h, w),
-                                                                                      mode="nearest")
-            out[sl] = tensor_to_images(image)
-            continue
-        logits = pred.mask_logits  # (b, 1, size, size)
-        if logits.shape[-2:] != (h, w):
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        masks = (logits[:, 0] > 0).cpu().numpy()  # (b, h, w)
-        ink = painted_mask(inputs[sl])  # (b, h, w) the outline
-        gap_px, resized = gap_px_at(h, w, loaded.image_size), (h, w) != (loaded.image_size,) * 2
-        snapped = np.stack([snap_to_outline(m, k, gap_px, resized) for m, k in zip(masks, ink)])
-        out[sl] = tensor_to_images(composite(torch.from_numpy(snapped)[:, None].float(), colour.cpu()))
+    # a turn of a non-square image is (W, H): the net takes each shape in batches of its own
+    for shape in dict.fromkeys(c.image.shape for c in canon):
+        members = [i for i in range(n) if canon[i].image.shape == shape]
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            painted = _paint_net(loaded, np.stack([canon[i].image for i in chunk]), idx[chunk], rgb[chunk])
+            for j, i in enumerate(chunk):
+                if composite_head:
+                    masks[i] = restore(painted[j], canon[i], (h, w), False)
+                else:
+                    out[i] = restore(painted[j], canon[i], (h, w), 255)
+    if composite_head:
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            out[sl] = tensor_to_images(composite(torch.from_numpy(masks[sl])[:, None].float(), rgb[sl]))
     return out

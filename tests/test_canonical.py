@@ -1,0 +1,115 @@
+"""Painting in a canonical form: turning, flipping or shifting an input turns, flips or shifts its paint exactly,
+whatever the net does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polycolor.config import IngestConfig, ModelConfig
+from polycolor.data.synth import generate
+from polycolor.images import painted_mask
+from polycolor.nn.inference import (
+    POSES,
+    _paint_net,
+    canonicalise,
+    encode_colours,
+    gap_px_at,
+    paint,
+    restore,
+    turn,
+)
+from polycolor.nn.model import ConditionalUNet
+from polycolor.nn.modelio import LoadedModel
+
+
+@pytest.fixture(scope="module")
+def arbitrary() -> LoadedModel:
+    """An untrained net whose output bias is set so it paints about half of every image: far from equivariant."""
+    torch.manual_seed(0)
+    model = ConditionalUNet(ModelConfig(widths=(4, 8)), ("red",), 32).eval()
+    a = generate(IngestConfig(image_size=32), 8, 1)
+    idx, rgb = encode_colours(list(a.colours), model.vocab, "rgb")
+    with torch.no_grad():
+        model.out.bias -= model(torch.from_numpy(a.inputs).permute(0, 3, 1, 2).float() / 127.5 - 1, idx,
+                                rgb).mask_logits.median()
+    return LoadedModel(model, model.cfg, model.vocab, 32, {})
+
+
+def inputs(size: int = 32) -> tuple[np.ndarray, list[str]]:
+    """(N, size, size, 3) outlines: generated ones (gappy, wobbly, near the border) and a centred square, which
+    is its own turn (so its canonical form is reached by all 8 poses)."""
+    a = generate(IngestConfig(image_size=size, gap_fraction=0.5, wobble_fraction=0.5, wide_pose_fraction=0.5), 6, 3)
+    square = np.full((size, size, 3), 255, dtype=np.uint8)
+    square[8:24, 8:24] = 0
+    square[10:22, 10:22] = 255
+    return np.concatenate([a.inputs, square[None]]), [*a.colours, "red"]
+
+
+def masks(loaded: LoadedModel, x: np.ndarray, colours: list[str]) -> np.ndarray:
+    return painted_mask(paint(loaded, np.ascontiguousarray(x), colours))
+
+
+def test_the_net_alone_is_not_equivariant(arbitrary: LoadedModel):
+    """What the canonical form is for: the same net on turned inputs paints other masks."""
+    x, colours = inputs()
+    idx, rgb = encode_colours(colours, arbitrary.vocab, "rgb")
+    with torch.no_grad():
+        base = _paint_net(arbitrary, x, idx, rgb)
+        turned = _paint_net(arbitrary, np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))), idx, rgb)
+    assert 0.2 < base.mean() < 0.8
+    assert not np.array_equal(turned, np.rot90(base, 1, axes=(1, 2)))
+
+
+def test_paint_turns_and_flips_with_its_input_exactly(arbitrary: LoadedModel):
+    x, colours = inputs()
+    base = masks(arbitrary, x, colours)
+    assert base.any(axis=(1, 2)).all()
+    for pose in POSES:
+        turned = np.stack([turn(i, pose) for i in x])
+        assert np.array_equal(masks(arbitrary, turned, colours), np.stack([turn(m, pose) for m in base])), pose
+
+
+def test_paint_shifts_with_its_input_exactly(arbitrary: LoadedModel):
+    """Each sample moves by a (dy, dx) that keeps its ink and the margin painted around it inside the frame."""
+    a = generate(IngestConfig(image_size=64, scale=(0.15, 0.2), gap_fraction=0.5, wobble_fraction=0.5), 6, 4)
+    x, colours = a.inputs, list(a.colours)
+    margin = 2 * gap_px_at(64, 64, arbitrary.image_size)
+    base = masks(arbitrary, x, colours)
+    rng = np.random.default_rng(0)
+    moved, moves = [], []
+    for image in x:
+        rows, cols = np.nonzero(painted_mask(image))
+        lo, hi = np.array([rows.min(), cols.min()]) - margin, np.array([rows.max(), cols.max()]) + margin
+        assert (lo >= 0).all() and (hi < 64).all(), "the window fits the frame before the move"
+        move = tuple(int(rng.integers(-lo[k], 64 - hi[k])) for k in range(2))
+        moves.append(move)
+        moved.append(np.roll(image, move, axis=(0, 1)))
+    assert any(m != (0, 0) for m in moves)
+    after = masks(arbitrary, np.stack(moved), colours)
+    for i, move in enumerate(moves):
+        assert np.array_equal(after[i], np.roll(base[i], move, axis=(0, 1))), (i, move)
+
+
+def test_non_square_inputs_turn_too(arbitrary: LoadedModel):
+    a = generate(IngestConfig(image_size=48), 3, 5)
+    x = np.ascontiguousarray(a.inputs[:, :, 8:40])  # (3, 48, 32, 3)
+    base = masks(arbitrary, x, list(a.colours))
+    turned = masks(arbitrary, np.rot90(x, 1, axes=(1, 2)), list(a.colours))  # (3, 32, 48)
+    assert turned.shape == (3, 32, 48) and np.array_equal(turned, np.rot90(base, 1, axes=(1, 2)))
+
+
+def test_an_input_without_ink_paints_nothing(arbitrary: LoadedModel):
+    white = np.full((2, 32, 32, 3), 255, dtype=np.uint8)
+    assert not masks(arbitrary, white, ["red", "red"]).any()
+
+
+def test_restore_carries_the_canonical_ink_back_into_place():
+    x, _ = inputs()
+    for image in x:
+        c = canonicalise(image, margin=4)
+        assert c.image.shape == image.shape
+        assert np.array_equal(restore(painted_mask(c.image), c, image.shape[:2], False), painted_mask(image))
+        assert np.array_equal(restore(c.image, c, image.shape[:2], 255), image)
+    assert len(canonicalise(x[-1], 4).poses) == 8, "the centred square is its own turn 8 ways"
