@@ -113,3 +113,15 @@ def test_restore_carries_the_canonical_ink_back_into_place():
         assert np.array_equal(restore(painted_mask(c.image), c, image.shape[:2], False), painted_mask(image))
         assert np.array_equal(restore(c.image, c, image.shape[:2], 255), image)
     assert len(canonicalise(x[-1], 4).poses) == 8, "the centred square is its own turn 8 ways"
+
+
+def test_the_tanh_heads_images_turn_with_their_input_too():
+    torch.manual_seed(1)
+    model = ConditionalUNet(ModelConfig(widths=(4, 8), head="tanh"), ("red",), 32).eval()
+    loaded = LoadedModel(model, model.cfg, model.vocab, 32, {})
+    x, colours = inputs()
+    base = paint(loaded, x, colours)
+    assert len(np.unique(base.reshape(-1, 3), axis=0)) > 2, "a free-RGB output, not two-valued"
+    for pose in POSES:
+        turned = paint(loaded, np.ascontiguousarray(np.stack([turn(i, pose) for i in x])), colours)
+        assert np.array_equal(turned, np.stack([turn(m, pose) for m in base])), pose

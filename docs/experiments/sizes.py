@@ -3,11 +3,13 @@
     PYTHONPATH=src python docs/experiments/sizes.py --model models/model.pt [--n 32]
 
 Each set is the plain training geometry of params.yaml (the Ayna shapes, no gaps) drawn natively at 64, 128, 256 and
-512 px with outline widths scaled with the size, plus gappy outlines at 256 px. Strategies:
+512 px with outline widths scaled with the size, plus gappy outlines at 64, 256 and 512 px (gap lengths scaled:
+1-3, 2-12, 4-24 px). Strategies:
   resize   the old paint: nearest resize to the model size, hard mask, nearest back;
   native   the fully convolutional net run at the input's own size (sizes divisible by 2^(levels-1));
   bilinear min-pool down, mask logits resized back bilinearly, thresholded (no snapping);
-  snap     bilinear, then inference.snap_to_outline against the input (what paint does).
+  snap     bilinear, then inference.snap_to_outline against the input;
+  paint    inference.paint itself: snap, run on the input's canonical form (canonicalise / restore).
 Prints mean / min PSNR and mean IoU per set and strategy.
 """
 
@@ -28,6 +30,7 @@ from polycolor.nn.inference import (
     encode_colours,
     gap_px_at,
     images_to_tensor,
+    paint,
     snap_to_outline,
     to_model_size,
 )
@@ -37,6 +40,8 @@ from polycolor.nn.modelio import load_model
 
 @torch.no_grad()
 def paint_with(loaded, inputs, colours, strategy):
+    if strategy == "paint":
+        return paint(loaded, inputs, list(colours))
     idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
     n, h, w, _ = inputs.shape
     size = loaded.image_size
@@ -77,11 +82,12 @@ def main() -> None:
         w0, w1 = base.outline_width
         sets[f"plain_{size}"] = dataclasses.replace(base, image_size=size, outline_width=(
             max(1, round(w0 * f)), max(1, round(w1 * f))))
-    sets["gappy_256"] = dataclasses.replace(sets["plain_256"], gap_fraction=1.0, gap_length=(2, 12))
+    for size, gaps in ((64, (1, 3)), (256, (2, 12)), (512, (4, 24))):
+        sets[f"gappy_{size}"] = dataclasses.replace(sets[f"plain_{size}"], gap_fraction=1.0, gap_length=gaps)
     print(f"{'set':<11}{'strategy':<10}{'psnr_mean':>10}{'psnr_min':>10}{'iou':>8}")
     for name, geometry in sets.items():
         a = generate(geometry, args.n, np.random.default_rng([cfg.seed, 0x5123]))
-        for strategy in ("resize", "native", "bilinear", "snap"):
+        for strategy in ("resize", "native", "bilinear", "snap", "paint"):
             preds = paint_with(loaded, a.inputs, a.colours, strategy)
             rows = M.score(a.targets, preds, a.colours)
             print(f"{name:<11}{strategy:<10}{rows['psnr'].mean():>10.2f}{rows['psnr'].min():>10.2f}"
