@@ -107,12 +107,15 @@ def test_an_input_without_ink_paints_nothing(arbitrary: LoadedModel):
 
 def test_restore_carries_the_canonical_ink_back_into_place():
     x, _ = inputs()
-    for image in x:
-        c = canonicalise(image, margin=4)
-        assert c.image.shape == image.shape
+    small = np.full((64, 48, 3), 255, dtype=np.uint8)
+    small[50:58, 3:9] = 0  # a small drawing near the corner of a larger, non-square image
+    for image in [*x, small]:
+        c = canonicalise(image, model_size=32)
         assert np.array_equal(restore(painted_mask(c.image), c, image.shape[:2], False), painted_mask(image))
         assert np.array_equal(restore(c.image, c, image.shape[:2], 255), image)
-    assert len(canonicalise(x[-1], 4).poses) == 8, "the centred square is its own turn 8 ways"
+    assert canonicalise(small, 32).image.shape == (32, 32, 3), "a small drawing goes on the model's own canvas"
+    assert canonicalise(x[0], 32).image.shape == x[0].shape, "a large one on a canvas of the input's size"
+    assert len(canonicalise(x[-1], 32).poses) == 8, "the centred square is its own turn 8 ways"
 
 
 def test_the_tanh_heads_images_turn_with_their_input_too():

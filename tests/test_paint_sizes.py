@@ -77,3 +77,15 @@ def test_across_a_gap_only_pixels_near_the_outline_keep_the_nets_value():
     assert wrong[20:45, 20:45].sum() == 0 and wrong[55:, :].sum() == 0, "far from the outline: snapped"
     near = ndimage.binary_dilation(gappy, structure=np.ones((9, 9), dtype=bool))
     assert np.array_equal(out[near & ~gappy], coarse[near & ~gappy]), "near the outline: the net's pixels"
+
+
+def test_a_resized_mask_keeps_the_nets_stroke_across_a_gap():
+    """Near the outline a resized mask takes the nearest part's value, which cuts the stroke across a gap: its
+    outer half lies nearer the outside. Where a closing of the outline by a gap_px disk bridges the gap, the
+    net's paint stands (all but the stroke's outermost row, which the disk's rim just misses)."""
+    ink, filled = square(64, 10, 50, width=3)
+    gappy = ink.copy()
+    gappy[10:13, 28:32] = False  # a 4 px gap in the top edge
+    for net in (filled, filled | (np.arange(64)[:, None] < 10) & (np.abs(np.arange(64) - 30) < 3)):
+        out = snap_to_outline(net, gappy, gap_px=4, resized=True)  # the second net also reaches out of the gap
+        assert np.argwhere(out != filled).tolist() == [[10, 28], [10, 29], [10, 30], [10, 31]]

@@ -3,8 +3,8 @@
     PYTHONPATH=src python docs/experiments/sizes.py --model models/model.pt [--n 32]
 
 Each set is the plain training geometry of params.yaml (the Ayna shapes, no gaps) drawn natively at 64, 128, 256 and
-512 px with outline widths scaled with the size, plus gappy outlines at 64, 256 and 512 px (gap lengths scaled:
-1-3, 2-12, 4-24 px). Strategies:
+512 px with outline widths scaled with the size, plus gappy outlines at each size (gap lengths scaled: 1-3, 1-6,
+2-12, 4-24 px). Strategies:
   resize   the old paint: nearest resize to the model size, hard mask, nearest back;
   native   the fully convolutional net run at the input's own size (sizes divisible by 2^(levels-1));
   bilinear min-pool down, mask logits resized back bilinearly, thresholded (no snapping);
@@ -82,7 +82,7 @@ def main() -> None:
         w0, w1 = base.outline_width
         sets[f"plain_{size}"] = dataclasses.replace(base, image_size=size, outline_width=(
             max(1, round(w0 * f)), max(1, round(w1 * f))))
-    for size, gaps in ((64, (1, 3)), (256, (2, 12)), (512, (4, 24))):
+    for size, gaps in ((64, (1, 3)), (128, (1, 6)), (256, (2, 12)), (512, (4, 24))):
         sets[f"gappy_{size}"] = dataclasses.replace(sets[f"plain_{size}"], gap_fraction=1.0, gap_length=gaps)
     print(f"{'set':<11}{'strategy':<10}{'psnr_mean':>10}{'psnr_min':>10}{'iou':>8}")
     for name, geometry in sets.items():

@@ -86,8 +86,11 @@ def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4, resized:
       whole; one whose parts it paints almost nowhere (<= SNAP_SHARE) and of which it paints at most CLEAR_SHARE
       is cleared whole (a region without parts, thinner than 2 gap_px, goes by its own share).
     - A region whose parts disagree is inside and outside joined through a gap: each part is filled (share >=
-      1 - SNAP_SHARE) or cleared (<= CLEAR_SHARE) by its own share, or else keeps the net's pixels; the pixels near the outline keep the net's value, or, when the mask was `resized` from the
-      net's resolution (so its edges are blocky there), take the value of the nearest part.
+      1 - SNAP_SHARE) or cleared (<= CLEAR_SHARE) by its own share, or else keeps the net's pixels; the pixels
+      near the outline keep the net's value, or, when the mask was `resized` from the net's resolution (so its
+      edges are blocky there), take the value of the nearest part, except that the net's paint stands where a
+      closing of the outline by a gap_px disk bridges a gap (the nearest part alone would cut the stroke across
+      the gap in half: gappy 256 / 512 px, 32 samples: 38.6 / 35.3 -> 43.9 / 42.8 dB mean).
     - Each 8-connected piece of outline the net paints at all (share >= SNAP_SHARE) is painted whole: an outline
       belongs to its polygon, and a mask resized from another resolution may cover only its inner half.
     This makes a mask computed at another resolution exact at the input's: the net decides which regions are
@@ -124,6 +127,9 @@ def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4, resized:
     if resized and far.any() and band.any():
         nearest = ndimage.distance_transform_edt(~far, return_distances=False, return_indices=True)  # (2, H, W)
         out[band] = out[nearest[0][band], nearest[1][band]]
+        grown = ndimage.distance_transform_edt(~ink) <= gap_px
+        bridged = (ndimage.distance_transform_edt(grown) > gap_px) & ~ink  # what a closing by a disk adds
+        out[band & bridged] |= mask[band & bridged]
     pieces, piece_share = _region_shares(ink, mask, EIGHT)
     out[(piece_share >= SNAP_SHARE)[pieces] & ink] = True
     return out
@@ -182,19 +188,24 @@ def _key(a: np.ndarray) -> tuple[tuple[int, ...], bytes]:
     return a.shape, (np.packbits(a) if a.dtype == bool else a).tobytes()
 
 
-def canonicalise(image: np.ndarray, margin: int) -> Canonical:
+def canonicalise(image: np.ndarray, model_size: int) -> Canonical:
     """The canonical form of an (H, W, 3) uint8 input: the crop to its ink (images.painted_mask), turned into the
-    smallest of its 8 poses (by the ink's pixels, then by all of the crop's), centred on a white canvas of the
-    input's size (turned with it). A turned, flipped or shifted input has the same canonical form, so painting that
-    and carrying the paint back (restore) is exactly equivariant to turns, flips and shifts that keep the ink inside
-    the frame: the net, which is only approximately so (its pooling grid and zero padding are fixed to the frame),
-    always sees one and the same image ("canonicalisation", Kaba et al. 2023). Pixels outside the crop are read as
-    white.
+    smallest of its 8 poses (by the ink's pixels, then by all of the crop's), centred on a white canvas.
+
+    A turned, flipped or shifted input has the same canonical form, so painting that and carrying the paint back
+    (restore) is exactly equivariant to turns, flips and shifts that keep the ink inside the frame: the net, which
+    is only approximately so (its pooling grid and zero padding are fixed to the frame), always sees one and the
+    same image ("canonicalisation", Kaba et al. 2023). Pixels outside the crop are read as white.
+    The canvas is the model's own (model_size, model_size) whenever the crop and its margin fit in it, so a small
+    drawing, in an image of any size, is painted at its own scale with no resizing at all; a larger one goes on a
+    canvas of the input's size (turned with it), which paint resizes to the model's (to_model_size).
     """
     ink = painted_mask(image)  # (H, W)
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    native_margin = 2 * GAP_PX
     if len(rows) == 0:
-        return Canonical(np.full_like(image, 255), POSES, (0, 0, 0, 0), (0, 0), margin)
+        blank = np.full((model_size, model_size, 3), 255, dtype=np.uint8)
+        return Canonical(blank, POSES, (0, 0, 0, 0), (0, 0), native_margin)
     top, left, height, width = rows[0], cols[0], rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
     crop = image[top:top + height, left:left + width]
     poses: tuple[Pose, ...] = POSES
@@ -204,7 +215,10 @@ def canonicalise(image: np.ndarray, margin: int) -> Canonical:
         if len(poses) == 1:
             break
     turned = turn(crop, poses[0])  # (h, w, 3)
-    canvas = np.full_like(turn(image, poses[0]), 255)  # (H', W', 3): the input's frame, turned
+    if max(turned.shape[:2]) + 2 * native_margin <= model_size:
+        canvas, margin = np.full((model_size, model_size, 3), 255, dtype=np.uint8), native_margin
+    else:  # the input's frame, turned; gap_px and so the margin scale with it
+        canvas, margin = np.full_like(turn(image, poses[0]), 255), 2 * gap_px_at(*image.shape[:2], model_size)
     at = ((canvas.shape[0] - turned.shape[0]) // 2, (canvas.shape[1] - turned.shape[1]) // 2)
     canvas[at[0]:at[0] + turned.shape[0], at[1]:at[1] + turned.shape[1]] = turned
     return Canonical(canvas, poses, (int(top), int(left), int(height), int(width)), at, margin)
@@ -240,8 +254,8 @@ def _paint_net(loaded: LoadedModel, batch: np.ndarray, idx: torch.Tensor, rgb: t
     model = loaded.model
     device = next(model.parameters()).device
     h, w = batch.shape[1:3]
-    pred = model(to_model_size(images_to_tensor(batch).to(device), loaded.image_size), idx.to(device),
-                 rgb.to(device))
+    x = to_model_size(images_to_tensor(batch).to(device), loaded.image_size)  # (b, 3, size, size)
+    pred = model(x.contiguous(memory_format=torch.channels_last), idx.to(device), rgb.to(device))
     if pred.mask_logits is None:
         image = pred.image if pred.image.shape[-2:] == (h, w) else F.interpolate(pred.image, size=(h, w),
                                                                                   mode="nearest")
@@ -274,7 +288,7 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_siz
     loaded.model.eval()
     idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
     n, h, w, _ = inputs.shape
-    canon = [canonicalise(x, 2 * gap_px_at(h, w, loaded.image_size)) for x in inputs]
+    canon = [canonicalise(x, loaded.image_size) for x in inputs]
     composite_head = loaded.config.head == "composite"
     masks = np.empty((n, h, w), dtype=bool)
     out = np.empty_like(inputs)
