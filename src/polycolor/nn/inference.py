@@ -56,8 +56,8 @@ def hard_image(pred: UNetOutput, colour_rgb: torch.Tensor) -> torch.Tensor:
 
 
 # Images per forward pass. Measured with `polycolor bench` (infer_images_per_s: 64 images of 128 px, median of 5
-# warm runs, two runs): batch 1 / 4 / 8 / 16 / 64 painted 104-118 / 112-116 / 93-100 / 73-89 / 46-49 images/s;
-# larger batches outgrow the CPU caches. 4 is at least as fast per image as 1. See docs/performance.md item 13.
+# warm runs; NHWC weights): batch 1 / 4 / 8 / 16 / 32 / 64 painted 129 / 165 / 168 / 167 / 116 / 83 images/s; larger
+# batches outgrow the CPU caches. 4 is at least as fast per image as 1 and 8. See docs/performance.md items 13, 18.
 BATCH_SIZE = 4
 GAP_PX = 4  # px at the model's size: the outline grown by this bridges the gaps the generator draws (<= 6 px)
 CLEAR_SHARE = 0.03  # ... and a whole region is cleared only when the net paints at most this share of it
