@@ -89,3 +89,18 @@ def test_a_resized_mask_keeps_the_nets_stroke_across_a_gap():
     for net in (filled, filled | (np.arange(64)[:, None] < 10) & (np.abs(np.arange(64) - 30) < 3)):
         out = snap_to_outline(net, gappy, gap_px=4, resized=True)  # the second net also reaches out of the gap
         assert np.argwhere(out != filled).tolist() == [[10, 28], [10, 29], [10, 30], [10, 31]]
+
+
+def test_a_small_interior_joined_to_the_background_through_a_gap_keeps_the_nets_paint():
+    """Its interior is all within gap_px of the outline (no part of its own) and a tiny share of the background it
+    joins, so the region would be cleared whole; the net's blob there is bordered by outline and stands."""
+    ink, filled = square(64, 20, 31, width=2)  # an 8 x 8 interior
+    gappy = ink.copy()
+    gappy[20:22, 24:27] = False  # a 3 px gap in the top edge
+    out = snap_to_outline(filled, gappy, gap_px=4)
+    assert out[22:30, 22:30].all(), "the interior stays painted"
+    assert not out[:18].any() and not out[34:].any(), "nothing away from the square"
+    stray = np.zeros_like(filled)
+    stray[40:42, 40:42] = True  # 4 px of stray paint in the open, and a pixel beside the outline
+    stray[19, 25] = True
+    assert not snap_to_outline(stray | filled, gappy, gap_px=4)[36:].any()

@@ -76,6 +76,30 @@ def _region_shares(region: np.ndarray, mask: np.ndarray, structure: np.ndarray) 
     return labels, share
 
 
+ENCLOSED_SHARE = 0.75  # a painted blob whose border is at least this much outline is an interior, not stray paint
+
+
+def enclosed_blobs(painted: np.ndarray, ink: np.ndarray, min_area: int) -> np.ndarray:
+    """(H, W) bool: the 4-connected blobs of `painted` (H, W) bool of at least min_area pixels whose border (the
+    pixel edges between the blob and what is not the blob) runs along `ink` for at least ENCLOSED_SHARE of its
+    length. Such a blob is the interior of a small polygon with a gap, which the net painted; stray paint beside an
+    outline touches it on one side only (about half its border), or is a pixel or two in a concave corner."""
+    labels, n = ndimage.label(painted, FOUR)
+    if n == 0:
+        return np.zeros_like(painted)
+    on_ink, border = np.zeros(n + 1), np.zeros(n + 1)
+    padded_labels, padded_ink = np.pad(labels, 1), np.pad(ink, 1)
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        other = np.roll(padded_labels, (dy, dx), axis=(0, 1))[1:-1, 1:-1]  # the neighbour's blob, per pixel
+        edge = (labels > 0) & (other != labels)  # (H, W) pixels whose neighbour this way is not their blob
+        border += np.bincount(labels[edge], minlength=n + 1)
+        on_ink += np.bincount(labels[edge], weights=np.roll(padded_ink, (dy, dx), axis=(0, 1))[1:-1, 1:-1][edge],
+                              minlength=n + 1)
+    keep = (on_ink >= ENCLOSED_SHARE * np.maximum(border, 1)) & (np.bincount(labels.ravel(), minlength=n + 1) >= min_area)
+    keep[0] = False
+    return keep[labels]
+
+
 def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4, resized: bool = False) -> np.ndarray:
     """The net's mask (H, W) bool, snapped to the input's own edges (ink (H, W) bool: the outline's pixels).
 
@@ -84,7 +108,9 @@ def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4, resized:
     morphological closing would not: a disk touching a thin line from one side fits beside any gap).
     - A region that the net, and each of its parts, paints almost everywhere (share >= 1 - SNAP_SHARE) is painted
       whole; one whose parts it paints almost nowhere (<= SNAP_SHARE) and of which it paints at most CLEAR_SHARE
-      is cleared whole (a region without parts, thinner than 2 gap_px, goes by its own share).
+      is cleared whole (a region without parts, thinner than 2 gap_px, goes by its own share), except for the
+      net's blobs in it that the outline encloses (enclosed_blobs): the small interior of a polygon with a gap,
+      which has no part of its own and is a tiny share of the background it joins.
     - A region whose parts disagree is inside and outside joined through a gap: each part is filled (share >=
       1 - SNAP_SHARE) or cleared (<= CLEAR_SHARE) by its own share, or else keeps the net's pixels; the pixels
       near the outline keep the net's value, or, when the mask was `resized` from the net's resolution (so its
@@ -117,6 +143,7 @@ def snap_to_outline(mask: np.ndarray, ink: np.ndarray, gap_px: int = 4, resized:
     fill[0] = clear[0] = False
     out[fill[regions]] = True
     out[clear[regions]] = False
+    out[enclosed_blobs(mask & clear[regions], ink, gap_px ** 2)] = True
     mixed = ~(fill | clear)[part_region]  # (P + 1,) parts of regions that a gap joins
     mixed[0] = False
     out[(mixed & (part_share >= 1.0 - SNAP_SHARE))[parts]] = True
