@@ -4,7 +4,8 @@
     PYTHONPATH=src python docs/experiments/probe.py --model models/model.pt [--n 24]
 
 Random 3-9-gon polygons (random vertex angles and radii, so convex and concave), outlines drawn with PIL's
-`line(joint="curve")` centred on the edges, 1-4 px wide at 128 px (scaled with the size); gappy ones have 1-3
+`line(joint="curve")` centred on the edges (`--style polygon`: PIL's polygon outline, as the project's generator
+draws it), 1-4 px wide at 128 px (scaled with the size); gappy ones have 1-3
 perpendicular cuts of 1-6 px (scaled) at uniform places along the perimeter, vertices included. The target is the
 polygon filled plus the closed outline, in the colour. Plain outlines do not score 100 dB even for the flood fill:
 PIL's polygon fill and its curved line joints disagree on a few pixels at the vertices. Prints mean / min PSNR and
@@ -27,7 +28,16 @@ from polycolor.nn.modelio import load_model
 COLOURS = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple"]
 
 
-def sample(rng: np.random.Generator, size: int, gappy: bool) -> tuple[np.ndarray, np.ndarray, str]:
+def outline(draw: ImageDraw.ImageDraw, pts: list[tuple[float, float]], fill, width: int, style: str) -> None:
+    """A closed outline: "line", centred on the edges with curved joints; "polygon", PIL's polygon outline (the
+    project generator's way)."""
+    if style == "line":
+        draw.line(pts + [pts[0]], fill=fill, width=width, joint="curve")
+    else:
+        draw.polygon(pts, outline=fill, width=width)
+
+
+def sample(rng: np.random.Generator, size: int, gappy: bool, style: str) -> tuple[np.ndarray, np.ndarray, str]:
     width = max(1, int(rng.integers(1, 5) * size / 128))
     n = int(rng.integers(3, 10))
     centre, radius = rng.uniform(0.35, 0.65, 2) * size, rng.uniform(0.15, 0.35) * size
@@ -35,10 +45,10 @@ def sample(rng: np.random.Generator, size: int, gappy: bool) -> tuple[np.ndarray
     pts = [(float(centre[0] + r * np.cos(t)), float(centre[1] + r * np.sin(t))) for r, t in zip(radii, angles)]
     colour = COLOURS[int(rng.integers(len(COLOURS)))]
     inp = Image.new("RGB", (size, size), "white")
-    ImageDraw.Draw(inp).line(pts + [pts[0]], fill="black", width=width, joint="curve")
+    outline(ImageDraw.Draw(inp), pts, "black", width, style)
     tgt = Image.new("RGB", (size, size), "white")
     ImageDraw.Draw(tgt).polygon(pts, fill=resolve_colour(colour))
-    ImageDraw.Draw(tgt).line(pts + [pts[0]], fill=resolve_colour(colour), width=width, joint="curve")
+    outline(ImageDraw.Draw(tgt), pts, resolve_colour(colour), width, style)
     if gappy:
         ring = np.array(pts + [pts[0]])
         edges = np.diff(ring, axis=0)
@@ -60,13 +70,14 @@ def main() -> None:
     ap.add_argument("--model", default="models/model.pt")
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--seed", type=int, default=123)
+    ap.add_argument("--style", choices=("line", "polygon"), default="line")
     args = ap.parse_args()
     loaded = load_model(args.model)
     rng = np.random.default_rng(args.seed)
     print(f"{'size':>4} {'set':<7}{'model mean / min':>18}{'iou':>8}{'flood mean / min':>20}")
     for size in (64, 128, 256, 512):
         for gappy in (False, True):
-            inputs, targets, colours = zip(*[sample(rng, size, gappy) for _ in range(args.n)])
+            inputs, targets, colours = zip(*[sample(rng, size, gappy, args.style) for _ in range(args.n)])
             x, t = np.stack(inputs), np.stack(targets)
             model = M.score(t, paint(loaded, x, list(colours)), list(colours))
             flood = M.score(t, reference_fill(x, list(colours)), list(colours))
