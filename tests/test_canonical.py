@@ -9,7 +9,7 @@ import torch
 
 from polycolor.config import IngestConfig, ModelConfig
 from polycolor.data.synth import generate
-from polycolor.images import painted_mask
+from polycolor.images import images_to_tensor, painted_mask
 from polycolor.nn.inference import (
     POSES,
     _paint_net,
@@ -32,8 +32,7 @@ def arbitrary() -> LoadedModel:
     a = generate(IngestConfig(image_size=32), 8, 1)
     idx, rgb = encode_colours(list(a.colours), model.vocab, "rgb")
     with torch.no_grad():
-        model.out.bias -= model(torch.from_numpy(a.inputs).permute(0, 3, 1, 2).float() / 127.5 - 1, idx,
-                                rgb).mask_logits.median()
+        model.out.bias -= model(images_to_tensor(a.inputs), idx, rgb).mask_logits.median()
     return LoadedModel(model, model.cfg, model.vocab, 32, {})
 
 

@@ -26,6 +26,7 @@ from polycolor.config import load_params
 from polycolor.data.synth import generate
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.evaluate import plain_geometry
+from polycolor.images import painted_mask, tensor_to_images
 from polycolor.nn.inference import (
     encode_colours,
     gap_px_at,
@@ -60,9 +61,9 @@ def paint_with(loaded, inputs, colours, strategy):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             mask = logits[0, 0].numpy() > 0
             if strategy == "snap":
-                mask = snap_to_outline(mask, (inputs[i] < 240).any(-1), gap_px_at(h, w, size), (h, w) != (size, size))
+                mask = snap_to_outline(mask, painted_mask(inputs[i]), gap_px_at(h, w, size), (h, w) != (size, size))
         img = composite(torch.from_numpy(mask)[None, None].float(), ci)
-        out.append(((img[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy())
+        out.append(tensor_to_images(img)[0])
     return np.stack(out)
 
 
