@@ -234,15 +234,15 @@ def log_evaluation(train_run_id: str, folder: Path, metrics: dict) -> Path:
 
     from polycolor import tracking
     from polycolor.config import load_params
-    from polycolor.evaluation import evaluate
+    from polycolor.evaluation import logging
 
     eval_json = folder / "eval.json"
     eval_json.write_text(json.dumps(metrics))
     (folder / "grid.png").write_bytes(b"png")
     (folder / "tables").mkdir(exist_ok=True)
-    sets = [b for b, v in metrics.items() if "skipped" not in v and not b.endswith("reference")]
+    sets = [b for b, v in metrics.items() if "skipped" not in v and b != "behaviour"]
     datasets = {n: tracking.generated_dataset(n, f"digest-{n}", {"generator": "test"}) for n in sets}
-    evaluate.log_to_mlflow(train_run_id, load_params(REPO / "params.yaml"), datasets, metrics, folder / "grid.png",
+    logging.log_to_mlflow(train_run_id, load_params(REPO / "params.yaml"), datasets, metrics, folder / "grid.png",
                            folder / "tables", eval_json)
     return eval_json
 

@@ -28,7 +28,7 @@ SECRET = "planted-secret-7d2e0b"
     ({"train": {"lr": float("inf")}}, "train.lr must be a finite number"),
     ({"ingest": {"source": "/nope"}}, "ingest.source '/nope' is neither"),
     ({"ingest": {"image_size": 36}}, "ingest.image_size must be divisible by 8"),
-    ({"promote": {"gates": [{"metric": "val.psnr_mean", "minimum": 3}]}}, "promote.gates.minimum is not a known key"),
+    ({"promote": {"gates": [{"metric": "val.net.psnr_mean", "minimum": 3}]}}, "promote.gates.minimum is not a known key"),
 ])
 def test_check_refuses_bad_params_and_sources_in_one_line(stage, tmp_path, capsys, params, words):
     p = tmp_path / "params.yaml"

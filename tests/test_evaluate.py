@@ -14,12 +14,16 @@ import yaml
 from PIL import Image
 
 from polycolor import tracking
-from polycolor.config import IngestConfig, ModelConfig, parse_config
+from polycolor.config import IngestConfig, ModelConfig, PaintConfig, parse_config
 from polycolor.data.ayna import write_split
 from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.evaluation import evaluate as E
+from polycolor.evaluation import grid as G
+from polycolor.evaluation import logging as L
 from polycolor.evaluation import metrics as M
+from polycolor.evaluation import sets as S
+from polycolor.evaluation.behaviour import BEHAVIOURS
 from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import save_model
 
@@ -81,7 +85,8 @@ def project(tmp_path, store, monkeypatch) -> dict:
         extra["ayna_real"] = {"path": str(REAL_VAL), "required": False}
     params = {"seed": 7, "evaluate": {"extra_sets": extra, "ood_samples": 3, "ood_scale": [0.15, 0.48],
                                       "ood_offset": 0.2, "unseen_colour_samples": 2, "grid_samples": 2, "batch_size": 4,
-                                      "robust_samples": 2, "native_size": 64, "behaviour_samples": 3}}
+                                      "robust_samples": 2, "native_size": 64, "gappy_sizes": [64],
+                                      "behaviour_samples": 3}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     tracking.write_run_info(tmp_path / "run.json", {"run_id": store["run_id"], "experiment_id": store["exp_id"]})
     return {"dir": tmp_path, "params": params}
@@ -89,7 +94,8 @@ def project(tmp_path, store, monkeypatch) -> dict:
 
 def argv(d: Path, **over: str) -> list[str]:
     paths = {"params": d / "params.yaml", "model": d / "model.pt", "data": d / "validation",
-             "run-info": d / "run.json", "metrics": d / "out" / "eval.json", "tables": d / "out" / "eval",
+             "run-info": d / "run.json", "metrics": d / "out" / "eval.json", "headline": d / "out" / "headline.json",
+             "tables": d / "out" / "eval",
              "grid": d / "out" / "eval_grid.png"}
     paths.update({k.replace("_", "-"): v for k, v in over.items()})
     return [x for k, v in paths.items() for x in (f"--{k}", str(v))]
@@ -105,40 +111,50 @@ def test_end_to_end(project, store, capsys):
     assert len(warnings) == 1 and "missing_one" in warnings[0], err
 
     result = json.loads((d / "out" / "eval.json").read_text())
-    blocks = ["val", "reference", "ood", "ood_reference", "unseen_colours", "unseen_colours_reference"]
+    sets = ["val", "ood", "unseen_colours", *S.SAME_SIZE_SETS[2:], "native_64", "gappy_64"]
     if REAL_VAL.is_dir():
-        blocks += ["ayna_real", "ayna_real_reference"]
-    for block in [b for b in blocks if b.endswith("reference")]:  # closed outlines: the flood fill is exact
-        assert result[block]["psnr_min"] == M.PSNR_CAP and result[block]["iou"] == 1.0, block
-    robust = ["gappy", "hand_drawn", "thick_thin", "novel_shapes", "native_64"]
-    blocks += robust + [f"{b}_reference" for b in robust]
-    for block in blocks:
-        assert set(result[block]) == BLOCK_KEYS, f"{block}: {sorted(result[block])}"
+        sets.append("ayna_real")
+    for name in sets:
+        assert set(result[name]) == {"net", "painted", "flood_fill"}, name
+        for scorer, block in result[name].items():
+            assert set(block) == BLOCK_KEYS, f"{name}.{scorer}: {sorted(block)}"
+    for name in ("val", "ood", "unseen_colours", "ayna_real"):  # closed outlines: the flood fill is exact
+        if name in result:
+            assert result[name]["flood_fill"]["psnr_min"] == M.PSNR_CAP, name
     assert result["missing_one"] == {"skipped": f"{d / 'nowhere'} does not exist"}
-    assert result["val"]["n"] == 6 and result["ood"]["n"] == 3 and result["unseen_colours"]["n"] == 2
-    assert all(result[b]["n"] == 2 for b in robust)
-    assert result["gappy_reference"]["psnr_mean"] < 40, "gaps make the flood fill leak"
-    for block in ("behaviour", "behaviour_reference"):
-        assert set(result[block]) == {"rot_flip", "colour_change", "all_white", "shift", "n"}, block
-        assert result[block]["n"] == 3
-    assert all(v == 1.0 for k, v in result["behaviour_reference"].items() if k != "n"), "the flood fill is exact"
+    assert result["val"]["net"]["n"] == 6 and result["ood"]["painted"]["n"] == 3
+    assert all(result[name]["net"]["n"] == 2 for name in sets if name not in ("val", "ood", "ayna_real"))
+    assert result["gappy"]["flood_fill"]["psnr_mean"] < 40, "gaps make the flood fill leak"
+    assert set(result["behaviour"]) == {"net", "painted", "flood_fill"}
+    for block in result["behaviour"].values():
+        assert set(block) == {"rot_flip", "colour_change", "all_white", "shift", "n"} | {
+            f"{k}_exact" for k in ("rot_flip", "colour_change", "all_white", "shift")}
+        assert block["n"] == 3
+    assert all(v == 1.0 for v in result["behaviour"]["flood_fill"].values() if v != 3), "the flood fill is exact"
+
+    headline = json.loads((d / "out" / "headline.json").read_text())
+    assert headline["net"]["val"] == round(result["val"]["net"]["psnr_mean"], 4)
+    assert headline["painted"]["gappy_min"] == round(result["gappy"]["painted"]["psnr_min"], 4)
+    assert headline["behaviour"] == round(min(result["behaviour"]["net"][k] for k in BEHAVIOURS), 4)
+    assert ("ayna" in headline["net"]) == REAL_VAL.is_dir()
+    assert len(L.flat_metrics(headline)) <= 10, "headline.json stays ten columns of dvc exp show"
 
     tables = d / "out" / "eval"
     assert sorted(p.name for p in tables.iterdir()) == ["confusion.csv", "per_colour.csv", "per_shape.csv",
                                                          "samples.csv"]
     samples = pd.read_csv(tables / "samples.csv")
-    assert set(samples["set"]) == set(blocks)
+    assert set(samples["set"]) == set(sets) and set(samples["scorer"]) == {"net", "painted", "flood_fill"}
     assert {"psnr", "iou", "colour_correct", "requested", "painted", "shape"} <= set(samples.columns)
     confusion = pd.read_csv(tables / "confusion.csv")
     assert list(confusion.columns) == ["requested", "painted"] and len(confusion) == 6
     per_colour = pd.read_csv(tables / "per_colour.csv")
-    assert per_colour.groupby("set")["n"].sum()["val"] == 6
+    assert per_colour.groupby("set")["n"].sum()["val"] == 3 * 6
 
     grid = np.asarray(Image.open(d / "out" / "eval_grid.png"))
-    # grid_samples of val, then of the real Ayna set, then 2 (of 3 allowed) of each robustness set at val's size
-    rows = 2 + (2 if REAL_VAL.is_dir() else 0) + 4 * 2
+    # grid_samples of val, then of the real Ayna set, then 2 of each generated set the grid shows
+    rows = 2 + (2 if REAL_VAL.is_dir() else 0) + 2 * len(E.GRID_SETS)
     cell = 128 if REAL_VAL.is_dir() else 32  # the largest image: the real data is 128 px
-    assert grid.shape == (12 + rows * (12 + cell + 2) + 2, 4 * (cell + 2) + 2, 3)
+    assert grid.shape == (12 + rows * (12 + cell + 2) + 2, len(G.COLUMNS) * (cell + 2) + 2, 3)
 
     # the evaluation is its own run under the training run, with its params, datasets and dataset-linked metrics
     client = mlflow.MlflowClient(store["uri"])
@@ -148,11 +164,14 @@ def test_end_to_end(project, store, capsys):
     assert len(evals) == 1
     run = evals[0]
     assert run.info.status == "FINISHED" and run.data.params["evaluate.ood_samples"] == "3"
+    assert run.data.params["paint.snap"] == str(PaintConfig().snap), "the paint params are the evaluation's"
     logged = run.data.metrics
-    assert logged["val.psnr_mean"] == pytest.approx(result["val"]["psnr_mean"])
-    assert logged["reference.iou"] == 1.0
+    assert logged["val.net.psnr_mean"] == pytest.approx(result["val"]["net"]["psnr_mean"])
+    assert logged["val.painted.iou"] == pytest.approx(result["val"]["painted"]["iou"])
+    assert logged["val.flood_fill.iou"] == 1.0
+    assert logged["behaviour.net.rot_flip"] == pytest.approx(result["behaviour"]["net"]["rot_flip"])
     if REAL_VAL.is_dir():
-        assert logged["ayna_real.iou"] == pytest.approx(result["ayna_real"]["iou"])
+        assert logged["ayna_real.net.iou"] == pytest.approx(result["ayna_real"]["net"]["iou"])
     assert not any(k.startswith("missing_one") for k in logged)
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
     assert {"val", "ood", "unseen_colours"} <= set(inputs)
@@ -163,7 +182,7 @@ def test_end_to_end(project, store, capsys):
     assert inputs["ood"].dataset.source_type == "code"
     assert run.data.tags[tracking.EVAL_DIGEST_TAG] == tracking.file_sha256(d / "out" / "eval.json")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
-    assert {"eval/eval_grid.png", "eval/eval.json", "eval/tables"} <= artifacts
+    assert {"eval/eval_grid.png", "eval/eval.json", "eval/headline.json", "eval/tables"} <= artifacts
     assert "eval/tables/samples.csv" in {a.path for a in client.list_artifacts(run.info.run_id, "eval/tables")}
 
 
@@ -217,31 +236,36 @@ def test_failed_write_leaves_nothing_half_written(project, monkeypatch, capsys):
     assert list((d / "out").iterdir()) == [], "eval.json, the tables and the grid are all or nothing"
 
 
-def test_flat_metrics_and_ood_are_deterministic():
-    metrics = {"val": {"psnr_mean": 30.0, "colour_accuracy": None, "n": 4}, "x": {"skipped": "gone"}}
-    assert E.flat_metrics(metrics) == {"eval.val.psnr_mean": 30.0, "eval.val.n": 4.0}
-    cfg = parse_config({"seed": 5, "evaluate": {"ood_samples": 4}})
-    a, b = E.ood_arrays(cfg, 32), E.ood_arrays(cfg, 32)
-    assert a.inputs.shape == (4, 32, 32, 3)
-    np.testing.assert_array_equal(a.targets, b.targets)
-    assert set(a.colours) <= {"red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple"}
+def test_flat_metrics_and_generated_sets_are_deterministic():
+    metrics = {"val": {"net": {"psnr_mean": 30.0, "colour_accuracy": None, "n": 4}}, "x": {"skipped": "gone"}}
+    assert L.flat_metrics(metrics) == {"val.net.psnr_mean": 30.0, "val.net.n": 4.0}
+    assert L.flat_metrics(metrics, "eval") == {"eval.val.net.psnr_mean": 30.0, "eval.val.net.n": 4.0}
+    cfg = parse_config({"seed": 5, "evaluate": {"ood_samples": 4, "robust_samples": 2, "gappy_sizes": [64]}})
+    a, b = S.generated_sets(cfg, 32), S.generated_sets(cfg, 32)
+    assert list(a) == list(S.generated_names(cfg.evaluate))
+    assert a["ood"].inputs.shape == (4, 32, 32, 3) and a["gappy_64"].inputs.shape == (2, 64, 64, 3)
+    for name in a:
+        np.testing.assert_array_equal(a[name].inputs, b[name].inputs)
+    assert set(a["ood"].colours) <= {"red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple"}
+    grey = a["jpeg"].inputs[(a["jpeg"].inputs > 0) & (a["jpeg"].inputs < 255)]
+    assert grey.size > 0 and set(np.unique(a["jpeg"].targets[0])) <= {0, 255} | set(a["jpeg"].rgb[0].tolist())
 
 
 def test_grid_layout():
     t = np.full((16, 16, 3), 255, dtype=np.uint8)
     p = t.copy()
     p[4:8, 4:8] = (255, 0, 0)
-    grid = E.labelled_grid([E.GridRow("a", t, t, p), E.GridRow("b", t, t, t)], gap=2, label=10)
-    assert grid.shape == (10 + 2 * (10 + 16 + 2) + 2, 4 * 18 + 2, 3)
-    err = grid[10 + 10:10 + 10 + 16, 3 * 18 + 2:3 * 18 + 2 + 16]  # row 0, |error| column
+    grid = G.labelled_grid([G.GridRow("a", t, t, t, p), G.GridRow("b", t, t, t, t)], gap=2, label=10)
+    assert grid.shape == (10 + 2 * (10 + 16 + 2) + 2, 5 * 18 + 2, 3)
+    err = grid[10 + 10:10 + 10 + 16, 4 * 18 + 2:4 * 18 + 2 + 16]  # row 0, |painted - target| column
     assert err[5, 5].tolist() == [255, 255, 255] and err[0, 0].tolist() == [0, 0, 0]
 
 
 def test_bad_extra_set_names_are_errors(tmp_path):
-    for name in ("reference", "val_reference", "a b", "gappy", "behaviour", "native_512"):
+    for name in ("val", "a b", "gappy", "jpeg", "behaviour", "native_512", "gappy_1024"):
         cfg = parse_config({"evaluate": {"extra_sets": {name: str(tmp_path)}}})
         with pytest.raises(PolycolorError, match="evaluate.extra_sets"):
-            E.load_sets(cfg, tmp_path)
+            S.load_sets(cfg, tmp_path)
 
 
 def test_embedding_model_leaves_out_unknown_colours():
@@ -252,10 +276,10 @@ def test_embedding_model_leaves_out_unknown_colours():
     loaded = LoadedModel(model.eval(), model.cfg, model.vocab, 32, {})
     arrays = generate(IngestConfig(image_size=32, colours=("red", "green")), 4, 2)
     cfg = parse_config({"evaluate": {"grid_samples": 1}}).evaluate
-    ev = E.evaluate_model(loaded, [E.EvalSet("val", arrays)], cfg, {"gone": "missing"})
-    assert ev.metrics["val"]["n"] == ev.metrics["reference"]["n"] == arrays.colours.count("red")
+    ev = E.evaluate_model(loaded, [S.EvalSet("val", arrays)], cfg, PaintConfig(), {"gone": "missing"})
+    assert ev.metrics["val"]["net"]["n"] == ev.metrics["val"]["flood_fill"]["n"] == arrays.colours.count("red")
     assert ev.metrics["gone"] == {"skipped": "missing"}
     assert len(ev.notes) == 1 and "outside the model's vocabulary" in ev.notes[0]
     assert set(ev.samples["colour"]) == {"red"}
-    assert sorted(ev.samples["index"][ev.samples["set"] == "val"]) == [
+    assert sorted(ev.samples["index"][(ev.samples["set"] == "val") & (ev.samples["scorer"] == "net")]) == [
         i for i, c in enumerate(arrays.colours) if c == "red"], "indices point into the set as loaded"

@@ -36,10 +36,12 @@ def _load_stage():
 package_stage = _load_stage()
 
 EVAL = {
-    "val": {"psnr_mean": 31.5, "colour_accuracy": 0.98, "iou": 0.91, "ssim": 0.95, "n": 5},
-    "reference": {"psnr_mean": 20.0, "colour_accuracy": 1.0},
-    "ayna_real": {"psnr_mean": 28.0, "colour_accuracy": 0.96},
-    "ayna_real_reference": {"psnr_mean": 19.0},
+    "val": {"net": {"psnr_mean": 31.5, "colour_accuracy": 0.98, "iou": 0.91, "ssim": 0.95, "n": 5},
+            "painted": {"psnr_mean": 33.0, "colour_accuracy": 0.98},
+            "flood_fill": {"psnr_mean": 20.0, "colour_accuracy": 1.0}},
+    "ayna_real": {"net": {"psnr_mean": 28.0, "colour_accuracy": 0.96}, "painted": {"psnr_mean": 29.0},
+                  "flood_fill": {"psnr_mean": 19.0}},
+    "behaviour": {"net": {"rot_flip": 0.99, "shift": 0.98}, "flood_fill": {"rot_flip": 1.0}},
     "ood": {"skipped": "disabled"},
 }
 
@@ -156,7 +158,7 @@ def test_package_stage_builds_logs_and_registers(store):
     for name in ("input_example.json", "requirements.txt", "model_card.json", "MODEL_CARD.md", "artifacts/model.pt"):
         assert (out / name).is_file(), f"package lacks {name}"
     card = json.loads((out / "model_card.json").read_text())
-    assert card["lineage"]["data_hash"] == "0123abcd" and card["metrics"]["val"]["psnr_mean"] == 31.5
+    assert card["lineage"]["data_hash"] == "0123abcd" and card["metrics"]["val"]["net"]["psnr_mean"] == 31.5
     assert card["params"] == {"train.lr": "0.003"}
 
     import mlflow
@@ -191,17 +193,21 @@ def test_package_stage_builds_logs_and_registers(store):
     # the logged model carries the evaluation's metrics of its own blocks, each tied to its dataset and to the
     # evaluation run, which lists the model as an input
     linked = {(m.key, m.dataset_name, m.dataset_digest, m.run_id): m.value for m in logged.metrics}
-    assert linked[("val.psnr_mean", "val", "digest-val", eval_run.info.run_id)] == 31.5
-    assert linked[("ayna_real.psnr_mean", "ayna_real", "digest-ayna_real", eval_run.info.run_id)] == 28.0
-    assert not any(k[0].startswith(("reference.", "ayna_real_reference.")) for k in linked), "not the model's"
+    assert linked[("val.net.psnr_mean", "val", "digest-val", eval_run.info.run_id)] == 31.5
+    assert linked[("val.painted.psnr_mean", "val", "digest-val", eval_run.info.run_id)] == 33.0
+    assert linked[("ayna_real.net.psnr_mean", "ayna_real", "digest-ayna_real", eval_run.info.run_id)] == 28.0
+    assert linked[("behaviour.net.rot_flip", "val", "digest-val", eval_run.info.run_id)] == 0.99, \
+        "the behavioural shares reach the model (the default gates read them), tied to val"
+    assert not any(".flood_fill." in k[0] for k in linked), "the flood fill's figures are not the model's"
     assert logged.model_id in {i.model_id for i in client.get_run(eval_run.info.run_id).inputs.model_inputs}
     from polycolor.serving import registry
 
-    assert registry.version_metrics(mv)["val.psnr_mean"] == 31.5
+    assert registry.version_metrics(mv)["val.net.psnr_mean"] == 31.5
+    assert registry.version_metrics(mv)["behaviour.net.shift"] == 0.98
 
 
 def test_package_refuses_metrics_no_evaluation_run_wrote(store, capsys):
-    (store / "eval.json").write_text(json.dumps({**EVAL, "val": {"psnr_mean": 99.0}}))
+    (store / "eval.json").write_text(json.dumps({**EVAL, "val": {"net": {"psnr_mean": 99.0}}}))
     argv = ["--params", str(REPO / "params.yaml"), "--model", str(tiny_model(store / "model.pt")), "--metrics",
             str(store / "eval.json"), "--run-info", str(store / "run.json"), "--out", str(store / "package"),
             "--registry-info", str(store / "registry.json")]

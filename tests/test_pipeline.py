@@ -5,6 +5,7 @@ the main MLflow store with their own names, params, metrics and registered versi
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import AYNA_VAL, new_project, run_queue, sh
+from conftest import AYNA_VAL, REPO, new_project, run_queue, sh
 
 from polycolor.tracking import EXPERIMENT_KIND_TAG
 
@@ -44,7 +45,7 @@ def test_repro_runs_all_stages_then_does_nothing(project):
     again = sh([sys.executable, "-m", "dvc", "repro"], root, env)
     assert "Data and pipelines are up to date" in again.stdout + again.stderr
     ev = json.loads((root / "metrics/eval.json").read_text())
-    assert {"val", "reference", "ood"} <= set(ev)
+    assert {"val", "ood", "gappy", "behaviour"} <= set(ev) and set(ev["val"]) == {"net", "painted", "flood_fill"}
     reg = json.loads((root / "metrics/registry.json").read_text())
     client = store(root)
     mv = client.get_model_version_by_alias(reg["name"], "candidate")
@@ -61,13 +62,42 @@ def test_repro_runs_all_stages_then_does_nothing(project):
     assert json.loads(inputs["train"].source) == {"path": "data/augmented/training",
                                                   "git_commit": run.data.tags["git_commit"]}
     (evaluation,) = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
-    assert "val.psnr_mean" in evaluation.data.metrics and "val.psnr_mean" not in run.data.metrics
+    assert "val.net.psnr_mean" in evaluation.data.metrics and "val.net.psnr_mean" not in run.data.metrics
     assert {"git_commit", "data_hash", "evaluation_run", "content_sha256"} <= set(mv.tags) <= {
         "git_commit", "data_hash", "dvc_exp_name", "evaluation_run", "content_sha256"}, "a short fixed set"
     logged = client.get_logged_model(mv.source.split("/")[-1])
-    assert {(m.key, m.dataset_name) for m in logged.metrics} >= {("val.psnr_mean", "val"), ("ood.iou", "ood")}
+    assert {(m.key, m.dataset_name) for m in logged.metrics} >= {
+        ("val.net.psnr_mean", "val"), ("val.painted.psnr_mean", "val"), ("ood.net.iou", "ood"),
+        ("behaviour.net.rot_flip", "val")}
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-qm", "repro"], root, env)
+
+
+def test_default_gates_read_metrics_the_pipeline_records(project, tmp_path, monkeypatch):
+    """`polycolor promote` with the project's default `promote` section after a real pipeline run: every metric a
+    default gate names reaches the registered version, so a refusal can only be a threshold the tiny model misses
+    (it is 1 epoch of a 2-level net at 32 px); the default model passes them (test_readme_figures)."""
+    from polycolor.config import load_params
+    from polycolor.serving import registry
+
+    root, env = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["promote"] = yaml.safe_load((REPO / "params.yaml").read_text())["promote"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    gates = load_params(tmp_path / "params.yaml").promote.gates
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mv = store(root).get_model_version_by_alias("polycolor", "candidate")
+    recorded = registry.version_metrics(mv)
+    assert {g.metric for g in gates} <= set(recorded), "every default gate's metric reaches the version"
+    result = sh([sys.executable, "-m", "polycolor.cli", "promote", "--params", str(tmp_path / "params.yaml")],
+                root, env, check=False)
+    line = result.stdout.strip().splitlines()[-1]
+    assert "not recorded" not in line, line
+    failing = [g for g in gates if recorded[g.metric] < (g.min if g.min is not None else -math.inf)]
+    if failing:
+        assert result.returncode != 0 and all(g.metric in line for g in failing), line
+    else:
+        assert result.returncode == 0 and "champion" in line, line
 
 
 def test_promote_then_predict_with_the_champion(project, tmp_path):
@@ -172,7 +202,7 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project):
         assert name and r.info.run_name == name, "run name must be the DVC experiment name"
         assert name in shown, f"{name} not in dvc exp show"
         (evaluation,) = [e for e in new if e.data.tags.get("mlflow.parentRunId") == r.info.run_id]
-        assert "val.psnr_mean" in evaluation.data.metrics
+        assert "val.net.psnr_mean" in evaluation.data.metrics
         versions = client.search_model_versions(f"run_id = '{r.info.run_id}'")
         assert len(versions) == 1 and versions[0].tags.get("dvc_exp_name") == name
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.004"]

@@ -16,35 +16,35 @@ from polycolor.config import Gate, PromoteConfig
 from polycolor.serving import registry
 
 REPO = Path(__file__).resolve().parents[1]
-CFG = PromoteConfig(metric="val.psnr_mean", higher_is_better=True, min_delta=0.1,
-                    gates=(Gate("val.psnr_mean", min=30.0), Gate("val.colour_accuracy", min=0.95)))
+CFG = PromoteConfig(metric="val.net.psnr_mean", higher_is_better=True, min_delta=0.1,
+                    gates=(Gate("val.net.psnr_mean", min=30.0), Gate("val.net.colour_accuracy", min=0.95)))
 PARAMS = """
 mlflow: {experiment: polycolor-test, registered_model: polycolor}
 promote:
-  metric: val.psnr_mean
+  metric: val.net.psnr_mean
   higher_is_better: true
   min_delta: 0.1
   gates:
-    - {metric: val.psnr_mean, min: 30.0}
-    - {metric: val.colour_accuracy, min: 0.95}
+    - {metric: val.net.psnr_mean, min: 30.0}
+    - {metric: val.net.colour_accuracy, min: 0.95}
 """
 
 
 # ------------------------------------------------------------------------------------------- decide()
 
 def test_decide_gates_first_champion_and_comparison():
-    good = {"val.psnr_mean": 31.0, "val.colour_accuracy": 0.99}
+    good = {"val.net.psnr_mean": 31.0, "val.net.colour_accuracy": 0.99}
     ok, why = registry.decide(CFG, good, None)
     assert ok and "no champion" in why
-    ok, why = registry.decide(CFG, {"val.psnr_mean": 35.0, "val.colour_accuracy": 0.5}, None)
-    assert not ok and "val.colour_accuracy" in why and "min 0.95" in why
-    ok, why = registry.decide(CFG, {"val.colour_accuracy": 0.99}, None)
-    assert not ok and "val.psnr_mean not recorded" in why
-    ok, why = registry.decide(CFG, {"val.psnr_mean": math.nan, "val.colour_accuracy": 0.99}, None)
+    ok, why = registry.decide(CFG, {"val.net.psnr_mean": 35.0, "val.net.colour_accuracy": 0.5}, None)
+    assert not ok and "val.net.colour_accuracy" in why and "min 0.95" in why
+    ok, why = registry.decide(CFG, {"val.net.colour_accuracy": 0.99}, None)
+    assert not ok and "val.net.psnr_mean not recorded" in why
+    ok, why = registry.decide(CFG, {"val.net.psnr_mean": math.nan, "val.net.colour_accuracy": 0.99}, None)
     assert not ok and "NaN" in why
-    assert registry.decide(CFG, {**good, "val.psnr_mean": 31.5}, good)[0], "better by 0.5 > min_delta 0.1"
-    assert not registry.decide(CFG, {**good, "val.psnr_mean": 31.05}, good)[0], "better by 0.05 <= min_delta"
-    assert not registry.decide(CFG, {**good, "val.psnr_mean": 30.5}, good)[0], "worse"
+    assert registry.decide(CFG, {**good, "val.net.psnr_mean": 31.5}, good)[0], "better by 0.5 > min_delta 0.1"
+    assert not registry.decide(CFG, {**good, "val.net.psnr_mean": 31.05}, good)[0], "better by 0.05 <= min_delta"
+    assert not registry.decide(CFG, {**good, "val.net.psnr_mean": 30.5}, good)[0], "worse"
 
 
 def test_decide_lower_is_better_and_max_gate():
@@ -70,7 +70,7 @@ def store(tmp_path, monkeypatch, empty_mlflow_db):
 def add_version(psnr: float, accuracy: float = 0.99, name: str = "polycolor") -> str:
     """Register a version (the source needs no real model for promotion) whose metrics are `eval.*` tags, the
     format versions registered before logged-model metrics carry (version_metrics still reads it)."""
-    tags = {"eval.val.psnr_mean": str(psnr), "eval.val.colour_accuracy": str(accuracy)}
+    tags = {"eval.val.net.psnr_mean": str(psnr), "eval.val.net.colour_accuracy": str(accuracy)}
     return str(registry.register_version(name, "/nonexistent/model", tags=tags).version)
 
 
@@ -137,14 +137,14 @@ def test_version_metrics_fall_back_to_the_runs_eval_metrics(store):
     import mlflow
 
     with mlflow.start_run(experiment_id=tracking.ensure_experiment("polycolor-test")) as run:
-        mlflow.log_metric("eval.val.psnr_mean", 33.0)
-        mlflow.log_metric("eval.val.colour_accuracy", 0.97)
+        mlflow.log_metric("eval.val.net.psnr_mean", 33.0)
+        mlflow.log_metric("eval.val.net.colour_accuracy", 0.97)
     client = mlflow.MlflowClient()
     client.create_registered_model("polycolor")
     mv = client.create_model_version("polycolor", "/nonexistent/model", run_id=run.info.run_id,
-                                     tags={"eval.val.psnr_mean": "31.0"})
-    metrics = registry.version_metrics(mv, ["val.psnr_mean", "val.colour_accuracy"])
-    assert metrics == {"val.psnr_mean": 31.0, "val.colour_accuracy": 0.97}, "tags first, then the run"
+                                     tags={"eval.val.net.psnr_mean": "31.0"})
+    metrics = registry.version_metrics(mv, ["val.net.psnr_mean", "val.net.colour_accuracy"])
+    assert metrics == {"val.net.psnr_mean": 31.0, "val.net.colour_accuracy": 0.97}, "tags first, then the run"
     d = registry.promote("polycolor", CFG, version=mv.version)
     assert d.decision == "promoted"
 
@@ -156,12 +156,12 @@ def test_version_metrics_come_from_the_logged_model(store):
     model = mlflow.initialize_logged_model(name="model", experiment_id=exp)
     ds = tracking.generated_dataset("val", "d1", {"generator": "test"})
     with mlflow.start_run(experiment_id=exp) as run:
-        mlflow.log_metrics({"val.psnr_mean": 35.0, "val.colour_accuracy": 0.99}, model_id=model.model_id, dataset=ds)
+        mlflow.log_metrics({"val.net.psnr_mean": 35.0, "val.net.colour_accuracy": 0.99}, model_id=model.model_id, dataset=ds)
     mv = registry.register_version("polycolor", f"models:/{model.model_id}", tags={"git_commit": "abc"},
                                    description="# Model card")
-    assert registry.version_metrics(mv) == {"val.psnr_mean": 35.0, "val.colour_accuracy": 0.99}
+    assert registry.version_metrics(mv) == {"val.net.psnr_mean": 35.0, "val.net.colour_accuracy": 0.99}
     d = registry.promote("polycolor", CFG)
-    assert d.decision == "promoted" and version_tags(d.version)["promotion.metric"] == "val.psnr_mean = 35"
+    assert d.decision == "promoted" and version_tags(d.version)["promotion.metric"] == "val.net.psnr_mean = 35"
     assert mlflow.MlflowClient().get_model_version("polycolor", d.version).description == "# Model card"
     assert run.info.run_id
 

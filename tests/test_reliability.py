@@ -225,7 +225,7 @@ def test_registration_is_idempotent_on_the_model_content(store):
 
     root, run_info = store
     (root / "ev").mkdir()
-    eval_json = log_evaluation(run_info["run_id"], root / "ev", {"val": {"psnr_mean": 30.0}})
+    eval_json = log_evaluation(run_info["run_id"], root / "ev", {"val": {"net": {"psnr_mean": 30.0}}})
 
     def register(model: Path, out: str, info: dict) -> str:
         return package.package_model(model_path=model, out_dir=root / out, run_info=info, eval_path=eval_json,

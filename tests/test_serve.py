@@ -92,7 +92,7 @@ def champion_store(tmp_path, monkeypatch) -> Path:
     with torch.no_grad():
         model.out.bias.fill_(50.0)  # the mask head paints every pixel: the answer's colour is checkable
     modelio.save_model(tmp_path / "model.pt", model, meta={})
-    eval_json = log_evaluation(run.info.run_id, tmp_path, {"val": {"psnr_mean": 30.0}})
+    eval_json = log_evaluation(run.info.run_id, tmp_path, {"val": {"net": {"psnr_mean": 30.0}}})
     result = package.package_model(model_path=tmp_path / "model.pt", out_dir=tmp_path / "package",
                                    run_info={"run_id": run.info.run_id}, eval_path=eval_json, name="polycolor")
     decision = registry.promote("polycolor", PromoteConfig(gates=()), version=result.version)

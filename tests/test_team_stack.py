@@ -121,7 +121,7 @@ def test_two_queued_experiments_land_on_the_server(project, team_stack):
         assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
     for r in training:
         (evaluation,) = [e for e in runs if e.data.tags.get("mlflow.parentRunId") == r.info.run_id]
-        assert "val.psnr_mean" in evaluation.data.metrics
+        assert "val.net.psnr_mean" in evaluation.data.metrics
         assert len(c.search_model_versions(f"run_id = '{r.info.run_id}'")) == 1
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db")), "a queued run fell back to a local store"
 

@@ -201,7 +201,24 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": cmd_bench,
     "stack": cmd_stack,
     "demo": cmd_demo,
+    "report": cmd_report,
 }
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render the docs' generated tables from the metrics files (or --check that they are current)."""
+    from polycolor import report
+    from polycolor.paths import repo_root
+
+    root = repo_root()
+    if args.experiments:
+        print(f"wrote {report.main_experiments(root, args.experiments).relative_to(root)}")
+    stale = report.report(root, check=args.check)
+    if args.check and stale:
+        print(f"stale: {', '.join(stale)} disagree with metrics/ (run `polycolor report`)", file=sys.stderr)
+        return 1
+    print(("stale: " if args.check else "updated: ") + (", ".join(stale) or "nothing, every page is current"))
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -279,6 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an Ayna split whose outlines are offered as examples (default: the real Ayna "
                         "validation split at ../shared/ayna-dataset/validation when present; '' for none)")
     _registry_options(p)
+    p.set_defaults(parser=p)
+
+    p = sub.add_parser("report", help="render the README's and docs' tables from metrics/ (or --check them)",
+                       description="Re-render every <!-- report:NAME --> block of README.md and docs/*.md from the "
+                                   "metrics files; --check writes nothing and exits 1 when a page is stale; "
+                                   "--experiments NAME ... first captures those DVC experiments' headline figures "
+                                   "into metrics/experiments.json.")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a page disagrees with metrics/")
+    p.add_argument("--experiments", nargs="+", default=None, metavar="NAME",
+                   help="DVC experiment names to capture from `dvc exp show --json` first")
     p.set_defaults(parser=p)
     return ap
 

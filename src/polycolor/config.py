@@ -201,9 +201,11 @@ class EvaluateConfig:
     ood_scale: tuple[float, float] = (0.15, 0.48)
     ood_offset: float = 0.2
     unseen_colour_samples: int = 64  # fresh polygons painted random #rrggbb colours no training sample had; 0 disables
-    robust_samples: int = 64  # per robustness set (gappy, hand_drawn, thick_thin, novel_shapes, native_*); 0 = none
+    robust_samples: int = 64  # per generated robustness set (gappy, jpeg, native_*, ...: evaluation/sets.py); 0 = none
     thick_thin_width: tuple[int, int] = (1, 6)  # thick_thin: half the outlines this thin (px), half this thick
     native_size: int = 256  # the native_<size> set: the training geometry drawn at this size, widths scaled with it
+    gappy_sizes: tuple[int, ...] = (256, 512)  # the gappy_<size> sets: gappy outlines drawn at these sizes
+    jpeg_quality: int = 80  # the jpeg set: inputs JPEG-compressed at this quality
     behaviour_samples: int = 32  # validation samples the behavioural (invariance) shares are measured on; 0 disables
     grid_samples: int = 8  # rows of the qualitative grid
     batch_size: int = 4  # images per forward pass (inference.BATCH_SIZE, chosen by `polycolor bench`)
@@ -215,6 +217,9 @@ class EvaluateConfig:
         _check(self.robust_samples >= 0, "evaluate.robust_samples", self.robust_samples, "must be >= 0")
         _range(self.thick_thin_width, "evaluate.thick_thin_width", 1, 16)
         _check(self.native_size >= 16, "evaluate.native_size", self.native_size, "must be >= 16")
+        for size in self.gappy_sizes:
+            _check(16 <= size <= 4096, "evaluate.gappy_sizes", list(self.gappy_sizes), "must each be in [16, 4096]")
+        _check(1 <= self.jpeg_quality <= 100, "evaluate.jpeg_quality", self.jpeg_quality, "must be in [1, 100]")
         _check(self.behaviour_samples >= 0, "evaluate.behaviour_samples", self.behaviour_samples, "must be >= 0")
         _range(self.ood_scale, "evaluate.ood_scale", 0.05, 0.5)
         _check(0.0 <= self.ood_offset <= 0.4, "evaluate.ood_offset", self.ood_offset, "must be in [0, 0.4]")
@@ -224,7 +229,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class Gate:
-    metric: str  # key in metrics/eval.json, dotted (e.g. "val.psnr_mean")
+    metric: str  # key in metrics/eval.json, dotted (e.g. "val.net.psnr_mean")
     min: float | None = None
     max: float | None = None
 
@@ -238,7 +243,7 @@ class Gate:
 
 @dataclass(frozen=True)
 class PromoteConfig:
-    metric: str = "val.psnr_mean"  # the metric a candidate must beat the champion on
+    metric: str = "val.net.psnr_mean"  # the metric a candidate must beat the champion on
     higher_is_better: bool = True
     min_delta: float = 0.0  # the candidate must be better by more than this
     gates: tuple[Gate, ...] = ()
@@ -309,9 +314,10 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
 
 
 def _check_metric_name(name: str, key: str) -> None:
-    """A metric as registry and promote read it: `<eval.json block>.<metric>`, e.g. val.psnr_mean."""
-    block, _, metric = name.partition(".")
-    _check(bool(block.strip() and metric.strip()), key, name, "must be <block>.<metric>, e.g. val.psnr_mean")
+    """A metric as registry and promote read it: `<set>.<scorer>.<metric>`, e.g. val.net.psnr_mean."""
+    parts = name.split(".")
+    _check(len(parts) == 3 and all(p.strip() for p in parts), key, name,
+           "must be <set>.<scorer>.<metric>, e.g. val.net.psnr_mean")
 
 
 def _range(pair: tuple, key: str, lo: float, hi: float) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from polycolor.errors import PolycolorError
+from polycolor.evaluation.names import BEHAVIOUR, MODEL_SCORERS, VAL
 from polycolor.nn import modelio
 from polycolor.nn.model import count_parameters
 from polycolor.serving import pyfunc, registry
@@ -30,7 +31,7 @@ PYFUNC_ENTRY = Path(__file__).resolve().with_name("pyfunc_entry.py")
 LOGGED_MODEL_NAME = "model"  # name of the logged model within the training run
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
-CARD_METRICS = ("psnr_mean", "ssim", "colour_accuracy", "iou", "boundary_f1", "bleeding")  # columns of the card table
+CARD_METRICS = ("psnr_mean", "psnr_min", "iou", "colour_accuracy", "bleeding")  # columns of the card table
 
 INTENDED_USE = (
     "Fill the outline of a single polygon (black outline on a white background, as in the Ayna dataset) with a "
@@ -41,8 +42,10 @@ INTENDED_USE = (
 KNOWN_LIMITS = (
     "Trained mostly on synthetic polygons (8 shapes, limited scale, rotation and offset); poses beyond the "
     "training ranges are scored separately as `ood` in the metrics.",
-    "Inputs of any size are resized (nearest) to the model's image size and back, so thin outlines in large "
-    "images can break up and very small images lose detail.",
+    "The network sees the model's image size: a larger input is shrunk by a min pool (the darkest pixel of each "
+    "window) and its mask resized back; the painter's post-processing (the `paint` params stored with the "
+    "package: canonical form, snapping to the outline) makes that exact at the input's size. Both are scored "
+    "apart in the metrics: `net` (the network alone) and `painted` (what this package outputs).",
     "One polygon per image; several shapes, text, photos or filled shapes are outside what it was trained on.",
     "The output holds exactly white and the requested colour (composite head); anti-aliasing is not reproduced.",
     "Serving needs the polycolor package installed (pyfunc_entry.py imports it); use --env-manager local in the "
@@ -159,17 +162,23 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         "## Metrics",
     ]
-    blocks = {k: v for k, v in card["metrics"].items() if isinstance(v, dict)}
+    blocks = {k: v for k, v in card["metrics"].items() if isinstance(v, dict) and k != BEHAVIOUR}
     if blocks:
-        lines += ["| set | " + " | ".join(CARD_METRICS) + " |", "|---" * (len(CARD_METRICS) + 1) + "|"]
-        for block, values in blocks.items():
-            if "skipped" in values:
-                lines.append(f"| {block} | skipped: {values['skipped']} |" + " |" * (len(CARD_METRICS) - 1))
+        lines += ["| set | scorer | " + " | ".join(CARD_METRICS) + " |", "|---" * (len(CARD_METRICS) + 2) + "|"]
+        for block, scorers in blocks.items():
+            if "skipped" in scorers:
+                lines.append(f"| {block} | skipped: {scorers['skipped']} |" + " |" * len(CARD_METRICS))
                 continue
-            cells = [_fmt(values.get(k)) for k in CARD_METRICS]
-            lines.append(f"| {block} | " + " | ".join(cells) + " |")
+            for scorer, values in scorers.items():
+                cells = [_fmt(values.get(k)) for k in CARD_METRICS]
+                lines.append(f"| {block} | {scorer} | " + " | ".join(cells) + " |")
     else:
         lines.append("(no metrics)")
+    behaviour = card["metrics"].get(BEHAVIOUR, {})
+    if behaviour and "skipped" not in behaviour:
+        lines += ["", "Behaviour (1 = holds everywhere; see polycolor.evaluation.behaviour): " + "; ".join(
+            f"{scorer} " + ", ".join(f"{k} {_fmt(v)}" for k, v in values.items() if not k.endswith("_exact"))
+            for scorer, values in behaviour.items())]
     lines += ["", "## Known limits", *(f"- {x}" for x in card["known_limits"]), "", "## Params"]
     lines += [f"- `{k}`: {v}" for k, v in card["params"].items()] or ["(none recorded)"]
     lines += ["", "## Interface", f"- input: {card['interface']['input']}",
@@ -254,23 +263,26 @@ def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int
 
 
 def link_evaluation(eval_run: Any, model_id: str) -> dict[str, float]:
-    """Put the evaluation run's metrics of the model's own blocks on the logged model `model_id`, each tied to the
-    dataset it was computed on (mlflow.log_metrics with model_id and dataset, recorded against the evaluation run,
-    which thereby gets the model as an input). The flood-fill reference's blocks stay on the run only: they score
-    another method. Returns the linked {key: value}."""
+    """Put the evaluation run's metrics of the model's own scorers (`<set>.net.*`, `<set>.painted.*`, the
+    behavioural shares `behaviour.net.*` included) on the logged model `model_id`, each tied to the dataset it was
+    computed on (the behavioural shares to val's), with mlflow.log_metrics(model_id=..., dataset=...) recorded
+    against the evaluation run, which thereby gets the model as an input. The flood fill's figures stay on the run
+    only: they score another method. Returns the linked {key: value}."""
     import mlflow
 
     from polycolor.tracking import with_retry
 
     datasets = {i.dataset.name: i.dataset for i in eval_run.inputs.dataset_inputs}
-    by_set: dict[str, dict[str, float]] = {}
+    by_set: dict[str | None, dict[str, float]] = {}
     for key, value in eval_run.data.metrics.items():
-        block = key.split(".", 1)[0]
-        if block in datasets:  # reference blocks are named <set>_reference (or reference): no dataset of that name
-            by_set.setdefault(block, {})[key] = value
-    for name, values in sorted(by_set.items()):
+        block, scorer = (key.split(".") + [""])[:2]
+        if scorer not in MODEL_SCORERS:
+            continue
+        ds_name = VAL if block == BEHAVIOUR else block
+        by_set.setdefault(ds_name if ds_name in datasets else None, {})[key] = value
+    for name, values in sorted(by_set.items(), key=lambda kv: kv[0] or ""):
         with_retry(mlflow.log_metrics, values, run_id=eval_run.info.run_id, model_id=model_id,
-                   dataset=datasets[name])
+                   dataset=datasets[name] if name else None)
     return {k: v for values in by_set.values() for k, v in values.items()}
 
 

@@ -39,7 +39,7 @@ CONTENT_TAG = "content_sha256"  # version tag: modelio.content_hash of the model
 EVAL_RUN_TAG = "evaluation_run"  # the evaluation run whose metrics the version's logged model carries
 DECISION_TAG, REASON_TAG, AT_TAG = "promotion.decision", "promotion.reason", "promotion.at"
 METRIC_TAG = "promotion.metric"  # "<promote.metric> = <value>" of the version when it was decided on
-TABLE_METRICS = ("val.psnr_mean", "val.colour_accuracy", "val.iou", "ayna_real.psnr_mean")
+TABLE_METRICS = ("val.net.psnr_mean", "val.painted.psnr_mean", "gappy.net.psnr_mean", "val.net.colour_accuracy")
 
 
 def missing_store() -> Path | None:

@@ -1,0 +1,9 @@
+"""The names evaluation results are filed under, in eval.json, MLflow metric keys (`<set>.<scorer>.<metric>`) and the
+registry: defined once, here, so the package stage can tell the model's own figures from the reference's without
+importing the scoring code."""
+
+VAL = "val"  # the validation split
+BEHAVIOUR = "behaviour"  # the behavioural shares, measured on the first evaluate.behaviour_samples of val
+NET, PAINTED, FLOOD_FILL = "net", "painted", "flood_fill"
+SCORERS = (NET, PAINTED, FLOOD_FILL)  # the network alone, the full painter, the classical reference
+MODEL_SCORERS = (NET, PAINTED)  # the model's own figures: these reach the logged model and so the registry
