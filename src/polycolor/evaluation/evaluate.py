@@ -38,8 +38,9 @@ from polycolor.evaluation import metrics as M
 from polycolor.evaluation.behaviour import behaviour_shares
 from polycolor.evaluation.reference import reference_fill
 from polycolor.fileio import atomic_output
-from polycolor.nn.inference import paint, paintable
+from polycolor.nn.colour import paintable
 from polycolor.nn.modelio import LoadedModel, load_model
+from polycolor.painting.painter import paint
 from polycolor.paths import repo_path
 
 VAL = "val"
