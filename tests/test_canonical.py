@@ -10,18 +10,12 @@ import torch
 from polycolor.config import IngestConfig, ModelConfig
 from polycolor.data.synth import generate
 from polycolor.images import images_to_tensor, painted_mask
-from polycolor.nn.inference import (
-    POSES,
-    _paint_net,
-    canonicalise,
-    encode_colours,
-    gap_px_at,
-    paint,
-    restore,
-    turn,
-)
+from polycolor.nn.colour import encode_colours
 from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import LoadedModel
+from polycolor.painting.canonical import POSES, canonicalise, restore, turn
+from polycolor.painting.painter import paint, paint_net
+from polycolor.painting.snap import gap_px_at
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +47,8 @@ def masks(loaded: LoadedModel, x: np.ndarray, colours: list[str]) -> np.ndarray:
 def test_the_net_alone_is_not_equivariant(arbitrary: LoadedModel):
     """What the canonical form is for: the same net on turned inputs paints other masks."""
     x, colours = inputs()
-    idx, rgb = encode_colours(colours, arbitrary.vocab, "rgb")
-    with torch.no_grad():
-        base = _paint_net(arbitrary, x, idx, rgb)
-        turned = _paint_net(arbitrary, np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))), idx, rgb)
+    base = painted_mask(paint_net(arbitrary, x, colours))
+    turned = painted_mask(paint_net(arbitrary, np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))), colours))
     assert 0.2 < base.mean() < 0.8
     assert not np.array_equal(turned, np.rot90(base, 1, axes=(1, 2)))
 

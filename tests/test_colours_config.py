@@ -97,6 +97,18 @@ def test_bad_colours_are_one_line_errors(bad, words):
     ({"ingest": {"image_size": 100}}, "ingest.image_size", "100"),  # 4 levels: divisible by 8
     ({"ingest": {"image_size": 48}, "model": {"widths": [4, 8, 16, 32, 64, 128]}}, "ingest.image_size", "48"),
     ({"serving": {"max_pixels": 0}}, "serving.max_pixels", "0"),
+    ({"paint": {"canonical": "yes"}}, "paint.canonical", "'yes'"),
+    ({"paint": {"snap": "sometimes"}}, "paint.snap", "'sometimes'"),
+    ({"paint": {"ink_threshold": 0}}, "paint.ink_threshold", "0"),
+    ({"paint": {"ink_threshold": 256}}, "paint.ink_threshold", "256"),
+    ({"paint": {"gap_px": 0}}, "paint.gap_px", "0"),
+    ({"paint": {"gap_px": 2.5}}, "paint.gap_px", "2.5"),
+    ({"paint": {"snap_share": 0.5}}, "paint.snap_share", "0.5"),  # a region both filled and cleared
+    ({"paint": {"clear_share": -0.1}}, "paint.clear_share", "-0.1"),
+    ({"paint": {"clear_share": 0.3, "snap_share": 0.25}}, "paint.clear_share", "0.3"),
+    ({"paint": {"enclosed_share": 0.4}}, "paint.enclosed_share", "0.4"),
+    ({"paint": {"enclosed_share": 1.5}}, "paint.enclosed_share", "1.5"),
+    ({"paint": {"threshold": 128}}, "paint.threshold", "known"),
 ])
 def test_config_errors_name_key_and_value(params, key, value):
     with pytest.raises(ConfigError) as e:

@@ -15,7 +15,7 @@ from polycolor.images import (
     to_signed,
     to_uint8,
 )
-from polycolor.nn.inference import paintable
+from polycolor.nn.colour import paintable
 
 EVERY_VALUE = np.arange(256, dtype=np.uint8)
 

@@ -8,14 +8,11 @@ from scipy import ndimage
 
 from polycolor.config import IngestConfig, ModelConfig
 from polycolor.data.synth import generate
-from polycolor.nn.inference import (
-    images_to_tensor,
-    paint,
-    snap_to_outline,
-    to_model_size,
-)
+from polycolor.images import images_to_tensor
 from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import LoadedModel
+from polycolor.painting.painter import paint, to_model_size
+from polycolor.painting.snap import snap_to_outline
 
 
 def square(size: int, lo: int, hi: int, width: int = 1) -> tuple[np.ndarray, np.ndarray]:

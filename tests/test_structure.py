@@ -28,6 +28,7 @@ LAYERS = [
     {"tracking"},
     {"data"},
     {"nn"},
+    {"painting"},  # the post-processing: training never imports it, so changing it does not retrain
     {"training", "evaluation"},
     {"serving"},
     {"bench", "cli", "report", "stack"},
@@ -138,3 +139,10 @@ def test_package_inits_hold_no_code() -> None:
         body = ast.parse(init.read_text()).body
         code = [n for n in body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
         assert not code, f"{rel(init)} holds code; add it to the stage deps or move it into a module"
+
+
+def test_training_never_imports_the_painting_code() -> None:
+    """The post-processing can change without retraining: nothing training runs reaches polycolor.painting."""
+    roots = sorted((PKG / "training").glob("*.py")) + [ROOT / "stages/train.py"]
+    reached = sorted(rel(f) for f in closure(roots) if f.is_relative_to(PKG / "painting"))
+    assert not reached, f"training reaches the painting code: {reached}"

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from polycolor.colours import resolve_colour
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.reference import reference_fill
-from polycolor.nn.inference import paint
+from polycolor.painting.painter import paint
 from polycolor.nn.modelio import load_model
 
 COLOURS = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple"]

@@ -7,9 +7,9 @@ Each set is the plain training geometry of params.yaml (the Ayna shapes, no gaps
 2-12, 4-24 px). Strategies:
   resize   the old paint: nearest resize to the model size, hard mask, nearest back;
   native   the fully convolutional net run at the input's own size (sizes divisible by 2^(levels-1));
-  bilinear min-pool down, mask logits resized back bilinearly, thresholded (no snapping);
-  snap     bilinear, then inference.snap_to_outline against the input;
-  paint    inference.paint itself: snap, run on the input's canonical form (canonicalise / restore).
+  bilinear painter.paint_net, the `net` painter: min-pool down, mask logits resized back bilinearly, thresholded;
+  snap     bilinear, then snap.snap_to_outline against the input (paint with canonical off, snap always);
+  paint    painter.paint itself with params.yaml's `paint` section (snap on the input's canonical form).
 Prints mean / min PSNR and mean IoU per set and strategy.
 """
 
@@ -22,27 +22,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polycolor.config import load_params
+from polycolor.config import PaintConfig, load_params
 from polycolor.data.synth import generate
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.evaluate import plain_geometry
-from polycolor.images import painted_mask, tensor_to_images
-from polycolor.nn.inference import (
-    encode_colours,
-    gap_px_at,
-    images_to_tensor,
-    paint,
-    snap_to_outline,
-    to_model_size,
-)
+from polycolor.images import images_to_tensor, tensor_to_images
+from polycolor.nn.colour import encode_colours
 from polycolor.nn.model import composite
 from polycolor.nn.modelio import load_model
+from polycolor.painting.painter import paint, paint_net
 
 
 @torch.no_grad()
-def paint_with(loaded, inputs, colours, strategy):
+def paint_with(loaded, inputs, colours, strategy, cfg: PaintConfig):
     if strategy == "paint":
-        return paint(loaded, inputs, list(colours))
+        return paint(loaded, inputs, list(colours), cfg)
+    if strategy == "snap":
+        return paint(loaded, inputs, list(colours), dataclasses.replace(cfg, canonical=False, snap="always"))
+    if strategy == "bilinear":
+        return paint_net(loaded, inputs, list(colours))
     idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
     n, h, w, _ = inputs.shape
     size = loaded.image_size
@@ -56,12 +54,7 @@ def paint_with(loaded, inputs, colours, strategy):
         elif strategy == "native":
             mask = loaded.model(xi, ii, ci).mask_logits[0, 0].numpy() > 0
         else:
-            logits = loaded.model(to_model_size(xi, size), ii, ci).mask_logits
-            if (h, w) != (size, size):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            mask = logits[0, 0].numpy() > 0
-            if strategy == "snap":
-                mask = snap_to_outline(mask, painted_mask(inputs[i]), gap_px_at(h, w, size), (h, w) != (size, size))
+            raise ValueError(f"unknown strategy {strategy!r}")
         img = composite(torch.from_numpy(mask)[None, None].float(), ci)
         out.append(tensor_to_images(img)[0])
     return np.stack(out)
@@ -89,7 +82,7 @@ def main() -> None:
     for name, geometry in sets.items():
         a = generate(geometry, args.n, np.random.default_rng([cfg.seed, 0x5123]))
         for strategy in ("resize", "native", "bilinear", "snap", "paint"):
-            preds = paint_with(loaded, a.inputs, a.colours, strategy)
+            preds = paint_with(loaded, a.inputs, a.colours, strategy, cfg.paint)
             rows = M.score(a.targets, preds, a.colours)
             print(f"{name:<11}{strategy:<10}{rows['psnr'].mean():>10.2f}{rows['psnr'].min():>10.2f}"
                   f"{rows['iou'].mean():>8.4f}", flush=True)

@@ -5,7 +5,7 @@ Figures, all measured in the same process so ratios are comparable on a noisy ma
   train_gflop_per_image  model FLOPs of one training step per image (forward + backward, torch's FlopCounterMode)
   train_images_per_s     training throughput at train.batch_size on synthetic data, after warm-up
   train_ceiling_ratio    train_gflop_per_image x train_images_per_s / matmul_gflops
-  infer_ms_p50/p95       polycolor.nn.inference.paint on one 128 px image (batch 1), as `polycolor predict` runs it;
+  infer_ms_p50/p95       polycolor.painting.painter.paint on one 128 px image (batch 1), as `polycolor predict` runs it;
                          infer_ms_p50_256px etc. at 256 and 512 px (drawn natively, painted at full quality)
   infer_images_per_s     paint throughput on 64 images of 128 px at batch 1, 4, ..., 64: median of 5 warm runs
   infer_best_batch       the batch size with the highest of those
@@ -34,10 +34,11 @@ import torch
 from polycolor.config import Config
 from polycolor.data.synth import generate
 from polycolor.images import images_to_tensor
-from polycolor.nn.inference import encode_colours, paint, paintable
+from polycolor.nn.colour import encode_colours, paintable
 from polycolor.nn.losses import Objective
 from polycolor.nn.model import ConditionalUNet, count_parameters
 from polycolor.nn.modelio import LoadedModel, load_model
+from polycolor.painting.painter import paint
 
 STAGES = ("check", "ingest", "augment", "train", "evaluate", "package")
 

@@ -208,7 +208,7 @@ class EvaluateConfig:
     jpeg_quality: int = 80  # the jpeg set: inputs JPEG-compressed at this quality
     behaviour_samples: int = 32  # validation samples the behavioural (invariance) shares are measured on; 0 disables
     grid_samples: int = 8  # rows of the qualitative grid
-    batch_size: int = 4  # images per forward pass (inference.BATCH_SIZE, chosen by `polycolor bench`)
+    batch_size: int = 4  # images per forward pass (painting.painter.BATCH_SIZE, chosen by `polycolor bench`)
 
     def validate(self) -> None:
         _check(self.ood_samples >= 0, "evaluate.ood_samples", self.ood_samples, "must be >= 0")
@@ -225,6 +225,34 @@ class EvaluateConfig:
         _check(0.0 <= self.ood_offset <= 0.4, "evaluate.ood_offset", self.ood_offset, "must be in [0, 0.4]")
         _check(self.grid_samples >= 1, "evaluate.grid_samples", self.grid_samples, "must be >= 1")
         _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")
+
+
+SNAP_MODES = ("off", "resized", "always")
+
+
+@dataclass(frozen=True)
+class PaintConfig:
+    """The painter's post-processing (polycolor.painting): each step switchable, every constant here. The package
+    stage stores it with the model, so predict, serve and the demo paint as evaluation measured."""
+
+    canonical: bool = True  # paint the canonical form: crop to the ink, smallest of the 8 poses, centred
+    snap: str = "always"  # off | resized (only a mask resized from the model's size) | always: snap to the outline
+    ink_threshold: int = 128  # a pixel is ink when its darkest channel is below this (0-255): more than half covered
+    gap_px: int = 4  # px at the model's size: the outline grown by this bridges gaps up to ~2 gap_px long
+    clear_share: float = 0.03  # a whole region is cleared only when the net paints at most this share of it
+    snap_share: float = 0.25  # a region the net paints on <= this share is cleared, on >= 1 - this filled
+    enclosed_share: float = 0.75  # a painted blob whose border is at least this much outline is an interior
+
+    def validate(self) -> None:
+        _check(self.snap in SNAP_MODES, "paint.snap", self.snap, f"must be one of {', '.join(SNAP_MODES)}")
+        _check(1 <= self.ink_threshold <= 255, "paint.ink_threshold", self.ink_threshold, "must be in [1, 255]")
+        _check(1 <= self.gap_px <= 64, "paint.gap_px", self.gap_px, "must be in [1, 64]")
+        _check(0.0 <= self.snap_share < 0.5, "paint.snap_share", self.snap_share,
+               "must be in [0, 0.5) (a region cannot be both filled and cleared)")
+        _check(0.0 <= self.clear_share <= self.snap_share, "paint.clear_share", self.clear_share,
+               f"must be in [0, paint.snap_share = {self.snap_share}]")
+        _check(0.5 <= self.enclosed_share <= 1.0, "paint.enclosed_share", self.enclosed_share,
+               "must be in [0.5, 1] (stray paint beside an outline is bordered by it about half way)")
 
 
 @dataclass(frozen=True)
@@ -289,6 +317,7 @@ class Config:
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    paint: PaintConfig = PaintConfig()
     promote: PromoteConfig = PromoteConfig()
     serving: ServingConfig = ServingConfig()
     mlflow: MlflowConfig = MlflowConfig()

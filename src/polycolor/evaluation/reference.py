@@ -31,7 +31,7 @@ def reference_fill(inputs: np.ndarray, colours: Sequence[str]) -> np.ndarray:
     """Paint each outline's enclosed region (outline included) with its colour on white.
 
     inputs: uint8 (N, H, W, 3); colours: N colour strings. Returns uint8 (N, H, W, 3). Same call shape as
-    inference.paint without the model, so evaluate scores both the same way.
+    painting.painter.paint without the model, so evaluate scores both the same way.
     """
     if inputs.ndim != 4 or inputs.shape[-1] != 3:
         raise PolycolorError(f"inputs must be (N, H, W, 3) RGB images, got shape {inputs.shape}")

@@ -1,1 +1,1 @@
-"""The network and what touches it directly: the UNet, the losses, model files, painting a batch. No tracking."""
+"""The network and what touches it directly: the UNet, the losses, model files, colour encoding. No tracking."""

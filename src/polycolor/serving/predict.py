@@ -1,7 +1,7 @@
 """Painting image files and Ayna splits with a model given as a package folder, a .pt file or an MLflow URI.
 
 Every model reference is resolved to a local model file (models/model.pt format) and loaded with
-modelio.load_model; painting is inference.paint. Images of any size and mode are read as ingest reads them
+modelio.load_model; painting is painting.painter.paint. Images of any size and mode are read as ingest reads them
 (ayna.load_image with size None) and come back at their own size; every output file is written atomically.
 """
 
@@ -18,7 +18,7 @@ from polycolor.data.ayna import OUTPUTS, load_image, read_split, write_png
 from polycolor.errors import PolycolorError
 from polycolor.fileio import atomic_output
 from polycolor.nn import modelio
-from polycolor.nn.inference import paint
+from polycolor.painting.painter import paint
 
 DEFAULT_PACKAGE = "package"  # the package stage's output, relative to the repo root
 CHAMPION_URI = "models:/{name}@champion"
@@ -26,7 +26,7 @@ MODEL_ARTIFACT = "model"  # key of models/model.pt among the pyfunc's artifacts 
 
 
 def paint_images(loaded: modelio.LoadedModel, images: list[np.ndarray], colours: list[str]) -> list[np.ndarray]:
-    """inference.paint over images of mixed sizes: each uint8 (H_i, W_i, 3) comes back at its own size.
+    """painter.paint over images of mixed sizes: each uint8 (H_i, W_i, 3) comes back at its own size.
 
     paint takes one (N, H, W, 3) batch, so images are grouped by size and put back in their order.
     """

@@ -8,7 +8,7 @@ module itself has no import side effects. The weights come in as the artifact
 Wire format (one row per image):
   input:  DataFrame with columns `image` (base64-encoded PNG, any size and mode) and `colour` (name or #rrggbb);
   output: DataFrame with column `image` (base64-encoded RGB PNG of the input's size).
-Prediction itself is polycolor.nn.inference.paint (through predict.paint_images, which groups rows by size);
+Prediction itself is polycolor.painting.painter.paint (through predict.paint_images, which groups rows by size);
 this file only decodes and encodes.
 """
 

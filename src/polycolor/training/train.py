@@ -16,7 +16,7 @@ from polycolor.config import Config, flatten
 from polycolor.data.ayna import load_split
 from polycolor.errors import PolycolorError
 from polycolor.fileio import atomic_output, folder_digest, write_json_atomic
-from polycolor.nn.inference import paintable
+from polycolor.nn.colour import paintable
 from polycolor.nn.model import count_parameters
 from polycolor.nn.modelio import save_model
 from polycolor.training import distributed as dist

@@ -30,7 +30,7 @@ from polycolor.colours import canonical_colour
 from polycolor.config import LossConfig, ModelConfig, TrainConfig
 from polycolor.errors import PolycolorError
 from polycolor.images import to_signed, to_uint8
-from polycolor.nn.inference import encode_colours, hard_image
+from polycolor.nn.colour import encode_colours, hard_image
 from polycolor.nn.losses import Objective
 from polycolor.nn.model import ConditionalUNet, count_parameters
 from polycolor.nn.modelio import atomic_torch_save, model_payload

@@ -1,0 +1,138 @@
+"""The painters: `net`, the network alone at its own size, and `painted`, the full painter that predict, serve and
+the demo output (the network plus the post-processing PaintConfig switches on: canonical form, snapping).
+
+Both are scored by evaluate, so a reader sees what the network does and what the post-processing adds.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polycolor.config import PaintConfig
+from polycolor.errors import PolycolorError
+from polycolor.images import images_to_tensor, tensor_to_images
+from polycolor.nn.colour import encode_colours
+from polycolor.nn.model import composite
+from polycolor.nn.modelio import LoadedModel
+from polycolor.painting.canonical import canonicalise, restore
+from polycolor.painting.snap import gap_px_at, ink_mask, snap_to_outline
+
+# Images per forward pass: `polycolor bench` found 4 at least as fast per image as 1 and 8, and larger batches
+# slower (their activations outgrow the CPU caches); figures in docs/performance.md items 13 and 18.
+BATCH_SIZE = 4
+PAINTERS = ("net", "painted")  # the network alone | the full painter
+NET_ONLY = PaintConfig(canonical=False, snap="off")  # paint with every post-processing step off is the `net` painter
+Predictor = Callable[[np.ndarray, list[str]], np.ndarray]  # (N, H, W, 3) uint8 + N colours -> (N, H, W, 3) uint8
+
+
+def to_model_size(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, h, w) in [-1, 1] -> (B, 3, size, size). Shrinking takes the darkest pixel of each window (a min pool),
+    so a thin outline stays unbroken instead of losing the pixels nearest sampling skips; growing is nearest."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if h >= size and w >= size:
+        return -F.adaptive_max_pool2d(-x, (size, size))
+    return F.interpolate(x, size=(size, size), mode="nearest")
+
+
+def _net(loaded: LoadedModel, batch: np.ndarray, idx: torch.Tensor, rgb: torch.Tensor) -> np.ndarray:
+    """The net on one batch of same-size images uint8 (b, h, w, 3), run at its own size (to_model_size): for the
+    composite head its masks (b, h, w) bool (logits resized back bilinearly, thresholded at 0, i.e. sigmoid 0.5),
+    for the tanh head its images uint8 (b, h, w, 3) (resized back, nearest)."""
+    model = loaded.model
+    device = next(model.parameters()).device
+    h, w = batch.shape[1:3]
+    x = to_model_size(images_to_tensor(batch).to(device), loaded.image_size)  # (b, 3, size, size)
+    pred = model(x.contiguous(memory_format=torch.channels_last), idx.to(device), rgb.to(device))
+    if pred.mask_logits is None:
+        image = pred.image if pred.image.shape[-2:] == (h, w) else F.interpolate(pred.image, size=(h, w),
+                                                                                  mode="nearest")
+        return tensor_to_images(image)
+    logits = pred.mask_logits  # (b, 1, size, size)
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return (logits[:, 0] > 0).cpu().numpy()  # (b, h, w)
+
+
+def _snapped(masks: np.ndarray, batch: np.ndarray, model_size: int, cfg: PaintConfig) -> np.ndarray:
+    """The net's masks (b, h, w) bool snapped to the outlines of `batch` uint8 (b, h, w, 3) as cfg.snap says:
+    always, only when the net ran at another size than the batch's (`resized`), or never."""
+    h, w = batch.shape[1:3]
+    resized = (h, w) != (model_size, model_size)
+    if cfg.snap == "off" or (cfg.snap == "resized" and not resized):
+        return masks
+    ink = ink_mask(batch, cfg.ink_threshold)  # (b, h, w)
+    gap_px = gap_px_at(h, w, model_size, cfg.gap_px)
+    return np.stack([snap_to_outline(m, k, gap_px, resized, cfg) for m, k in zip(masks, ink)])
+
+
+@torch.no_grad()
+def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: PaintConfig = PaintConfig(),
+          batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Fill each outline with its colour: the `painted` painter.
+
+    inputs: uint8 (N, H, W, 3) RGB outlines, any H, W; colours: N colour strings. Returns uint8 (N, H, W, 3).
+    The net runs at its own image size (_net). As cfg says:
+    - canonical: each image is painted in its canonical form (canonicalise) and the paint carried back (restore),
+      so turning, flipping or shifting an input turns, flips or shifts its paint exactly, and only the ink's
+      surroundings are painted;
+    - snap: the composite head's masks are snapped to the input's own outline (snap_to_outline), which makes a
+      mask resized from the model's size exact at the input's; the tanh head's images are never snapped.
+    With both off this is paint_net. The composite head's output is two-valued, white and the colour.
+    """
+    if inputs.ndim != 4 or inputs.shape[-1] != 3:
+        raise PolycolorError(f"inputs must be (N, H, W, 3) RGB images, got shape {inputs.shape}")
+    if len(colours) != len(inputs):
+        raise PolycolorError(f"{len(inputs)} images but {len(colours)} colours")
+    loaded.model.eval()
+    idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
+    n, h, w, _ = inputs.shape
+    canon = [canonicalise(x, loaded.image_size, cfg) for x in inputs] if cfg.canonical else None
+    images = [c.image for c in canon] if canon is not None else list(inputs)  # what the net is shown
+    composite_head = loaded.config.head == "composite"
+    masks = np.empty((n, h, w), dtype=bool)
+    out = np.empty_like(inputs)
+    # a turn of a non-square image is (W, H): the net takes each shape in batches of its own
+    for shape in dict.fromkeys(im.shape for im in images):
+        members = [i for i in range(n) if images[i].shape == shape]
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            batch = np.stack([images[i] for i in chunk])  # (b, h', w', 3)
+            painted = _net(loaded, batch, idx[chunk], rgb[chunk])
+            if composite_head:
+                painted = _snapped(painted, batch, loaded.image_size, cfg)
+            for j, i in enumerate(chunk):
+                back = painted[j] if canon is None else restore(painted[j], canon[i], (h, w),
+                                                                False if composite_head else 255)
+                if composite_head:
+                    masks[i] = back
+                else:
+                    out[i] = back
+    if composite_head:
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            out[sl] = tensor_to_images(composite(torch.from_numpy(masks[sl])[:, None].float(), rgb[sl]))
+    return out
+
+
+def paint_net(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """The `net` painter: the network at its own size and nothing else. The input is resized to the model's size
+    (to_model_size); the composite head's mask logits are resized back bilinearly and thresholded at 0, the tanh
+    head's image resized back (nearest). uint8 (N, H, W, 3) in, uint8 (N, H, W, 3) out."""
+    return paint(loaded, inputs, colours, NET_ONLY, batch_size)
+
+
+def painter(name: str, loaded: LoadedModel, cfg: PaintConfig, batch_size: int = BATCH_SIZE) -> Predictor:
+    """A painter by name (PAINTERS) as a Predictor (inputs, colours) -> images: "net" is paint_net, "painted" is
+    paint with `cfg`."""
+    if name == "net":
+        return functools.partial(paint_net, loaded, batch_size=batch_size)
+    if name == "painted":
+        return functools.partial(paint, loaded, cfg=cfg, batch_size=batch_size)
+    raise PolycolorError(f"painter must be one of {', '.join(PAINTERS)}, got {name!r}")
