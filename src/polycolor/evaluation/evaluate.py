@@ -68,7 +68,74 @@ class Evaluation:
             "confusion.csv": net_val.dropna(subset=["painted"])[["requested", "painted"]].reset_index(drop=True),
         }
 
-    def headline(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def headline(self) -> dict[str, Any]:
+        return headline(self.metrics)
+
+
+def predictors(loaded: LoadedModel, paint_cfg: PaintConfig, batch_size: int) -> dict[str, M.Predictor]:
+    """{scorer: predictor} for SCORERS."""
+    return {NET: painter(NET, loaded, paint_cfg, batch_size), PAINTED: painter(PAINTED, loaded, paint_cfg, batch_size),
+            FLOOD_FILL: reference_fill}
+
+
+def score_set(predict: M.Predictor, arrays: Any) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    """(summary block, per-sample rows, predictions (N, H, W, 3) uint8) of one predictor on one set."""
+    preds = predict(arrays.inputs, arrays.colours)
+    rows = M.score(arrays.targets, preds, arrays.colours, arrays.shapes)
+    block = {**M.summarise(rows),
+             "latency_ms_p50": M.latency_ms_p50(predict, arrays.inputs, arrays.colours, LATENCY_SAMPLES),
+             "n": len(arrays)}
+    return block, rows, preds
+
+
+def evaluate_model(loaded: LoadedModel, sets: list[EvalSet], cfg: EvaluateConfig, paint_cfg: PaintConfig,
+                   skipped: dict[str, str] | None = None, seed: int = 0) -> Evaluation:
+    """Score every painter on every set, and each behaviourally on the first cfg.behaviour_samples of val (sets[0];
+    shifts drawn from `seed`'s own stream). No file I/O, no MLflow."""
+    predict = predictors(loaded, paint_cfg, cfg.batch_size)
+    metrics: dict[str, dict[str, Any]] = {}
+    frames: list[pd.DataFrame] = []
+    grid_rows: list[GridRow] = []
+    notes: list[str] = []
+    generated = generated_names(cfg)
+    for s in sets:
+        keep = paintable(s.arrays.colours, loaded.vocab, loaded.config.colour_encoding)
+        if len(keep) == 0:
+            reason = "no sample has a colour from the model's vocabulary (embedding encoding)"
+            metrics[s.name] = {"skipped": reason}
+            notes.append(f"{s.name}: skipped, {reason}")
+            continue
+        if len(keep) < len(s.arrays):
+            notes.append(f"{s.name}: {len(s.arrays) - len(keep)} sample(s) in colours outside the model's "
+                         "vocabulary left out (embedding encoding)")
+        arrays = subset(s.arrays, keep)
+        metrics[s.name], preds = {}, {}
+        for scorer in SCORERS:
+            metrics[s.name][scorer], rows, preds[scorer] = score_set(predict[scorer], arrays)
+            rows.insert(0, "scorer", scorer)
+            rows.insert(0, "set", s.name)
+            rows["index"] = keep[rows["index"].to_numpy()]  # index into the set as loaded
+            frames.append(rows)
+        # the grid: val and the extra sets, and a few rows of some generated sets at val's size
+        if s.name not in generated or s.name in GRID_SETS:
+            n_rows = GRID_ROWS_GENERATED if s.name in generated else cfg.grid_samples
+            for i in range(min(n_rows, len(arrays))):
+                grid_rows.append(GridRow(f"{s.name} #{keep[i]} {arrays.colours[i]}", arrays.inputs[i],
+                                         arrays.targets[i], preds[NET][i], preds[PAINTED][i]))
+    if cfg.behaviour_samples > 0 and sets:
+        keep = paintable(sets[0].arrays.colours, loaded.vocab, loaded.config.colour_encoding)[:cfg.behaviour_samples]
+        sample = subset(sets[0].arrays, keep)
+        metrics[BEHAVIOUR] = {scorer: behaviour_shares(predict[scorer], sample,
+                                                       np.random.default_rng([seed, BEHAVIOUR_SEED_STREAM]))
+                              for scorer in SCORERS}
+    for name, reason in (skipped or {}).items():
+        metrics[name] = {"skipped": reason}
+    samples = (pd.concat(frames, ignore_index=True) if frames
+               else pd.DataFrame(columns=["set", "scorer", *M.SAMPLE_COLUMNS]))
+    return Evaluation(metrics=metrics, samples=samples, grid=labelled_grid(grid_rows), notes=notes)
+
+
+def headline(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The figures people compare across experiments (headline.json, the stage's DVC metrics file), ten at most so
     that `dvc exp show --only-changed` fits a 200-column terminal with a couple of params beside them:
       net      PSNR mean and min on val and gappy, mean on the real Ayna split: the network alone;
