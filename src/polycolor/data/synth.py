@@ -202,6 +202,17 @@ def render(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """
     if spec.antialias or spec.downscale > 1 or spec.jpeg_quality:
         return render_varied(spec, image_size)
+    drawn, filled = draw_masks(spec, image_size)
+    inp = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
+    inp[drawn] = 0
+    tgt = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
+    tgt[filled] = spec.rgb
+    return inp, tgt
+
+
+def draw_masks(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(drawn, filled), (H, W) bool each: the outline as drawn in the input (gaps cut) and the target's fill (the
+    polygon as if closed). Only the spec's geometry is drawn, not its anti-aliasing, downscaling or JPEG."""
     v = vertices(spec)
     pts = [(float(x), float(y)) for x, y in v]
     outline_im = Image.new("L", (image_size, image_size), 0)
@@ -213,11 +224,7 @@ def render(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     drawn = outline & ~_gap_mask(v, spec.gaps, spec.width, image_size) if spec.gaps else outline
     if spec.vertex_gaps:
         drawn = drawn & ~_vertex_gap_mask(spec, image_size)
-    inp = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
-    inp[drawn] = 0
-    tgt = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
-    tgt[filled] = spec.rgb
-    return inp, tgt
+    return drawn, filled
 
 
 def corner_sines(pts: np.ndarray) -> np.ndarray:
@@ -279,27 +286,35 @@ def _scaled(spec: PolygonSpec, factor: int) -> PolygonSpec:
         antialias=False, downscale=1, jpeg_quality=0)
 
 
-def _blocks(image: np.ndarray, k: int) -> np.ndarray:
-    """(kH, kW) -> (H, k, W, k): each k x k block of pixels on axes 1 and 3."""
-    return image.reshape(image.shape[0] // k, k, image.shape[1] // k, k)
+def _pool(image: np.ndarray, k: int, combine) -> np.ndarray:
+    """(kH, kW) -> (H, W): `combine` (a binary ufunc: np.add, np.minimum, np.logical_or) folded over each k x k
+    block, rows first, then columns. Strided slices with element-wise ufuncs: exact for integers and bools, and
+    much faster than a reduction over the block axes of a reshaped array."""
+    rows = image[0::k]
+    for i in range(1, k):
+        rows = combine(rows, image[i::k])
+    out = rows[:, 0::k]
+    for j in range(1, k):
+        out = combine(out, rows[:, j::k])
+    return out
 
 
 def box_grey(ink: np.ndarray, k: int) -> np.ndarray:
     """(kH, kW) bool ink -> (H, W) uint8 grey: 255 minus the block's ink coverage on the 0..255 scale, rounded half
     up, in exact integers: 255 - (255 c + k^2 // 2) // k^2 for c inked pixels of k^2. With k = 4 one inked
     sub-pixel gives 239, so any ink is painted at images.WHITE_MIN = 240."""
-    c = _blocks(ink, k).sum(axis=(1, 3), dtype=np.int64)  # (H, W) in 0..k^2
+    c = _pool(ink.astype(np.int32), k, np.add)  # (H, W) in 0..k^2
     return (255 - (255 * c + (k * k) // 2) // (k * k)).astype(np.uint8)
 
 
 def min_pool(image: np.ndarray, k: int) -> np.ndarray:
     """(kH, kW) uint8 -> (H, W): the darkest value of each k x k block, so a thin line is never lost."""
-    return _blocks(image, k).min(axis=(1, 3))
+    return _pool(image, k, np.minimum)
 
 
 def any_pool(mask: np.ndarray, k: int) -> np.ndarray:
     """(kH, kW) bool -> (H, W): True where the k x k block holds any True."""
-    return _blocks(mask, k).any(axis=(1, 3))
+    return _pool(mask, k, np.logical_or)
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -315,7 +330,7 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 def render_varied(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw one pair with the spec's anti-aliasing, downscaling and JPEG: (input, target), uint8 (H, W, 3).
 
-    The plain pair (render) is drawn at F = downscale x (SUPERSAMPLE if antialias) times the size with every length
+    The plain pair (draw_masks) is drawn at F = downscale x (SUPERSAMPLE if antialias) times the size with every length
     scaled (_scaled); then, in exact integers:
     - anti-aliasing: input = box_grey of the outline over SUPERSAMPLE x SUPERSAMPLE blocks;
     - downscaling: input = min_pool over downscale x downscale blocks, the darkest pixel, as the painter brings a
@@ -330,9 +345,7 @@ def render_varied(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.nd
     """
     k = SUPERSAMPLE if spec.antialias else 1
     factor = spec.downscale * k
-    big_in, big_tgt = render(_scaled(spec, factor), image_size * factor)
-    ink = big_in[..., 0] == 0  # (FH, FW) the drawn outline
-    filled = (big_tgt != 255).any(-1)  # (FH, FW) the polygon's fill
+    ink, filled = draw_masks(_scaled(spec, factor), image_size * factor)  # (FH, FW) each
     grey = box_grey(ink, k) if k > 1 else np.where(ink, 0, 255).astype(np.uint8)
     filled = any_pool(filled, k) if k > 1 else filled
     if spec.downscale > 1:
