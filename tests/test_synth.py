@@ -191,10 +191,213 @@ def test_wide_poses_reach_small_large_and_the_border():
 
 
 @pytest.mark.parametrize("key, value", [("gap_fraction", 1.5), ("gap_length", [0, 6]), ("wobble_amplitude", -1.0),
-                                        ("novel_shape_fraction", -0.1), ("wide_scale", [0.3, 0.1])])
+                                        ("novel_shape_fraction", -0.1), ("wide_scale", [0.3, 0.1]),
+                                        ("jpeg_fraction", 1.5), ("jpeg_quality", [95, 60]), ("jpeg_quality", [5, 60]),
+                                        ("antialias_fraction", -0.1), ("vertex_gap_fraction", 2.0),
+                                        ("downscale_fraction", 1.1), ("downscale_factors", [1, 2]),
+                                        ("downscale_factors", []), ("outline_width", [1, 17])])
 def test_bad_variation_params_are_one_line_errors(key, value):
     from polycolor.config import parse_config
     from polycolor.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"ingest.{key}"):
         parse_config({"ingest": {key: value}})
+
+
+def test_pixel_limits_grow_with_the_image_size():
+    """A 512 px set may scale the 128 px widths and gaps by 4; a factor that would draw past 2048 px is refused."""
+    from polycolor.config import parse_config
+    from polycolor.errors import ConfigError
+
+    parse_config({"ingest": {"image_size": 512, "outline_width": [4, 24], "gap_length": [4, 96],
+                             "wobble_amplitude": 10.0}})
+    with pytest.raises(ConfigError, match="ingest.downscale_factors"):
+        parse_config({"ingest": {"image_size": 1024, "downscale_fraction": 0.5, "downscale_factors": [4]}})
+
+
+# --- inputs as people feed a painter: JPEG, anti-aliasing, vertex gaps, downscaling ---------------------------------
+
+FED = IngestConfig(image_size=64, outline_width=(1, 3), gap_fraction=0.4, wobble_fraction=0.3,
+                   novel_shape_fraction=0.3, vertex_gap_fraction=0.5, antialias_fraction=0.25,
+                   downscale_fraction=0.25, downscale_factors=(2, 4), jpeg_fraction=0.25, jpeg_quality=(60, 95))
+
+
+def ink(image: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the input's ink as the painter reads it (images.painted_mask)."""
+    return painted_mask(image)
+
+
+def edge_is_ink(inp: np.ndarray, tgt: np.ndarray) -> bool:
+    """The Ayna convention: every filled pixel with a 4-neighbour outside the fill is ink in the input (the fill's
+    outer edge is the outline's outer edge)."""
+    filled = painted_mask(tgt)
+    padded = np.pad(filled, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return bool((ink(inp) | ~(filled & ~inner)).all())
+
+
+def same_polygon(a: np.ndarray, b: np.ndarray, px: int = 2) -> bool:
+    """Two (H, W) fills of one polygon drawn two ways (one PIL polygon at 1x, one drawn finer and pooled): they
+    differ only within `px` pixels of a's edge, by how each rasterises the edge (PIL's 1x scanlines are off by up
+    to a pixel on shallow edges, and a wobbly edge is sampled more finely when drawn larger)."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    near_edge = binary_dilation(a, iterations=px) & ~binary_erosion(a, iterations=px)
+    return bool(((a != b) <= near_edge).all())
+
+
+def two_valued(tgt: np.ndarray, rgb) -> bool:
+    values = {tuple(v) for v in np.unique(tgt.reshape(-1, 3), axis=0).tolist()}
+    return values == {(255, 255, 255), tuple(int(c) for c in rgb)}
+
+
+def test_each_input_variation_appears_at_its_share():
+    specs = synth.sample_specs(FED, 600, 0)
+    gappy = [s for s in specs if s.gaps or s.vertex_gaps]
+    shares = {
+        "jpeg": np.mean([s.jpeg_quality > 0 for s in specs]),
+        "antialias": np.mean([s.antialias for s in specs]),
+        "downscale": np.mean([s.downscale > 1 for s in specs]),
+        "vertex gaps among gappy": np.mean([bool(s.vertex_gaps) for s in gappy]),
+        "gappy": len(gappy) / len(specs),
+    }
+    expected = {"jpeg": 0.25, "antialias": 0.25, "downscale": 0.25, "vertex gaps among gappy": 0.5, "gappy": 0.4}
+    for key, share in shares.items():
+        assert abs(share - expected[key]) < 0.07, f"{key}: {share:.2f}, expected {expected[key]}"
+    assert {s.jpeg_quality for s in specs if s.jpeg_quality} <= set(range(60, 96))
+    assert {s.downscale for s in specs} == {1, 2, 4}
+    assert not any(s.gaps and s.vertex_gaps for s in specs), "a gappy outline has edge gaps or vertex gaps"
+
+
+def test_input_variations_leave_the_other_draws_alone():
+    """The new shares are drawn after everything else: with them on, every sample keeps its shape, colour, pose,
+    width, wobble and (unless its gaps moved to vertices) its gaps."""
+    plain = synth.sample_specs(synth.only(FED, gap_fraction=0.4, wobble_fraction=0.3, novel_shape_fraction=0.3), 80, 4)
+    fed = synth.sample_specs(FED, 80, 4)
+    for p, f in zip(plain, fed):
+        assert (p.shape, p.colour, p.centre, p.radius, p.angle, p.width, p.unit, p.wobble) == \
+               (f.shape, f.colour, f.centre, f.radius, f.angle, f.width, f.unit, f.wobble)
+        if not f.vertex_gaps:
+            assert p.gaps == f.gaps and p.wobble_seed == f.wobble_seed
+    assert all(s.jpeg_quality == 0 and not s.antialias and s.downscale == 1 and not s.vertex_gaps for s in plain)
+
+
+def test_jpeg_noises_the_input_only():
+    cfg = synth.only(dataclasses.replace(FED, jpeg_quality=(60, 80)), jpeg_fraction=1.0)
+    for spec in synth.sample_specs(cfg, 12, 1):
+        inp, tgt = synth.render(spec, 64)
+        clean_inp, clean_tgt = synth.render(dataclasses.replace(spec, jpeg_quality=0), 64)
+        assert np.array_equal(tgt, clean_tgt) and two_valued(tgt, spec.rgb), "the target is the clean one"
+        assert len(np.unique(inp)) > 10, "compression noise: many values, not two"
+        diff = np.abs(inp.astype(int) - clean_inp.astype(int))
+        assert diff.any() and diff.mean() < 12, f"noise, not another picture (mean {diff.mean():.1f})"
+        assert (ink(clean_inp) & ~ink(inp)).sum() <= 0.02 * ink(clean_inp).sum(), "the outline stays dark"
+
+
+def test_antialiased_outlines_have_grey_edges_and_the_fill_covers_them():
+    cfg = synth.only(FED, antialias_fraction=1.0)
+    for spec in synth.sample_specs(cfg, 16, 2):
+        inp, tgt = synth.render(spec, 64)
+        assert (inp[..., 0] == inp[..., 1]).all() and (inp[..., 0] == inp[..., 2]).all(), "grey, not coloured"
+        grey = (inp[..., 0] > 0) & (inp[..., 0] < 255)
+        assert grey.sum() > 0.2 * ink(inp).sum(), f"{spec.shape}: few grey edge pixels"
+        assert two_valued(tgt, spec.rgb) and edge_is_ink(inp, tgt)
+        assert not (ink(inp) & ~painted_mask(tgt)).any(), "every inked pixel is filled in the target"
+        plain = painted_mask(synth.render(dataclasses.replace(spec, antialias=False), 64)[1])
+        assert same_polygon(plain, painted_mask(tgt)), f"{spec.shape}: another polygon than the plain target"
+
+
+def test_vertex_gaps_sit_on_vertices_and_open_the_outline():
+    from polycolor.data.augment import outline_closed
+
+    for size, widths in [(32, (1, 2)), (128, (1, 6))]:
+        cfg = synth.only(dataclasses.replace(FED, image_size=size, outline_width=widths), gap_fraction=1.0,
+                         vertex_gap_fraction=1.0, novel_shape_fraction=0.3, wobble_fraction=0.3)
+        for spec in synth.sample_specs(cfg, 48, 3):
+            assert spec.vertex_gaps and not spec.gaps
+            inp, tgt = synth.render(spec, size)
+            closed_inp, closed_tgt = synth.render(dataclasses.replace(spec, vertex_gaps=()), size)
+            assert np.array_equal(tgt, closed_tgt), "the target is the polygon closed"
+            removed = ink(closed_inp) & ~ink(inp)
+            straight = synth.vertices(dataclasses.replace(spec, wobble=0.0))
+            sines = synth.corner_sines(straight)
+            yy, xx = np.nonzero(removed)
+            near = np.zeros(len(yy), dtype=bool)
+            for v, length in spec.vertex_gaps:
+                r = synth.vertex_gap_radius(length, sines[v], spec.width, spec.wobble)
+                at = ((xx - straight[v, 0]) ** 2 + (yy - straight[v, 1]) ** 2) <= r * r
+                assert at.any(), f"{spec.shape}: the gap at vertex {v} removed nothing"
+                near |= at
+            assert near.all(), "pixels are removed only about the chosen vertices"
+            assert not outline_closed(ink(inp), painted_mask(tgt)), f"{spec.shape} w{spec.width}: still closed"
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_downscaled_pairs_keep_an_unbroken_outline(factor):
+    from polycolor.data.augment import outline_closed
+
+    cfg = synth.only(dataclasses.replace(FED, downscale_factors=(factor,), outline_width=(1, 2)),
+                     downscale_fraction=1.0, wobble_fraction=0.3, novel_shape_fraction=0.3)
+    for spec in synth.sample_specs(cfg, 24, 5):
+        assert spec.downscale == factor
+        inp, tgt = synth.render(spec, 64)
+        assert format_problems(inp, tgt) == [], f"{spec.shape}: {format_problems(inp, tgt)}"
+        assert outline_closed(ink(inp), painted_mask(tgt)), f"{spec.shape}: the min pool broke the outline"
+        assert edge_is_ink(inp, tgt)
+        plain = painted_mask(synth.render(dataclasses.replace(spec, downscale=1), 64)[1])
+        assert same_polygon(plain, painted_mask(tgt)), f"{spec.shape}: another polygon than the plain target"
+
+
+def test_downscaling_is_a_min_pool_of_the_large_drawing():
+    """The input is the darkest pixel of each block of the pair drawn `factor` x larger, widths and gaps scaled."""
+    spec = synth.sample_specs(synth.only(FED, gap_fraction=1.0), 1, 6)[0]
+    small_inp, _ = synth.render(dataclasses.replace(spec, downscale=4), 64)
+    big = dataclasses.replace(spec, centre=(spec.centre[0] * 4 + 1.5, spec.centre[1] * 4 + 1.5),
+                              radius=spec.radius * 4, width=spec.width * 4, wobble=spec.wobble * 4,
+                              gaps=tuple((p, n * 4) for p, n in spec.gaps))
+    big_inp, _ = synth.render(big, 256)
+    assert np.array_equal(small_inp, big_inp.reshape(64, 4, 64, 4, 3).min(axis=(1, 3)))
+
+
+def test_fed_pairs_are_framed_and_same_seed_gives_same_bytes():
+    a, b = synth.generate(FED, 48, 9), synth.generate(FED, 48, 9)
+    assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.targets, b.targets)
+    assert not np.array_equal(a.inputs, synth.generate(FED, 48, 10).inputs)
+    for i in range(len(a)):
+        filled = painted_mask(a.targets[i])
+        assert two_valued(a.targets[i], a.rgb[i]), f"sample {i}"
+        assert not np.concatenate([filled[0], filled[-1], filled[:, 0], filled[:, -1]]).any(), f"sample {i}"
+
+
+def test_jpeg_bytes_do_not_depend_on_libjpeg_turbos_simd_code(tmp_path):
+    """libjpeg-turbo picks SIMD code per CPU; JSIMD_FORCENONE=1 makes it run its plain C code. Both give the same
+    bytes, so ingest's JPEG inputs are the same on any CPU."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, numpy as np; from polycolor.config import IngestConfig; from polycolor.data import synth;"
+            "a = synth.generate(IngestConfig(image_size=64, jpeg_fraction=1.0, antialias_fraction=0.5), 16, 0);"
+            "print(hashlib.md5(a.inputs.tobytes()).hexdigest())")
+    digests = set()
+    for env in ({}, {"JSIMD_FORCENONE": "1"}):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                             check=True)
+        digests.add(out.stdout.strip())
+    here = synth.generate(IngestConfig(image_size=64, jpeg_fraction=1.0, antialias_fraction=0.5), 16, 0)
+    digests.add(hashlib.md5(here.inputs.tobytes()).hexdigest())
+    assert len(digests) == 1, digests
+
+
+def test_only_and_at_image_size():
+    cfg = synth.only(FED, jpeg_fraction=1.0)
+    assert cfg.jpeg_fraction == 1.0 and all(getattr(cfg, k) == 0.0 for k in synth.SHARES if k != "jpeg_fraction")
+    with pytest.raises(ValueError, match="not variation shares"):
+        synth.only(FED, outline_width=2.0)
+    big = synth.at_image_size(dataclasses.replace(FED, image_size=128, outline_width=(1, 6), gap_length=(1, 6),
+                                                  wobble_amplitude=2.5), 512)
+    assert (big.image_size, big.outline_width, big.gap_length, big.wobble_amplitude) == (512, (4, 24), (4, 24), 10.0)
+    big.validate()
+    a = synth.generate(synth.only(big, gap_fraction=1.0), 2, 0)
+    assert a.inputs.shape == (2, 512, 512, 3)

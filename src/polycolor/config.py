@@ -49,6 +49,13 @@ class IngestConfig:
     wide_pose_fraction: float = 0.0  # poses from wide_scale and wide_offset instead of scale and offset
     wide_scale: tuple[float, float] = (0.08, 0.5)  # smaller and larger shapes
     wide_offset: float = 0.4  # up to the border (synth keeps a 2 px margin)
+    # Inputs as people feed a painter (synth.py): the target stays two-valued.
+    jpeg_fraction: float = 0.0  # inputs JPEG-compressed (PIL, libjpeg-turbo integer DCT) and decoded again
+    jpeg_quality: tuple[int, int] = (60, 95)  # JPEG quality, inclusive range
+    antialias_fraction: float = 0.0  # outlines drawn anti-aliased: grey edge pixels (4x supersampled, box-averaged)
+    vertex_gap_fraction: float = 0.0  # share of the gappy outlines whose gaps are cut at vertices (corners cut off)
+    downscale_fraction: float = 0.0  # pairs drawn at a factor x the size, then min-pooled down (as the painter does)
+    downscale_factors: tuple[int, ...] = (2, 4)  # the factor, one of these per sample
 
     def validate(self) -> None:
         _check(self.image_size >= 16, "ingest.image_size", self.image_size, "must be >= 16")
@@ -68,14 +75,23 @@ class IngestConfig:
         _range(self.scale, "ingest.scale", 0.05, 0.5)
         _range(self.rotation, "ingest.rotation", -3600.0, 3600.0)
         _check(0.0 <= self.offset <= 0.4, "ingest.offset", self.offset, "must be in [0, 0.4]")
-        _range(self.outline_width, "ingest.outline_width", 1, 16)
-        for key in ("gap_fraction", "wobble_fraction", "novel_shape_fraction", "wide_pose_fraction"):
+        # Pixel-valued limits grow with the image above 128 px, so a 512 px set can scale its widths and gaps by 4.
+        px = max(1.0, self.image_size / 128)
+        _range(self.outline_width, "ingest.outline_width", 1, int(16 * px))
+        for key in ("gap_fraction", "wobble_fraction", "novel_shape_fraction", "wide_pose_fraction",
+                    "jpeg_fraction", "antialias_fraction", "vertex_gap_fraction", "downscale_fraction"):
             v = getattr(self, key)
             _check(0.0 <= v <= 1.0, f"ingest.{key}", v, "must be in [0, 1]")
         _range(self.gap_count, "ingest.gap_count", 1, 10)
-        _range(self.gap_length, "ingest.gap_length", 1, 64)
-        _check(0.0 <= self.wobble_amplitude <= 8.0, "ingest.wobble_amplitude", self.wobble_amplitude,
-               "must be in [0, 8]")
+        _range(self.gap_length, "ingest.gap_length", 1, int(64 * px))
+        _check(0.0 <= self.wobble_amplitude <= 8.0 * px, "ingest.wobble_amplitude", self.wobble_amplitude,
+               f"must be in [0, {8.0 * px:g}]")
+        _range(self.jpeg_quality, "ingest.jpeg_quality", 10, 100)
+        _check(len(self.downscale_factors) > 0 and all(2 <= f <= 8 for f in self.downscale_factors),
+               "ingest.downscale_factors", list(self.downscale_factors), "must be a non-empty list of integers 2..8")
+        _check(self.downscale_fraction == 0 or self.image_size * max(self.downscale_factors) <= 2048,
+               "ingest.downscale_factors", list(self.downscale_factors),
+               f"times image_size {self.image_size} must be <= 2048 px (the size a pair is drawn at)")
         _range(self.wide_scale, "ingest.wide_scale", 0.03, 0.5)
         _check(0.0 <= self.wide_offset <= 0.5, "ingest.wide_offset", self.wide_offset, "must be in [0, 0.5]")
 

@@ -19,10 +19,23 @@ the frame is shrunk to fit).
 Variation beyond the Ayna look (IngestConfig's *_fraction keys, each for a share of the samples): gaps cut out of
 the outline (input only: the target is the polygon as if closed), wobbly hand-drawn edges (both images follow the
 wobbly polygon), NOVEL_KINDS shapes, and wide poses (wide_scale, wide_offset).
+
+Inputs as people feed a painter (render_varied; the target stays two-valued, the geometry that of the spec):
+- vertex gaps: a gap centred on a vertex cuts the corner off (a disc around it, at least as wide as it takes to
+  break the outline there), for a share of the gappy outlines;
+- anti-aliased outlines: drawn SUPERSAMPLE x larger and box-averaged in exact integers, so edge pixels are grey;
+- downscaled pairs: drawn at a factor x the size with every length scaled and brought down the way the painter
+  brings a large drawing to the model's size (the darkest pixel of each factor x factor block);
+- JPEG: the input compressed and decoded with PIL (libjpeg-turbo's integer DCT, the same bytes with or without its
+  SIMD code).
+Every step is numpy integer or element-wise float64 arithmetic or PIL, never torch or BLAS, so the bytes do not
+depend on the CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +54,9 @@ from polycolor.data.ayna import SplitArrays
 
 MARGIN = 2  # px of white kept between the polygon and the image border
 NEAR_WHITE = 64  # a random colour needs some channel at least this far below 255, so the fill stays visible
+SUPERSAMPLE = 4  # anti-aliasing draws at 4x and averages 4x4 blocks: 17 grey levels, and any ink reads below 240
+MIN_CORNER_SINE = 0.25  # vertex gaps go to corners of at least ~29 degrees (sin(angle / 2) >= this), which a
+# disc of a few outline widths can cut through; sharper spikes would lose most of the spike
 
 
 def _regular(n: int, radius: float, start_deg: float) -> np.ndarray:
@@ -116,6 +132,10 @@ class PolygonSpec:
     wobble: float = 0.0  # px: hand-drawn edges wander up to this far off the straight line; 0 = straight
     wobble_seed: int = 0  # seeds the wobble's smooth noise
     gaps: tuple[tuple[float, float], ...] = ()  # (position along the perimeter in [0, 1), length in px) per gap
+    vertex_gaps: tuple[tuple[int, float], ...] = ()  # (vertex index of the straight polygon, length in px) per gap
+    antialias: bool = False  # outline drawn anti-aliased: grey edge pixels (render_varied)
+    downscale: int = 1  # drawn at downscale x the size, every length scaled, then pooled back (render_varied); 1 = off
+    jpeg_quality: int = 0  # the input JPEG-compressed at this quality and decoded again; 0 = off
 
 
 def vertices(spec: PolygonSpec) -> np.ndarray:
@@ -178,7 +198,21 @@ def render(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw one pair: (input, target), each uint8 (H, W, 3) with H = W = image_size, exactly two values each.
 
     A gap removes outline pixels from the input only: the target is the polygon as if its outline were closed.
+    A spec with anti-aliasing, downscaling or JPEG is drawn by render_varied (the input then holds grey values).
     """
+    if spec.antialias or spec.downscale > 1 or spec.jpeg_quality:
+        return render_varied(spec, image_size)
+    drawn, filled = draw_masks(spec, image_size)
+    inp = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
+    inp[drawn] = 0
+    tgt = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
+    tgt[filled] = spec.rgb
+    return inp, tgt
+
+
+def draw_masks(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(drawn, filled), (H, W) bool each: the outline as drawn in the input (gaps cut) and the target's fill (the
+    polygon as if closed). Only the spec's geometry is drawn, not its anti-aliasing, downscaling or JPEG."""
     v = vertices(spec)
     pts = [(float(x), float(y)) for x, y in v]
     outline_im = Image.new("L", (image_size, image_size), 0)
@@ -188,8 +222,137 @@ def render(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     outline = np.asarray(outline_im, dtype=bool)  # (H, W)
     filled = np.asarray(fill_im, dtype=bool) | outline  # the fill covers the outline, by construction
     drawn = outline & ~_gap_mask(v, spec.gaps, spec.width, image_size) if spec.gaps else outline
-    inp = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
-    inp[drawn] = 0
+    if spec.vertex_gaps:
+        drawn = drawn & ~_vertex_gap_mask(spec, image_size)
+    return drawn, filled
+
+
+def corner_sines(pts: np.ndarray) -> np.ndarray:
+    """(V,) sin(a / 2) of the corner angle a at each vertex of the closed polygon pts (V, 2), a in (0, 180] degrees
+    between the two edges (the same for the interior angle and its reflex complement). |u - w| = 2 sin(a / 2) for
+    the unit edge directions u, w: square roots only, no trigonometric functions whose last bit depends on the CPU."""
+    to_prev = np.roll(pts, 1, axis=0) - pts
+    to_next = np.roll(pts, -1, axis=0) - pts
+    u = to_prev / np.maximum(np.sqrt((to_prev ** 2).sum(axis=1, keepdims=True)), 1e-12)
+    w = to_next / np.maximum(np.sqrt((to_next ** 2).sum(axis=1, keepdims=True)), 1e-12)
+    return np.sqrt(((u - w) ** 2).sum(axis=1)) / 2.0
+
+
+def vertex_gap_radius(length: float, sine: float, width: int, wobble: float = 0.0) -> float:
+    """Radius in px of the disc a vertex gap cuts: half the gap's length, but at least enough to cut through the
+    outline at that corner. A `width` px outline inside the polygon has its inner corner width / sine px from the
+    vertex, so a disc a little wider than that leaves the two edges unjoined (a radius of (width - 0.5) / sine left
+    4 to 7% of outlines closed; tests/test_synth.py checks that this one leaves none); a wobbly vertex may sit up to
+    `wobble` px off the straight one."""
+    return max(length / 2.0, (width + 0.5) / max(sine, 1e-3) + 0.5) + wobble
+
+
+def _vertex_gap_mask(spec: PolygonSpec, image_size: int) -> np.ndarray:
+    """(H, W) bool: pixels the spec's vertex gaps remove, a disc (vertex_gap_radius) about each straight vertex."""
+    straight = vertices(dataclasses.replace(spec, wobble=0.0))  # (V, 2) the polygon's own vertices
+    sines = corner_sines(straight)
+    yy, xx = np.ogrid[:image_size, :image_size]
+    cut = np.zeros((image_size, image_size), dtype=bool)
+    for index, length in spec.vertex_gaps:
+        r = vertex_gap_radius(length, float(sines[index]), spec.width, spec.wobble)
+        x, y = straight[index]
+        cut |= (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+    return cut
+
+
+def _draw_vertex_gaps(unit: np.ndarray, count: tuple[int, int], length: tuple[int, int],
+                      rng: np.random.Generator) -> tuple[tuple[int, float], ...]:
+    """Vertex gaps for one outline: gap_count distinct corners of at least MIN_CORNER_SINE (the widest corner when
+    none is that wide), each with a gap_length."""
+    sines = corner_sines(unit)  # rotation and scale do not change a corner's angle
+    ok = np.flatnonzero(sines >= MIN_CORNER_SINE)
+    if len(ok) == 0:
+        ok = np.array([int(np.argmax(sines))])
+    k = min(int(rng.integers(count[0], count[1] + 1)), len(ok))
+    chosen = np.sort(rng.choice(ok, size=k, replace=False))
+    return tuple((int(v), float(rng.integers(length[0], length[1] + 1))) for v in chosen)
+
+
+def _scaled(spec: PolygonSpec, factor: int) -> PolygonSpec:
+    """The spec drawn `factor` x larger: pixel (x, y) becomes the block [fx, fx + f) x [fy, fy + f), so a point at
+    u (pixel centres at integers) goes to f u + (f - 1) / 2; radius, outline width, gap lengths and wobble are
+    multiplied by f. Only the plain geometry is kept (no anti-aliasing, downscaling or JPEG)."""
+    shift = (factor - 1) / 2.0
+    return dataclasses.replace(
+        spec, centre=(spec.centre[0] * factor + shift, spec.centre[1] * factor + shift),
+        radius=spec.radius * factor, width=spec.width * factor, wobble=spec.wobble * factor,
+        gaps=tuple((pos, length * factor) for pos, length in spec.gaps),
+        vertex_gaps=tuple((v, length * factor) for v, length in spec.vertex_gaps),
+        antialias=False, downscale=1, jpeg_quality=0)
+
+
+def _pool(image: np.ndarray, k: int, combine) -> np.ndarray:
+    """(kH, kW) -> (H, W): `combine` (a binary ufunc: np.add, np.minimum, np.logical_or) folded over each k x k
+    block, rows first, then columns. Strided slices with element-wise ufuncs: exact for integers and bools, and
+    much faster than a reduction over the block axes of a reshaped array."""
+    rows = image[0::k]
+    for i in range(1, k):
+        rows = combine(rows, image[i::k])
+    out = rows[:, 0::k]
+    for j in range(1, k):
+        out = combine(out, rows[:, j::k])
+    return out
+
+
+def box_grey(ink: np.ndarray, k: int) -> np.ndarray:
+    """(kH, kW) bool ink -> (H, W) uint8 grey: 255 minus the block's ink coverage on the 0..255 scale, rounded half
+    up, in exact integers: 255 - (255 c + k^2 // 2) // k^2 for c inked pixels of k^2. With k = 4 one inked
+    sub-pixel gives 239, so any ink is painted at images.WHITE_MIN = 240."""
+    c = _pool(ink.astype(np.int32), k, np.add)  # (H, W) in 0..k^2
+    return (255 - (255 * c + (k * k) // 2) // (k * k)).astype(np.uint8)
+
+
+def min_pool(image: np.ndarray, k: int) -> np.ndarray:
+    """(kH, kW) uint8 -> (H, W): the darkest value of each k x k block, so a thin line is never lost."""
+    return _pool(image, k, np.minimum)
+
+
+def any_pool(mask: np.ndarray, k: int) -> np.ndarray:
+    """(kH, kW) bool -> (H, W): True where the k x k block holds any True."""
+    return _pool(mask, k, np.logical_or)
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> the same image JPEG-encoded at `quality` (4:2:0 chroma, as cameras and browsers save)
+    and decoded, by PIL's libjpeg-turbo with its default integer DCT, whose SIMD and plain C code agree bit for bit."""
+    buf = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buf, format="JPEG", quality=int(quality), subsampling="4:2:0")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+def render_varied(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one pair with the spec's anti-aliasing, downscaling and JPEG: (input, target), uint8 (H, W, 3).
+
+    The plain pair (draw_masks) is drawn at F = downscale x (SUPERSAMPLE if antialias) times the size with every length
+    scaled (_scaled); then, in exact integers:
+    - anti-aliasing: input = box_grey of the outline over SUPERSAMPLE x SUPERSAMPLE blocks;
+    - downscaling: input = min_pool over downscale x downscale blocks, the darkest pixel, as the painter brings a
+      large drawing to the model's size;
+    - JPEG, last: input = jpeg(input).
+    The target is painted where its block of the large fill holds any filled pixel (any_pool, for both reductions).
+    The large fill covers the large outline, so the target covers every pixel with ink in the input and its outer edge
+    is the input's outer edge, the Ayna convention that native pairs follow; where a gap opened the outline it is
+    the polygon as if closed. (A majority vote would leave the outer ring of pooled ink uncoloured, and the network
+    cannot tell a pooled drawing from a native one, so it must not be taught another convention.) Under JPEG the
+    target is that of the clean input: compression noise is not ink.
+    """
+    k = SUPERSAMPLE if spec.antialias else 1
+    factor = spec.downscale * k
+    ink, filled = draw_masks(_scaled(spec, factor), image_size * factor)  # (FH, FW) each
+    grey = box_grey(ink, k) if k > 1 else np.where(ink, 0, 255).astype(np.uint8)
+    filled = any_pool(filled, k) if k > 1 else filled
+    if spec.downscale > 1:
+        grey, filled = min_pool(grey, spec.downscale), any_pool(filled, spec.downscale)
+    inp = np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3)
+    if spec.jpeg_quality:
+        inp = jpeg(inp, spec.jpeg_quality)
     tgt = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
     tgt[filled] = spec.rgb
     return inp, tgt
@@ -241,6 +404,13 @@ def sample_specs(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> 
     is_gappy = rng.random(n) < cfg.gap_fraction
     is_wobbly = rng.random(n) < cfg.wobble_fraction
     own_seed = rng.integers(0, 2**63, n)
+    # Inputs as people feed a painter, drawn after all of the above so that they leave its draws alone.
+    is_vertex_gap = rng.random(n) < cfg.vertex_gap_fraction  # applies to gappy outlines only
+    is_antialiased = rng.random(n) < cfg.antialias_fraction
+    is_downscaled = rng.random(n) < cfg.downscale_fraction
+    factor = np.asarray(cfg.downscale_factors, dtype=np.int64)[rng.integers(0, len(cfg.downscale_factors), n)]
+    is_jpeg = rng.random(n) < cfg.jpeg_fraction
+    quality = rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1, n)
 
     half = image_size / 2.0
     specs = []
@@ -251,8 +421,11 @@ def sample_specs(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> 
             shape, u = novel_shape(NOVEL_KINDS[int(own.integers(len(NOVEL_KINDS)))], own)
             unit = tuple((float(x), float(y)) for x, y in u)
         wobble = float(own.uniform(0.5, 1.0) * cfg.wobble_amplitude) if is_wobbly[i] else 0.0
-        gaps = ()
-        if is_gappy[i]:
+        gaps, vertex_gaps = (), ()
+        if is_gappy[i] and is_vertex_gap[i]:
+            vertex_gaps = _draw_vertex_gaps(np.asarray(unit) if unit else UNIT_VERTICES[shape], cfg.gap_count,
+                                            cfg.gap_length, own)
+        elif is_gappy[i]:
             k = int(own.integers(cfg.gap_count[0], cfg.gap_count[1] + 1))
             gaps = tuple((float(own.random()), float(own.integers(cfg.gap_length[0], cfg.gap_length[1] + 1)))
                          for _ in range(k))
@@ -275,7 +448,10 @@ def sample_specs(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> 
         else:
             rgb, colour = named_rgb[colour_idx[i]], names[colour_idx[i]]
         specs.append(PolygonSpec(shape, colour, rgb, (float(centre[0]), float(centre[1])), r, float(angle[i]),
-                                 int(width[i]), unit, wobble, int(own.integers(0, 2**31)), gaps))
+                                 int(width[i]), unit, wobble, int(own.integers(0, 2**31)), gaps, vertex_gaps,
+                                 antialias=bool(is_antialiased[i]),
+                                 downscale=int(factor[i]) if is_downscaled[i] else 1,
+                                 jpeg_quality=int(quality[i]) if is_jpeg[i] else 0))
     return specs
 
 
@@ -296,6 +472,33 @@ def generate(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> Spli
     shapes. Deterministic in (cfg, seed). Ingest writes the same specs to files; evaluate generates its extra sets
     from `dataclasses.replace(cfg, ...)`."""
     return render_specs(sample_specs(cfg, n, seed), cfg.image_size)
+
+
+# IngestConfig's variation shares: each turns one kind of sample on for a share of the pairs (0 = off).
+SHARES = ("gap_fraction", "wobble_fraction", "novel_shape_fraction", "wide_pose_fraction", "vertex_gap_fraction",
+          "antialias_fraction", "downscale_fraction", "jpeg_fraction")
+
+
+def only(cfg: IngestConfig, **shares: float) -> IngestConfig:
+    """cfg with every variation share (SHARES) off except those given, e.g. only(cfg, jpeg_fraction=1.0) for a set
+    of plain polygons that are all JPEG-compressed."""
+    unknown = set(shares) - set(SHARES)
+    if unknown:
+        raise ValueError(f"not variation shares: {sorted(unknown)} (known: {', '.join(SHARES)})")
+    return dataclasses.replace(cfg, **{key: float(shares.get(key, 0.0)) for key in SHARES})
+
+
+def at_image_size(cfg: IngestConfig, image_size: int) -> IngestConfig:
+    """cfg drawn at image_size px with its pixel lengths scaled by image_size / cfg.image_size: outline_width,
+    gap_length (rounded, at least 1) and wobble_amplitude, so a 512 px set looks like the 128 px one drawn 4 x finer.
+    Relative settings (scale, offset, shares) stay as they are."""
+    f = image_size / cfg.image_size
+
+    def px(pair: tuple[int, int]) -> tuple[int, int]:
+        return max(1, round(pair[0] * f)), max(1, round(pair[1] * f))
+
+    return dataclasses.replace(cfg, image_size=image_size, outline_width=px(cfg.outline_width),
+                               gap_length=px(cfg.gap_length), wobble_amplitude=cfg.wobble_amplitude * f)
 
 
 def file_names(index: int, spec: PolygonSpec) -> tuple[str, str]:
