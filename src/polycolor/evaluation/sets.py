@@ -30,7 +30,7 @@ import numpy as np
 
 from polycolor.config import Config, EvaluateConfig, IngestConfig
 from polycolor.data.ayna import SplitArrays, load_split
-from polycolor.data.synth import generate
+from polycolor.data.synth import at_image_size, generate, only
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.names import BEHAVIOUR, VAL
 from polycolor.paths import repo_path
@@ -52,22 +52,9 @@ class EvalSet:
 
 
 def plain_geometry(ingest: IngestConfig, image_size: int) -> IngestConfig:
-    """The training geometry at image_size px with every variation share off: the Ayna shapes at the training poses,
-    outline widths and colours."""
-    return replace(ingest, image_size=image_size, gap_fraction=0.0, vertex_gap_fraction=0.0, wobble_fraction=0.0,
-                   novel_shape_fraction=0.0, wide_pose_fraction=0.0, jpeg_fraction=0.0, antialias_fraction=0.0,
-                   downscale_fraction=0.0)
-
-
-def scaled(geometry: IngestConfig, size: int) -> IngestConfig:
-    """`geometry` drawn at `size` px instead: outline widths and gap lengths grow with the side (not resized)."""
-    f = size / geometry.image_size
-
-    def grow(pair: tuple[int, int]) -> tuple[int, int]:
-        return max(1, round(pair[0] * f)), max(1, round(pair[1] * f))
-
-    return replace(geometry, image_size=size, outline_width=grow(geometry.outline_width),
-                   gap_length=grow(geometry.gap_length))
+    """The training geometry at image_size px with every variation share off (synth.only): the Ayna shapes at the
+    training poses, outline widths and colours."""
+    return only(replace(ingest, image_size=image_size))
 
 
 def concat(parts: list[SplitArrays]) -> SplitArrays:
@@ -102,28 +89,28 @@ def generated_sets(cfg: Config, image_size: int) -> dict[str, SplitArrays]:
 
     n = e.robust_samples
     thin, thick = e.thick_thin_width
-    gappy = replace(plain, gap_fraction=1.0)
+    gappy = only(plain, gap_fraction=1.0)
     recipes: dict[str, Callable[[], SplitArrays]] = {
         "ood": lambda: generate(replace(plain, random_colour_fraction=0.0, scale=e.ood_scale, rotation=(0.0, 360.0),
                                         offset=e.ood_offset), e.ood_samples, rng("ood")),
         "unseen_colours": lambda: generate(replace(plain, random_colour_fraction=1.0), e.unseen_colour_samples,
                                            rng("unseen_colours")),
         "gappy": lambda: generate(gappy, n, rng("gappy")),
-        "vertex_gaps": lambda: generate(replace(gappy, vertex_gap_fraction=1.0), n, rng("vertex_gaps")),
-        "hand_drawn": lambda: generate(replace(plain, wobble_fraction=1.0), n, rng("hand_drawn")),
+        "vertex_gaps": lambda: generate(only(plain, gap_fraction=1.0, vertex_gap_fraction=1.0), n, rng("vertex_gaps")),
+        "hand_drawn": lambda: generate(only(plain, wobble_fraction=1.0), n, rng("hand_drawn")),
         "thick_thin": lambda: _thick_thin(plain, thin, thick, n, rng("thick_thin")),
-        "novel_shapes": lambda: generate(replace(plain, novel_shape_fraction=1.0), n, rng("novel_shapes")),
-        "jpeg": lambda: generate(replace(plain, jpeg_fraction=1.0, jpeg_quality=(e.jpeg_quality, e.jpeg_quality)),
-                                 n, rng("jpeg")),
-        "antialiased": lambda: generate(replace(plain, antialias_fraction=1.0), n, rng("antialiased")),
+        "novel_shapes": lambda: generate(only(plain, novel_shape_fraction=1.0), n, rng("novel_shapes")),
+        "jpeg": lambda: generate(replace(only(plain, jpeg_fraction=1.0), jpeg_quality=(e.jpeg_quality,) * 2), n,
+                                 rng("jpeg")),
+        "antialiased": lambda: generate(only(plain, antialias_fraction=1.0), n, rng("antialiased")),
     }
     counts = {"ood": e.ood_samples, "unseen_colours": e.unseen_colour_samples}
     out = {name: recipe() for name, recipe in recipes.items() if counts.get(name, n) > 0}
     if n > 0:
-        out[native_name(e)] = generate(scaled(plain, e.native_size), n, rng("native"))
+        out[native_name(e)] = generate(at_image_size(plain, e.native_size), n, rng("native"))
         for size, name in zip(e.gappy_sizes, gappy_names(e)):
-            out[name] = generate(scaled(gappy, size), n, np.random.default_rng([cfg.seed, SEED_STREAMS["gappy_sized"],
-                                                                                size]))
+            sized_rng = np.random.default_rng([cfg.seed, SEED_STREAMS["gappy_sized"], size])
+            out[name] = generate(at_image_size(gappy, size), n, sized_rng)
     return out
 
 
