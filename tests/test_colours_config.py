@@ -86,8 +86,8 @@ def test_bad_colours_are_one_line_errors(bad, words):
     ({"promote": {"metric": "psnr_mean"}}, "promote.metric", "'psnr_mean'"),
     ({"promote": {"min_delta": -1}}, "promote.min_delta", "-1.0"),
     # A gate with no bound passes every model.
-    ({"promote": {"gates": [{"metric": "val.iou"}]}}, "promote.gates[0] needs a min or a max", "'val.iou'"),
-    ({"promote": {"gates": [{"metric": "val.mae", "min": 0.5, "max": 0.1}]}}, "promote.gates[0]", "[0.5, 0.1]"),
+    ({"promote": {"gates": [{"metric": "val.net.iou"}]}}, "promote.gates[0] needs a min or a max", "'val.net.iou'"),
+    ({"promote": {"gates": [{"metric": "val.net.mae", "min": 0.5, "max": 0.1}]}}, "promote.gates[0]", "[0.5, 0.1]"),
     ({"promote": {"gates": [{"metric": "val", "min": 1}]}}, "promote.gates[0].metric", "'val'"),
     ({"mlflow": {"experiment": " "}}, "mlflow.experiment", "' '"),
     ({"mlflow": {"registered_model": ""}}, "mlflow.registered_model", "''"),

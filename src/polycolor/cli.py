@@ -193,18 +193,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "predict": cmd_predict,
-    "promote": cmd_promote,
-    "models": cmd_models,
-    "preset": cmd_preset,
-    "bench": cmd_bench,
-    "stack": cmd_stack,
-    "demo": cmd_demo,
-    "report": cmd_report,
-}
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     """Render the docs' generated tables from the metrics files (or --check that they are current)."""
     from polycolor import report
@@ -219,6 +207,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     print(("stale: " if args.check else "updated: ") + (", ".join(stale) or "nothing, every page is current"))
     return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "predict": cmd_predict,
+    "promote": cmd_promote,
+    "models": cmd_models,
+    "preset": cmd_preset,
+    "bench": cmd_bench,
+    "stack": cmd_stack,
+    "demo": cmd_demo,
+    "report": cmd_report,
+}
 
 
 # ------------------------------------------------------------------------------------------- parser
