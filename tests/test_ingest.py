@@ -63,6 +63,21 @@ def test_synthetic_ingest_is_byte_identical_and_seeded(tmp_path, tiny_dataset):
     assert not any(np.array_equal(v, t) for v in val.targets for t in train.targets), "splits use separate streams"
 
 
+def test_grey_and_noisy_inputs_are_written_losslessly(tmp_path):
+    """JPEG-noisy, anti-aliased and downscaled inputs go to PNG as they were drawn; targets stay two-valued."""
+    from polycolor.data import synth
+    from polycolor.data.ingest import SEED_STREAMS
+
+    cfg = dataclasses.replace(TINY, train_samples=12, val_samples=2, jpeg_fraction=0.5, antialias_fraction=0.5,
+                              downscale_fraction=0.5, gap_fraction=0.5, vertex_gap_fraction=0.5)
+    ingest(cfg, 3, tmp_path / "ds")
+    data = ayna.load_split(tmp_path / "ds" / "training")
+    drawn = synth.render_specs(synth.sample_specs(cfg, 12, np.random.default_rng([3, SEED_STREAMS["training"]])), 32)
+    assert np.array_equal(data.inputs, drawn.inputs) and np.array_equal(data.targets, drawn.targets)
+    assert len(np.unique(data.inputs)) > 2, "grey and noisy inputs"
+    assert all(len(np.unique(t.reshape(-1, 3), axis=0)) == 2 for t in data.targets)
+
+
 # --- folder and zip sources ----------------------------------------------------------------------------------------
 
 def test_real_ayna_folder_ingests_cleanly(tmp_path, ayna_dir):
