@@ -169,7 +169,7 @@ class LossConfig:
 class TrainConfig:
     lr: float = 3e-3
     batch_size: int = 16  # the global batch: each of the nproc processes takes batch_size / nproc of it
-    epochs: int = 4
+    epochs: int = 5
     weight_decay: float = 1e-4
     schedule: str = "plateau"  # plateau: ReduceLROnPlateau on val loss; cosine: per-step cosine decay to 0
     plateau_patience: int = 1  # epochs without val-loss improvement before the lr is cut

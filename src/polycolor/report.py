@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from polycolor.errors import PolycolorError
+from polycolor.evaluation.behaviour import BEHAVIOURS
+from polycolor.evaluation.names import BEHAVIOUR, SCORERS
 from polycolor.fileio import atomic_output
 
 PAGES = ("README.md", "docs/evaluation.md", "docs/experiments.md", "docs/performance.md")
@@ -32,8 +34,6 @@ EVAL_JSON = "metrics/eval.json"
 TRAIN_JSON = "metrics/train.json"
 EXPERIMENTS_JSON = "metrics/experiments.json"
 HEADLINE_JSON = "metrics/headline.json"
-SCORERS = ("net", "painted", "flood_fill")
-BEHAVIOURS = ("rot_flip", "colour_change", "all_white", "shift")
 BLOCK = re.compile(r"(<!-- report:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
 
@@ -55,7 +55,7 @@ def results_table(metrics: dict[str, Any]) -> str:
             "| flood fill IoU |")
     lines = [head, "|" + " --- |" * 8]
     for name, block in metrics.items():
-        if name == "behaviour" or "net" not in block:
+        if name == BEHAVIOUR or "net" not in block:
             continue
         cells = [f"`{name}`", _f(block["net"].get("n"))]
         for scorer in SCORERS:
@@ -69,7 +69,7 @@ def results_table(metrics: dict[str, Any]) -> str:
 
 def behaviour_table(metrics: dict[str, Any]) -> str:
     """The behavioural shares: mean agreement (share of samples exact) per painter."""
-    b = metrics.get("behaviour", {})
+    b = metrics.get(BEHAVIOUR, {})
     if "net" not in b:
         return "(no behavioural shares: evaluate.behaviour_samples is 0)"
     lines = ["| behaviour | net | painted | flood fill |", "| --- | --- | --- | --- |"]
@@ -140,6 +140,7 @@ def capture_experiments(names: Iterable[str], show: dict | list) -> dict[str, An
         for n in names]}
 
 
+HOW_TO_MAKE = {EXPERIMENTS_JSON: "`polycolor report --experiments NAME ...`"}  # else the pipeline writes it
 RENDERERS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "results": (EVAL_JSON, results_table),
     "behaviour": (EVAL_JSON, behaviour_table),
@@ -157,7 +158,8 @@ def render_page(text: str, root: Path) -> str:
             try:
                 cache[rel] = json.loads((root / rel).read_text())
             except FileNotFoundError:
-                raise PolycolorError(f"{rel} not found: run the pipeline (make repro) first") from None
+                how = HOW_TO_MAKE.get(rel, "the pipeline (make repro)")
+                raise PolycolorError(f"{rel} not found: run {how} first") from None
         return cache[rel]
 
     def block(m: re.Match) -> str:
@@ -171,18 +173,18 @@ def render_page(text: str, root: Path) -> str:
 
 
 def report(root: Path, check: bool = False) -> list[str]:
-    """Render every page's blocks; with `check`, write nothing. Returns the pages that changed (or would)."""
-    stale = []
+    """Render every page's blocks; with `check`, write nothing. Every page is rendered before any is written, so
+    a missing metrics file changes no page. Returns the pages that changed (or would)."""
+    rendered = {}
     for rel in PAGES:
         page = root / rel
-        if not page.is_file():
-            continue
-        text = page.read_text()
-        new = render_page(text, root)
-        if new != text:
-            stale.append(rel)
-            if not check:
-                _write(page, new)
+        if page.is_file():
+            text = page.read_text()
+            rendered[rel] = (text, render_page(text, root))
+    stale = [rel for rel, (old, new) in rendered.items() if new != old]
+    if not check:
+        for rel in stale:
+            _write(root / rel, rendered[rel][1])
     return stale
 
 

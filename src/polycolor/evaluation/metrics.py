@@ -4,7 +4,7 @@ Everything here is pure (numpy in, numbers or a DataFrame out) except `latency_m
 Images are uint8 (H, W, 3) RGB, a target and a prediction of the same size. Every aggregate reported for a set is
 the mean over its samples of the per-sample value (not pooled over pixels), except `psnr_min`.
 
-Definitions (the README copies these):
+Definitions (docs/evaluation.md copies these):
   white / painted  A pixel is *white* when all three channels are >= WHITE_MIN (240); every other pixel is
                    *painted* (polycolor.images.painted_mask, the one definition, which says why 240).
   true polygon     The painted pixels of the target (fill and outline: the Ayna targets colour the outline too).

@@ -40,8 +40,9 @@ INTENDED_USE = (
     "conditional image-to-image models."
 )
 KNOWN_LIMITS = (
-    "Trained mostly on synthetic polygons (8 shapes, limited scale, rotation and offset); poses beyond the "
-    "training ranges are scored separately as `ood` in the metrics.",
+    "Trained on synthetic polygons (the 8 Ayna shapes and novel ones, gaps, wobbly, JPEG-compressed, "
+    "anti-aliased and downscaled outlines, limited scale, rotation and offset); poses beyond the training "
+    "ranges are scored separately as `ood` in the metrics.",
     "The network sees the model's image size: a larger input is shrunk by a min pool (the darkest pixel of each "
     "window) and its mask resized back; the painter's post-processing (the `paint` params stored with the "
     "package: canonical form, snapping to the outline) makes that exact at the input's size. Both are scored "
