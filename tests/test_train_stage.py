@@ -46,7 +46,7 @@ def test_a_training_run_lands_in_mlflow(tiny_dataset, tmp_path, store, monkeypat
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.widths"] == "[4, 8]"
     assert run.data.tags["dvc_exp_name"] == "tiny-exp"
     assert {"git_commit", "git_dirty", "data_hash"} <= set(run.data.tags)
-    assert not any(k.startswith(("evaluate.", "promote.")) for k in run.data.params), "those belong to other runs"
+    assert not any(k.startswith(("evaluate.", "paint.", "promote.")) for k in run.data.params), "other runs' params"
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
     assert inputs["train"].dataset.digest == tracking.dvc_hash(tiny_dataset / "training")
     assert inputs["val"].dataset.source_type == "dvc"

@@ -316,9 +316,10 @@ def generated_dataset(name: str, digest: str, recipe: dict[str, str]) -> Any:
     return MetaDataset(CodeDatasetSource(tags={k: str(v) for k, v in recipe.items()}), name=name, digest=digest)
 
 
-# Params sections that are not the training run's: each evaluation run logs the evaluate.* it ran with, and promote.*
-# is read at promotion time. Logging them on the training run would show settings that go stale on re-evaluation.
-NOT_TRAINING_SECTIONS = ("evaluate", "promote")
+# Params sections that are not the training run's: each evaluation run logs the evaluate.* and paint.* it ran with
+# (the package stores paint.* with the model), and promote.* is read at promotion time. Logging them on the training
+# run would show settings that go stale on re-evaluation.
+NOT_TRAINING_SECTIONS = ("evaluate", "paint", "promote")
 
 
 def training_params(flat: dict[str, Any]) -> dict[str, str]:
