@@ -30,7 +30,7 @@ TINY_PRESET = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())  # pr
 def ayna_dir() -> Path:
     """The real Ayna dataset (56 training + 5 validation pairs); read it, never write to it."""
     if not (AYNA_DIR / "training" / "data.json").is_file():
-        pytest.skip(f"the real Ayna dataset is not at {AYNA_DIR}")
+        fail_or_skip(f"the real Ayna dataset is not at {AYNA_DIR} (CI has it beside the checkout)")
     return AYNA_DIR
 
 

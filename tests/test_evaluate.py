@@ -13,6 +13,8 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import AYNA_VAL
+
 from polycolor import tracking
 from polycolor.config import IngestConfig, ModelConfig, PaintConfig, parse_config
 from polycolor.data.ayna import write_split
@@ -28,7 +30,7 @@ from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_VAL = ROOT / ".." / "shared" / "ayna-dataset" / "validation"
+REAL_VAL = AYNA_VAL
 BLOCK_KEYS = {*M.SUMMARY_KEYS, "latency_ms_p50", "n"}
 
 

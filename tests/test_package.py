@@ -6,7 +6,6 @@ import base64
 import importlib.util
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,14 +70,12 @@ def decode(text: str) -> np.ndarray:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch, empty_mlflow_db):
+def store(tmp_path, monkeypatch, mlflow_store):
     """A fresh sqlite MLflow store (a copy of the template) with one finished 'training' run and its run.json."""
     import mlflow
 
     from polycolor import tracking
 
-    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tracking.configure()
     exp = tracking.ensure_experiment("polycolor-test")

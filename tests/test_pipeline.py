@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import AYNA_VAL, REPO, new_project, run_queue, sh
+from conftest import AYNA_VAL, REPO, fail_or_skip, new_project, run_queue, sh
 
 from polycolor.tracking import EXPERIMENT_KIND_TAG
 
@@ -105,7 +105,7 @@ def test_promote_then_predict_with_the_champion(project, tmp_path):
     promoted = sh([sys.executable, "-m", "polycolor.cli", "promote", "--force"], root, env)
     assert "champion" in promoted.stdout
     if not AYNA_VAL.is_dir():
-        pytest.skip("the real Ayna validation split is not beside this checkout")
+        fail_or_skip(f"the real Ayna validation split is not at {AYNA_VAL}")
     out = tmp_path / "pred"
     sh([sys.executable, "-m", "polycolor.cli", "predict", "--model", "models:/polycolor@champion",
         "--data", str(AYNA_VAL), "--output", str(out)], root, env)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import AYNA_VAL
 import torch
 from PIL import Image, ImageDraw
 
@@ -20,7 +21,6 @@ from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet
 from polycolor.serving import predict
 
-AYNA_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "ayna-dataset" / "validation"
 WHITE = (255, 255, 255)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import AYNA_VAL
 
 from polycolor.config import IngestConfig
 from polycolor.data.ayna import load_split
@@ -15,7 +16,7 @@ from polycolor.evaluation import metrics as M
 from polycolor.evaluation.reference import enclosed_mask, reference_fill
 from polycolor.images import painted_mask
 
-REAL_VAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "ayna-dataset" / "validation"
+REAL_VAL = AYNA_VAL
 
 
 def outline_square(size: int = 24, x0: int = 5, side: int = 12, gap: bool = False) -> np.ndarray:

@@ -202,14 +202,12 @@ def test_pyfunc_refuses_a_large_image_as_an_invalid_parameter(tmp_path):
 # --------------------------------------------------------------------------------------------- registry
 
 @pytest.fixture
-def store(tmp_path, monkeypatch, empty_mlflow_db):
+def store(tmp_path, monkeypatch, mlflow_store):
     """A fresh sqlite store (a copy of the template) with one training run; a secret planted in the environment."""
     import mlflow
 
     from polycolor import tracking
 
-    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-4f1c9a")
     tracking.configure()

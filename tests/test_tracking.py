@@ -27,9 +27,7 @@ def test_dvc_hash_is_what_dvc_records(tiny_dataset, tmp_path):
     assert tracking.dvc_hash(repo / "validation" / "sub" / "note.txt") != recorded
 
 
-def test_experiments_are_created_as_model_training(tmp_path, monkeypatch, empty_mlflow_db):
-    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_experiments_are_created_as_model_training(mlflow_store):
     tracking.configure()
     client = mlflow.MlflowClient()
     exp = client.get_experiment(tracking.ensure_experiment("fresh"))
