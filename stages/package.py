@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> None:
     with atomic_output(args.out) as tmp:
         result = package_model(model_path=Path(args.model), out_dir=Path(tmp), run_info=run_info,
                                eval_path=Path(args.metrics), name=cfg.mlflow.registered_model,
-                               max_pixels=cfg.serving.max_pixels)
+                               max_pixels=cfg.serving.max_pixels, paint=cfg.paint)
     write_json_atomic(args.registry_info, result.registry_info(), sort_keys=True)
     print(f"registered {result.model_uri} (alias @candidate) from run {result.run_id}; package in {args.out}")
 

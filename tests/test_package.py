@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.util
 import io
 import json
@@ -15,11 +16,11 @@ import torch
 from conftest import log_evaluation
 from PIL import Image
 
-from polycolor.config import ModelConfig
+from polycolor.config import ModelConfig, PaintConfig, load_params
 from polycolor.errors import PolycolorError
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet
-from polycolor.serving import package, pyfunc
+from polycolor.serving import package, predict, pyfunc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,6 +163,9 @@ def test_package_stage_builds_logs_and_registers(store):
 
     answer = mlflow.pyfunc.load_model(str(out)).predict(package.input_example(32))
     assert decode(answer["image"][0]).shape == (32, 32, 3)
+    params = load_params(REPO / "params.yaml")
+    assert predict.stored_paint(out) == params.paint, "the package stores the params' paint section"
+    assert card["interface"]["paint"] == dataclasses.asdict(params.paint)
 
     # the registry: a new version with the lineage tags and the card, alias candidate, linked to the training run
     info = json.loads(reg.read_text())
@@ -175,7 +179,7 @@ def test_package_stage_builds_logs_and_registers(store):
                                   f"tags.`mlflow.parentRunId` = '{run_id}'")[0]
     assert mv.tags == {"git_commit": "feedface", "dvc_exp_name": "exp-tiny", "data_hash": "0123abcd",
                        "evaluation_run": eval_run.info.run_id,
-                       "content_sha256": modelio.content_hash(modelio.load_payload(model))}, \
+                       "content_sha256": package.package_digest(modelio.load_payload(model), params.paint)}, \
         "a short fixed set of tags, no metrics"
     assert mv.description.startswith("# Model card: polycolor")
     run = client.get_run(run_id)
@@ -228,3 +232,37 @@ def test_package_stage_errors_are_one_line_and_leave_no_output(store, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and expected in err[-1], err
         assert not out.exists() and not (store / "r.json").exists()
+
+
+def stroke_frame() -> pd.DataFrame:
+    """One request row: a short stroke in a 64 px image, which the biased model paints only around (canonical
+    form) as the full painter, and everywhere as the net alone."""
+    grey = Image.new("L", (64, 64), 255)
+    grey.paste(0, (30, 30, 33, 40))
+    return pd.DataFrame({"image": [b64_png(grey)], "colour": ["red"]})
+
+
+def test_the_pyfunc_paints_with_its_stored_paint_section_or_as_the_net(tmp_path):
+    """The paint section travels in the package (model_config): a package stored with every step off paints as
+    the net alone; the default one paints only around the ink. params={"painter": "net"} gives the net's output."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    model = tiny_model(tmp_path / "m.pt")
+    loaded = modelio.load_model(model)
+    card = package.model_card(loaded, name="polycolor", run_info={}, run_params={}, eval_metrics={})
+    painted_red = {}
+    for name, paint in (("default", PaintConfig()), ("off", PaintConfig(canonical=False, snap="off"))):
+        package.save_package(tmp_path / name, model, card, loaded.image_size, paint=paint)
+        assert predict.stored_paint(tmp_path / name) == paint
+        pyfunc_model = mlflow.pyfunc.load_model(str(tmp_path / name))
+        for painter in ("painted", "net"):
+            out = decode(pyfunc_model.predict(stroke_frame(), params={"painter": painter})["image"][0])
+            painted_red[name, painter] = int((out == (255, 0, 0)).all(axis=-1).sum())
+        with pytest.raises(MlflowException, match="painter must be one of net, painted, got 'crf'"):
+            pyfunc_model.predict(stroke_frame(), params={"painter": "crf"})
+    everything = 64 * 64
+    assert painted_red["default", "net"] == painted_red["off", "net"] == painted_red["off", "painted"] == everything
+    assert 0 < painted_red["default", "painted"] < everything, "the stored default paints around the ink only"
+    assert mlflow.models.get_model_info(str(tmp_path / "default")).signature.params.to_dict() == [
+        {"name": "painter", "type": "string", "default": "painted", "shape": None}]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
-from polycolor.config import IngestConfig, ModelConfig
+from polycolor.config import IngestConfig, ModelConfig, PaintConfig
 from polycolor.data.synth import generate
-from polycolor.images import images_to_tensor
+from polycolor.images import images_to_tensor, painted_mask
 from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import LoadedModel
 from polycolor.painting.painter import paint, to_model_size
-from polycolor.painting.snap import snap_to_outline
+from polycolor.painting.snap import gap_px_at, ink_mask, snap_to_outline
 
 
 def square(size: int, lo: int, hi: int, width: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -101,3 +102,17 @@ def test_a_small_interior_joined_to_the_background_through_a_gap_keeps_the_nets_
     stray[40:42, 40:42] = True  # 4 px of stray paint in the open, and a pixel beside the outline
     stray[19, 25] = True
     assert not snap_to_outline(stray | filled, gappy, gap_px=4)[36:].any()
+
+
+def test_snapping_makes_masks_resized_to_256_and_512_px_exact():
+    """The case snapping is for: the net paints at 128 px, and its mask resized bilinearly to 256 or 512 px is off
+    along every edge; snapped to the input's own outline it is the polygon, pixel for pixel."""
+    for size, width in ((256, (2, 4)), (512, (4, 8))):
+        a = generate(IngestConfig(image_size=size, outline_width=width), 4, 11)
+        target = painted_mask(a.targets)  # (4, size, size)
+        coverage = F.adaptive_avg_pool2d(torch.from_numpy(target[:, None].astype(np.float32)), 128)  # at 128 px
+        resized = F.interpolate(coverage - 0.5, size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0
+        for i, mask in enumerate(resized.numpy()):
+            assert (mask != target[i]).any(), "resizing alone is off along the edges"
+            ink = ink_mask(a.inputs[i], PaintConfig().ink_threshold)
+            assert np.array_equal(snap_to_outline(mask, ink, gap_px_at(size, size, 128), resized=True), target[i])

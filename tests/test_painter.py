@@ -4,20 +4,25 @@ that PaintConfig switches on, and with every step off it is `net`."""
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from polycolor.config import IngestConfig, ModelConfig, PaintConfig
 from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
-from polycolor.images import images_to_tensor, tensor_to_images
+from polycolor.images import images_to_tensor, painted_mask, tensor_to_images
 from polycolor.nn.colour import encode_colours
 from polycolor.nn.model import ConditionalUNet, composite
 from polycolor.nn.modelio import LoadedModel
+from polycolor.painting.canonical import canonicalise
 from polycolor.painting.painter import PAINTERS, paint, paint_net, painter, to_model_size
+from polycolor.painting.snap import ink_mask, snap_to_outline
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +82,71 @@ def test_painter_by_name(loaded: LoadedModel):
     assert np.array_equal(painter("painted", loaded, cfg)(x, colours), paint(loaded, x, colours, cfg))
     with pytest.raises(PolycolorError, match="painter must be one of net, painted, got 'crf'"):
         painter("crf", loaded, cfg)
+
+
+# ------------------------------------------------------------------ ink detection: JPEG noise, anti-aliasing
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 (H, W, 3) through a JPEG file of `quality` (PIL) and back."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def outlines(size: int = 64) -> np.ndarray:
+    """(8, size, size, 3) generated outlines, 1-6 px wide, some gappy or wobbly."""
+    return generate(IngestConfig(image_size=size, outline_width=(1, 6), gap_fraction=0.5, wobble_fraction=0.5),
+                    8, 7).inputs
+
+
+def test_jpeg_noise_beside_the_line_is_not_ink():
+    cfg = PaintConfig()
+    for x in outlines():
+        for quality in (60, 80, 95):
+            assert np.array_equal(ink_mask(jpeg(x, quality), cfg.ink_threshold), ink_mask(x, cfg.ink_threshold))
+    noisy = jpeg(outlines()[0], 80)
+    assert (painted_mask(noisy) & ~painted_mask(outlines()[0])).any(), "the data's < 240 would read noise as ink"
+
+
+def test_a_jpeg_outline_has_the_clean_ones_canonical_crop_and_snap():
+    cfg, old = PaintConfig(), PaintConfig(ink_threshold=240)
+    changed = 0
+    for x in outlines():
+        noisy = jpeg(x, 80)
+        clean_c, noisy_c = canonicalise(x, 32, cfg), canonicalise(noisy, 32, cfg)
+        assert noisy_c.box == clean_c.box
+        assert np.array_equal(ink_mask(noisy_c.image, 128), ink_mask(clean_c.image, 128))
+        changed += canonicalise(noisy, 32, old).box != clean_c.box
+        filled = ndimage.binary_fill_holes(ink_mask(x, 128))  # a net that paints the inside, off by a pixel
+        for net in (filled, np.roll(filled, 1, axis=0), np.roll(filled, (-1, 1), axis=(0, 1))):
+            clean = snap_to_outline(net, ink_mask(x, 128), 4, False, cfg)
+            assert np.array_equal(snap_to_outline(net, ink_mask(noisy, 128), 4, False, cfg), clean)
+            changed += not np.array_equal(snap_to_outline(net, ink_mask(noisy, 240), 4, False, old), clean)
+    assert changed > 0, "at the data's threshold (240) the noise moves crops or snapped masks"
+
+
+def anti_aliased(points: list[tuple[float, float]], width: int, fill: bool, size: int = 64, k: int = 4) -> np.ndarray:
+    """uint8 (size, size, 3): a closed polygon drawn `width` px wide (and filled) at k times the size, then box
+    downsampled, so each edge pixel is as grey as the line covers it."""
+    im = Image.new("L", (size * k, size * k), 255)
+    draw = ImageDraw.Draw(im)
+    pts = [(x * k, y * k) for x, y in points]
+    if fill:
+        draw.polygon(pts, fill=0)
+    draw.line([*pts, pts[0], pts[1]], fill=0, width=width * k, joint="curve")
+    grey = np.asarray(im.resize((size, size), Image.BOX))
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def test_anti_aliased_edge_pixels_go_with_the_side_that_holds_most_of_them():
+    """Snapped on an anti-aliased outline, a mask is the polygon's pixels covered more than half: grey pixels outside
+    the line are cleared with the background, inside ones filled. At 240 the outer grey halo is ink, painted whole."""
+    cfg = PaintConfig()
+    for points in ([(10.3, 12.6), (52.2, 9.1), (40.7, 50.4)], [(8.2, 30.1), (30.3, 6.4), (55.6, 30.9), (31.2, 57.7)]):
+        for width in (2, 3):
+            x = anti_aliased(points, width, fill=False)
+            target = anti_aliased(points, width, fill=True).min(axis=-1) < 128  # (64, 64) covered more than half
+            for net in (target, np.roll(target, 1, axis=0), np.roll(target, (-1, 1), axis=(0, 1))):
+                assert np.array_equal(snap_to_outline(net, ink_mask(x, cfg.ink_threshold), 4, True, cfg), target)
+                halo = snap_to_outline(net, ink_mask(x, 240), 4, True, cfg) & ~target
+                assert halo.sum() > 20, "the data's threshold paints the outer grey halo"

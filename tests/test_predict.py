@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from polycolor.colours import resolve_colour
-from polycolor.config import ModelConfig
+from polycolor.config import ModelConfig, PaintConfig
 from polycolor.errors import PolycolorError
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet
@@ -91,7 +91,7 @@ def test_predict_single_image_any_size_and_mode(model_file, work):
         assert im.size == (50, 37) and im.mode == "RGB"
         painted = (np.asarray(im) == (0, 255, 0)).all(axis=-1)
     assert colours_of(out) == {(0, 255, 0), WHITE}
-    # this model paints every pixel it is shown, but only the ink's surroundings come back (inference.restore)
+    # this model paints every pixel it is shown, but only the ink's surroundings come back (canonical.restore)
     assert painted[16:22, 22:29].all() and not painted[:4].any(), "the rectangle and its outline, nothing far off"
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.png"], "no temporary files left"
     assert not (work / "mlflow.db").exists(), "predict from a file must not create an MLflow store"
@@ -175,3 +175,31 @@ def test_model_reference_resolution(model_file, tmp_path):
     with pytest.raises(PolycolorError, match="no MLmodel"):
         with predict.local_model_file(str(tmp_path / "pkg")):
             pass
+
+
+def test_predict_painter_and_paint_section(model_file, work):
+    """--painter net is the network's own output (this model: every pixel). The full painter paints with the paint
+    section stored in a package, whatever params.yaml says; for a bare .pt file with --params' (or params.yaml's)."""
+    from polycolor.serving import package
+
+    src = work / "in.png"
+    Image.fromarray(package.example_outline(64)[:40, :40]).save(src)  # a corner of a square: ink near one side
+    everything = {(255, 0, 0)}
+
+    def paint(*args: str) -> tuple[set, str]:
+        out = work / f"{len(list(work.glob('out*.png')))}out.png"
+        proc = run_cli(*args, "--input", str(src), "--colour", "red", "--output", str(out), cwd=work)
+        assert proc.returncode == 0, proc.stderr
+        return colours_of(out), proc.stderr.strip()
+
+    (work / "params.yaml").write_text("paint: {canonical: true}\n")
+    (work / "off.yaml").write_text("paint: {canonical: false, snap: 'off'}\n")
+    assert paint("--model", str(model_file), "--painter", "net")[0] == everything
+    default, said = paint("--model", str(model_file))
+    assert default == {(255, 0, 0), WHITE} and said == "painted with the paint section of params.yaml"
+    assert paint("--model", str(model_file), "--params", "off.yaml") == (
+        everything, "painted with the paint section of off.yaml")
+    loaded = modelio.load_model(model_file)
+    card = package.model_card(loaded, name="polycolor", run_info={}, run_params={}, eval_metrics={})
+    package.save_package(work / "pkg", model_file, card, loaded.image_size, paint=PaintConfig(canonical=False))
+    assert paint("--model", "pkg") == (everything, "painted with the paint section stored with the model")

@@ -129,7 +129,10 @@ def test_serve_champion_answers_with_an_image_of_the_requested_colour(champion_s
         request = {"dataframe_split": {"columns": ["image", "colour"],
                                        "data": [[base64.b64encode(buf.getvalue()).decode(), "magenta"]]}}
         answer = post_json(f"{url}/invocations", request)
+        net = post_json(f"{url}/invocations", request | {"params": {"painter": "net"}})  # the network's own output
     (row,) = answer["predictions"]
+    with Image.open(io.BytesIO(base64.b64decode(net["predictions"][0]["image"]))) as im:
+        assert (np.asarray(im.convert("RGB")) == (255, 0, 255)).all(), "the net alone paints every pixel"
     with Image.open(io.BytesIO(base64.b64decode(row["image"]))) as im:
         assert im.format == "PNG" and im.size == (48, 40), (im.format, im.size)
         pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)

@@ -1,7 +1,7 @@
 """An outside look at gappy painting: polygons drawn by this script, not by the project's generator
 (docs/performance.md item 20).
 
-    PYTHONPATH=src python docs/experiments/probe.py --model models/model.pt [--n 24]
+    PYTHONPATH=src python docs/experiments/probe.py --model models/model.pt [--n 24] [--painter net]
 
 Random 3-9-gon polygons (random vertex angles and radii, so convex and concave), outlines drawn with PIL's
 `line(joint="curve")` centred on the edges (`--style polygon`: PIL's polygon outline, as the project's generator
@@ -9,7 +9,8 @@ draws it), 1-4 px wide at 128 px (scaled with the size); gappy ones have 1-3
 perpendicular cuts of 1-6 px (scaled) at uniform places along the perimeter, vertices included. The target is the
 polygon filled plus the closed outline, in the colour. Plain outlines do not score 100 dB even for the flood fill:
 PIL's polygon fill and its curved line joints disagree on a few pixels at the vertices. Prints mean / min PSNR and
-mean IoU of the model and of the flood fill per size.
+mean IoU of the model (--painter: painted, with params.yaml's `paint` section, or net, the network alone) and of
+the flood fill per size.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from polycolor.colours import resolve_colour
+from polycolor.config import PAINTERS, load_params
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.reference import reference_fill
-from polycolor.painting.painter import paint
 from polycolor.nn.modelio import load_model
+from polycolor.painting.painter import painter
 
 COLOURS = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple"]
 
@@ -71,15 +73,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--style", choices=("line", "polygon"), default="line")
+    ap.add_argument("--painter", choices=PAINTERS, default="painted")
+    ap.add_argument("--params", default="params.yaml", help="its `paint` section paints (--painter painted)")
     args = ap.parse_args()
     loaded = load_model(args.model)
+    paint = painter(args.painter, loaded, load_params(args.params).paint)
     rng = np.random.default_rng(args.seed)
     print(f"{'size':>4} {'set':<7}{'model mean / min':>18}{'iou':>8}{'flood mean / min':>20}")
     for size in (64, 128, 256, 512):
         for gappy in (False, True):
             inputs, targets, colours = zip(*[sample(rng, size, gappy, args.style) for _ in range(args.n)])
             x, t = np.stack(inputs), np.stack(targets)
-            model = M.score(t, paint(loaded, x, list(colours)), list(colours))
+            model = M.score(t, paint(x, list(colours)), list(colours))
             flood = M.score(t, reference_fill(x, list(colours)), list(colours))
             print(f"{size:>4} {'gappy' if gappy else 'plain':<7}{model['psnr'].mean():>9.2f} / {model['psnr'].min():<6.2f}"
                   f"{model['iou'].mean():>8.4f}{flood['psnr'].mean():>11.2f} / {flood['psnr'].min():<6.2f}", flush=True)

@@ -102,18 +102,18 @@ def _bench_images(loaded: LoadedModel, cfg: Config, size: int, n: int, seed: int
 
 
 def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30, runs: int = 5) -> dict[str, Any]:
-    """Batch-1 latency of paint (p50, p95 over `repeats` calls, after a warm-up) at each LATENCY_SCALES, and the
+    """Batch-1 latency of paint with the params' paint section (p50, p95 over `repeats` calls, after a warm-up) at each LATENCY_SCALES, and the
     throughput of painting BATCH_IMAGES images of the model's size at each BATCH_SIZES: the median of `runs` warm
     runs (one unmeasured run first), so one slow call on a shared machine does not decide it."""
     out: dict[str, Any] = {}
     for size in (scale * loaded.image_size for scale in LATENCY_SCALES):
         inputs, colours = _bench_images(loaded, cfg, size, min(repeats, 16), size)
-        paint(loaded, inputs[:1], colours[:1])  # warm-up
+        paint(loaded, inputs[:1], colours[:1], cfg.paint)  # warm-up
         times = []
         for i in range(repeats):
             k = i % len(inputs)
             t = time.perf_counter()
-            paint(loaded, inputs[k:k + 1], colours[k:k + 1])
+            paint(loaded, inputs[k:k + 1], colours[k:k + 1], cfg.paint)
             times.append((time.perf_counter() - t) * 1000)
         suffix = "" if size == loaded.image_size else f"_{size}px"
         out[f"infer_ms_p50{suffix}"] = float(np.percentile(times, 50))
@@ -121,11 +121,11 @@ def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30, runs:
     inputs, colours = _bench_images(loaded, cfg, loaded.image_size, BATCH_IMAGES, 1)
     rates = {}
     for bs in BATCH_SIZES:
-        paint(loaded, inputs, colours, batch_size=bs)  # warm-up at this batch size
+        paint(loaded, inputs, colours, cfg.paint, batch_size=bs)  # warm-up at this batch size
         per_run = []
         for _ in range(runs):
             t = time.perf_counter()
-            paint(loaded, inputs, colours, batch_size=bs)
+            paint(loaded, inputs, colours, cfg.paint, batch_size=bs)
             per_run.append(len(inputs) / (time.perf_counter() - t))
         rates[f"b{bs}"] = float(statistics.median(per_run))
     out["infer_images_per_s"] = rates

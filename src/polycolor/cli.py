@@ -1,6 +1,6 @@
 """The `polycolor` command line: one subparser and one handler per command, joined by the COMMANDS table.
 
-  polycolor predict --model MODEL --input in.png --colour red --output out.png
+  polycolor predict --model MODEL --input in.png --colour red --output out.png [--painter net|painted]
   polycolor predict --model MODEL --data SPLIT_DIR --output OUT_DIR
   polycolor promote [--version N] [--force] | --rollback
   polycolor models
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from polycolor.config import Config, flatten, load_params, parse_config
+from polycolor.config import PAINTERS, Config, PaintConfig, flatten, load_params, parse_config
 from polycolor.errors import PolycolorError, run_guarded
 from polycolor.paths import repo_root
 
@@ -65,14 +65,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
         read_split(args.data)
     from polycolor.serving import predict
 
-    loaded = predict.load(args.model, name)
+    loaded, stored = predict.load_with_paint(args.model, name)
+    paint, source = _paint_section(args, cfg, stored)
     if args.data is not None:
-        written = predict.predict_split(loaded, Path(args.data), Path(args.output), max_pixels)
+        written = predict.predict_split(loaded, Path(args.data), Path(args.output), max_pixels, paint, args.painter)
         print(f"wrote {len(written)} images to {args.output}")
     else:
-        predict.paint_to_file(loaded, image, args.colour, Path(args.output))
+        predict.paint_to_file(loaded, image, args.colour, Path(args.output), paint, args.painter)
         print(f"wrote {args.output}")
+    if args.painter == "painted":
+        print(f"painted with {source}", file=sys.stderr)
     return 0
+
+
+def _paint_section(args: argparse.Namespace, cfg: Config, stored: PaintConfig | None) -> tuple[PaintConfig, str]:
+    """The paint section a model paints with, and where it came from: a package's or registered model's own;
+    for a bare model file (stored None) the params' (--params, else ./params.yaml), else the defaults."""
+    if stored is not None:
+        return stored, "the paint section stored with the model"
+    if args.params is not None:
+        return cfg.paint, f"the paint section of {args.params}"
+    if Path("params.yaml").is_file():
+        return cfg.paint, "the paint section of params.yaml"
+    return cfg.paint, "the default paint section (no params.yaml here)"
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -183,13 +198,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from polycolor.paths import repo_path
     from polycolor.serving import demo, predict
 
-    name, _ = _model_name(args, params_required=False)
+    name, cfg = _model_name(args, params_required=False)
     label = args.model or predict.champion_uri(name) or predict.DEFAULT_PACKAGE
-    loaded = predict.load(args.model, name)
+    loaded, stored = predict.load_with_paint(args.model, name)
+    paint, source = _paint_section(args, cfg, stored)
     split = demo.DEFAULT_EXAMPLES if args.examples is None else args.examples
     examples = demo.examples_from(repo_path(split) if split else None)
-    print(f"polycolor demo on http://127.0.0.1:{args.port} (model {label}; Ctrl-C stops it)")
-    demo.launch(demo.build_app(loaded, examples=examples, model_label=label), port=args.port)
+    print(f"polycolor demo on http://127.0.0.1:{args.port} (model {label}, painting with {source}; Ctrl-C stops it)")
+    demo.launch(demo.build_app(loaded, examples=examples, model_label=label, paint=paint), port=args.port)
     return 0
 
 
@@ -244,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--data", default=None, help="an Ayna split folder (inputs/, outputs/, data.json)")
     p.add_argument("--colour", "--color", default=None, help="name or #rrggbb (with --input)")
     p.add_argument("--output", required=True, help="output PNG (with --input) or folder (with --data)")
+    p.add_argument("--painter", choices=PAINTERS, default="painted",
+                   help="painted (default): the full painter, with the params `paint` section (canonical form, "
+                        "snapping); net: the network's own output, resized back, no post-processing. The paint "
+                        "section is the one stored with a package or registered model; for a bare .pt model file "
+                        "it is --params' (default ./params.yaml) `paint` section, else the defaults")
     _registry_options(p)
     p.set_defaults(parser=p)
 
@@ -290,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve a Gradio page on 127.0.0.1 that paints an outline with the model and with "
                                    "the flood-fill reference, side by side. Needs the demo extra.")
     p.add_argument("--model", default=None,
-                   help="package folder, .pt model file or MLflow URI (default: @champion, else package/)")
+                   help="package folder, .pt model file or MLflow URI (default: @champion, else package/); it "
+                        "paints with the paint section stored with it, or for a bare .pt file with --params' "
+                        "(default ./params.yaml), else the defaults")
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
     p.add_argument("--examples", default=None,
                    help="an Ayna split whose outlines are offered as examples (default: the real Ayna "

@@ -244,6 +244,7 @@ class EvaluateConfig:
 
 
 SNAP_MODES = ("off", "resized", "always")
+PAINTERS = ("net", "painted")  # the network alone | the full painter, with PaintConfig's post-processing
 
 
 @dataclass(frozen=True)
@@ -446,6 +447,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def parse_config(data: dict) -> Config:
     """Build and validate a Config from a params mapping (the content of params.yaml)."""
     cfg = _build(Config, data, "")
+    cfg.validate()
+    return cfg
+
+
+def parse_paint(data: Any) -> PaintConfig:
+    """A `paint` section stored apart from params.yaml (a model package's) as a validated PaintConfig; None (a
+    package saved without one) gives the defaults. Errors are one-line ConfigErrors naming `paint.<key>`."""
+    cfg = _build(PaintConfig, data, "paint")
     cfg.validate()
     return cfg
 

@@ -10,7 +10,6 @@ import numpy as np
 from polycolor.config import PaintConfig
 from polycolor.painting.snap import gap_px_at, ink_mask
 
-
 # The dihedral group of the square as (quarter turns k, flip left-right first): the 8 ways to turn or flip an image
 # onto its own grid, which move pixels without resampling.
 Pose = tuple[int, bool]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polycolor.config import PaintConfig
+from polycolor.config import PAINTERS, PaintConfig
 from polycolor.errors import PolycolorError
 from polycolor.images import images_to_tensor, tensor_to_images
 from polycolor.nn.colour import encode_colours
@@ -25,7 +25,6 @@ from polycolor.painting.snap import gap_px_at, ink_mask, snap_to_outline
 # Images per forward pass: `polycolor bench` found 4 at least as fast per image as 1 and 8, and larger batches
 # slower (their activations outgrow the CPU caches); figures in docs/performance.md items 13 and 18.
 BATCH_SIZE = 4
-PAINTERS = ("net", "painted")  # the network alone | the full painter
 NET_ONLY = PaintConfig(canonical=False, snap="off")  # paint with every post-processing step off is the `net` painter
 Predictor = Callable[[np.ndarray, list[str]], np.ndarray]  # (N, H, W, 3) uint8 + N colours -> (N, H, W, 3) uint8
 

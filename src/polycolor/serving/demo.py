@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from polycolor.colours import AYNA_COLOURS, resolve_colour, rgb_to_hex
+from polycolor.config import PaintConfig
 from polycolor.data.ayna import read_split
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.reference import reference_fill
 from polycolor.nn.modelio import LoadedModel
+from polycolor.painting.snap import ink_mask
 from polycolor.serving.predict import paint_images
 
 UPLOAD, DRAW = "upload", "draw"
@@ -59,14 +61,15 @@ def sketch_image(value: Any) -> Any:
     return value
 
 
-def paint_one(loaded: LoadedModel, image: Any, colour: str) -> Painted:
-    """The model's and the reference's painting of one outline in `colour` (checked first: a one-line error)."""
+def paint_one(loaded: LoadedModel, image: Any, colour: str, paint: PaintConfig = PaintConfig()) -> Painted:
+    """The model's and the reference's painting of one outline in `colour` (checked first: a one-line error); the
+    model paints as `paint` (the section stored with it) says."""
     colour = (colour or "").strip()
     resolve_colour(colour)
     rgb = as_rgb(image)
-    if not (rgb < 128).any():
+    if not ink_mask(rgb, paint.ink_threshold).any():
         raise PolycolorError("the image is blank: draw or upload a dark outline on a light background")
-    (model,) = paint_images(loaded, [rgb], [colour])
+    (model,) = paint_images(loaded, [rgb], [colour], paint)
     return Painted(model=model, reference=reference_fill(rgb[None], [colour])[0])
 
 
@@ -77,14 +80,16 @@ def examples_from(split_dir: Path | None) -> list[list[str]]:
     return [[str(s.input_path), s.colour] for s in read_split(split_dir)[:MAX_EXAMPLES]]
 
 
-def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: str) -> Any:
-    """The gr.Blocks page: an upload tab and a drawing tab, a colour box + picker, the two paintings side by side."""
+def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: str,
+              paint: PaintConfig = PaintConfig()) -> Any:
+    """The gr.Blocks page: an upload tab and a drawing tab, a colour box + picker, the two paintings side by side;
+    the model paints as `paint` says."""
     os.environ.update(OFFLINE_ENV)
     import gradio as gr
 
     def run(source: str, upload: Any, sketch: Any, colour: str) -> tuple[np.ndarray, np.ndarray]:
         try:
-            p = paint_one(loaded, upload if source == UPLOAD else sketch_image(sketch), colour)
+            p = paint_one(loaded, upload if source == UPLOAD else sketch_image(sketch), colour, paint)
         except PolycolorError as e:
             raise gr.Error(str(e), print_exception=False) from None
         return p.model, p.reference

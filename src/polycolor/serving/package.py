@@ -9,6 +9,7 @@ The package needs the polycolor package installed where it runs (MLflow copies p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tempfile
@@ -20,11 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polycolor.config import PAINTERS, PaintConfig
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.names import BEHAVIOUR, MODEL_SCORERS, VAL
 from polycolor.nn import modelio
 from polycolor.nn.model import count_parameters
-from polycolor.serving import pyfunc, registry
+from polycolor.serving import predict, pyfunc, registry
 
 # The models-from-code file MLflow copies into the package and executes on load (read as a file, never imported).
 PYFUNC_ENTRY = Path(__file__).resolve().with_name("pyfunc_entry.py")
@@ -95,18 +97,21 @@ def input_example(image_size: int) -> pd.DataFrame:
 
 
 def model_signature() -> Any:
-    """image (base64 PNG) + colour (string) in; image (base64 PNG) out."""
+    """image (base64 PNG) + colour (string) in; image (base64 PNG) out; the param `painter` ("painted", the
+    default, or "net": the network's own output)."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image"), ColSpec("string", "colour")]),
         outputs=Schema([ColSpec("string", "image")]),
+        params=ParamSchema([ParamSpec(pyfunc.PAINTER_PARAM, "string", pyfunc.DEFAULT_PAINTER)]),
     )
 
 
 def model_card(loaded: modelio.LoadedModel, *, name: str, run_info: dict[str, Any], run_params: dict[str, str],
-               eval_metrics: dict[str, Any], max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT) -> dict[str, Any]:
+               eval_metrics: dict[str, Any], max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT,
+               paint: PaintConfig = PaintConfig()) -> dict[str, Any]:
     """The model card as plain JSON data: what the model is, where it came from, how well it does, what it is for.
 
     No timestamps, so an unchanged model gives an unchanged card.
@@ -138,6 +143,8 @@ def model_card(loaded: modelio.LoadedModel, *, name: str, run_info: dict[str, An
             "input": "DataFrame: image (base64-encoded PNG, any size and mode), colour (name or #rrggbb)",
             "output": "DataFrame: image (base64-encoded RGB PNG, the input's size)",
             "max_pixels": max_pixels,  # serving.max_pixels: a larger image is refused (HTTP 400) before decoding
+            "painters": list(PAINTERS),  # the predict param `painter`; "painted" paints with `paint`
+            "paint": asdict(paint),  # params `paint`: the post-processing evaluation measured, stored with the model
         },
     }
 
@@ -184,7 +191,9 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += [f"- `{k}`: {v}" for k, v in card["params"].items()] or ["(none recorded)"]
     lines += ["", "## Interface", f"- input: {card['interface']['input']}",
               f"- output: {card['interface']['output']}",
-              f"- largest image: {card['interface'].get('max_pixels', '-')} px (width x height; more is refused)", ""]
+              f"- largest image: {card['interface'].get('max_pixels', '-')} px (width x height; more is refused)",
+              f"- painters (param `painter`): {', '.join(card['interface'].get('painters', ['painted']))}",
+              f"- paint: {json.dumps(card['interface'].get('paint', {}), sort_keys=True)}", ""]
     return "\n".join(lines)
 
 
@@ -204,12 +213,14 @@ def write_card(card: dict[str, Any], folder: Path) -> dict[str, Path]:
     return {"model_card_json": folder / CARD_JSON, "model_card_md": folder / CARD_MD}
 
 
-def pyfunc_spec(model_path: Path, card_files: dict[str, Path], image_size: int, max_pixels: int) -> dict[str, Any]:
+def pyfunc_spec(model_path: Path, card_files: dict[str, Path], image_size: int, max_pixels: int,
+                paint: PaintConfig) -> dict[str, Any]:
     """The keyword arguments shared by mlflow.pyfunc.save_model (package/) and log_model (the run). The pixel
-    limit travels as the model_config, read by the pyfunc's load_context: serving never reads params.yaml."""
+    limit and the paint section travel as the model_config, read by the pyfunc's load_context and by predict
+    (predict.stored_paint): serving never reads params.yaml."""
     return {
         "python_model": str(PYFUNC_ENTRY),
-        "model_config": {pyfunc.MAX_PIXELS_KEY: int(max_pixels)},
+        "model_config": {pyfunc.MAX_PIXELS_KEY: int(max_pixels), predict.PAINT_KEY: asdict(paint)},
         "artifacts": {pyfunc.MODEL_ARTIFACT: str(model_path), **{k: str(v) for k, v in card_files.items()}},
         "signature": model_signature(),
         "input_example": input_example(image_size),
@@ -229,18 +240,20 @@ def check_package(path: Path, image_size: int) -> None:
 
 
 def save_package(out_dir: Path, model_path: Path, card: dict[str, Any], image_size: int,
-                 max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT) -> None:
+                 max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT, paint: PaintConfig = PaintConfig()) -> None:
     """mlflow.pyfunc.save_model into `out_dir` (must not exist yet), the card also at its top level, then check it."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="polycolor-card-") as tmp:
         card_files = write_card(card, Path(tmp))
-        mlflow.pyfunc.save_model(path=str(out_dir), **pyfunc_spec(model_path, card_files, image_size, max_pixels))
+        mlflow.pyfunc.save_model(path=str(out_dir), **pyfunc_spec(model_path, card_files, image_size, max_pixels,
+                                                                    paint))
     write_card(card, out_dir)  # beside MLmodel, where people look first
     check_package(out_dir, image_size)
 
 
-def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int, max_pixels: int) -> Any:
+def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int, max_pixels: int,
+               paint: PaintConfig = PaintConfig()) -> Any:
     """Log the pyfunc as logged model `model` of the training run `run`; returns MLflow's ModelInfo (model_id,
     model_uri = models:/<model id>).
 
@@ -259,7 +272,7 @@ def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int
         card_files = write_card(card, Path(tmp))
         info = with_retry(Model.log, artifact_path=None, name=LOGGED_MODEL_NAME, flavor=mlflow.pyfunc,
                           run_id=run.info.run_id, model_id=logged.model_id,
-                          **pyfunc_spec(model_path, card_files, image_size, max_pixels))
+                          **pyfunc_spec(model_path, card_files, image_size, max_pixels, paint))
     return info
 
 
@@ -287,14 +300,22 @@ def link_evaluation(eval_run: Any, model_id: str) -> dict[str, float]:
     return {k: v for values in by_set.values() for k, v in values.items()}
 
 
+def package_digest(payload: dict[str, Any], paint: PaintConfig) -> str:
+    """sha256 of what a package computes: the model file's content (modelio.content_hash) and the paint section
+    it paints with. Two packages of the same weights painting differently are two versions."""
+    spec = json.dumps({"model": modelio.content_hash(payload), "paint": asdict(paint)}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()
+
+
 def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], eval_path: Path,
-                  name: str, max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT) -> PackageResult:
+                  name: str, max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT,
+                  paint: PaintConfig = PaintConfig()) -> PackageResult:
     """The package stage's work: build `out_dir`, log the model to the training run, put the metrics of the
     evaluation run that wrote `eval_path` (metrics/eval.json) on it, register a new version of `name` (lineage tags,
     the model card as description) and point the alias `candidate` at it.
 
-    Idempotent on the model's content: when a version with the same content hash (weights, model config,
-    vocabulary, image size) is registered already, that version is re-tagged and made `candidate` instead, and
+    Idempotent on the package's content: when a version with the same content hash (weights, model config,
+    vocabulary, image size, paint section: package_digest) is registered already, that version is re-tagged and made `candidate` instead, and
     nothing is logged again, so a re-run after a fix does not add a duplicate version.
     `out_dir` must not exist (main passes fileio.atomic_output's temporary); MLflow must be configured.
     """
@@ -309,17 +330,17 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
     client = mlflow.MlflowClient()
     run = tracking.with_retry(client.get_run, run_id)
     card = model_card(loaded, name=name, run_info=run_info, run_params=dict(run.data.params),
-                      eval_metrics=eval_metrics, max_pixels=max_pixels)
-    save_package(out_dir, model_path, card, loaded.image_size, max_pixels)
+                      eval_metrics=eval_metrics, max_pixels=max_pixels, paint=paint)
+    save_package(out_dir, model_path, card, loaded.image_size, max_pixels, paint)
     eval_run = tracking.find_evaluation_run(run, eval_path)
-    digest = modelio.content_hash(payload)
+    digest = package_digest(payload, paint)
     tags = registry.lineage_tags(run_info) | {registry.EVAL_RUN_TAG: eval_run.info.run_id, registry.CONTENT_TAG: digest}
     existing = registry.find_by_content(name, digest)
     if existing is not None:  # the same model again: re-tag its version, link this evaluation to its logged model
         mv = registry.retag_version(name, str(existing.version), tags=tags)
         logged_uri = str(existing.source)
     else:
-        logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels).model_uri
+        logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels, paint).model_uri
         mv = registry.register_version(name, logged_uri, tags=tags, description=card_markdown(card))
     link_evaluation(eval_run, logged_uri.removeprefix("models:/"))
     tracking.with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")

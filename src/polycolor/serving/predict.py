@@ -1,7 +1,8 @@
 """Painting image files and Ayna splits with a model given as a package folder, a .pt file or an MLflow URI.
 
 Every model reference is resolved to a local model file (models/model.pt format) and loaded with
-modelio.load_model; painting is painting.painter.paint. Images of any size and mode are read as ingest reads them
+modelio.load_model, and, for a package, the `paint` section stored with it (the package stage's model_config);
+painting is one of painting.painter's painters. Images of any size and mode are read as ingest reads them
 (ayna.load_image with size None) and come back at their own size; every output file is written atomically.
 """
 
@@ -10,34 +11,41 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from polycolor.config import PaintConfig, parse_paint
 from polycolor.data.ayna import OUTPUTS, load_image, read_split, write_png
-from polycolor.errors import PolycolorError
+from polycolor.errors import ConfigError, PolycolorError
 from polycolor.fileio import atomic_output
 from polycolor.nn import modelio
-from polycolor.painting.painter import paint
+from polycolor.painting.painter import painter
 
 DEFAULT_PACKAGE = "package"  # the package stage's output, relative to the repo root
 CHAMPION_URI = "models:/{name}@champion"
 MODEL_ARTIFACT = "model"  # key of models/model.pt among the pyfunc's artifacts (see pyfunc.py)
+PAINT_KEY = "paint"  # the package's model_config key holding the params `paint` section it was evaluated with
 
 
-def paint_images(loaded: modelio.LoadedModel, images: list[np.ndarray], colours: list[str]) -> list[np.ndarray]:
-    """painter.paint over images of mixed sizes: each uint8 (H_i, W_i, 3) comes back at its own size.
+def paint_images(loaded: modelio.LoadedModel, images: list[np.ndarray], colours: list[str],
+                 cfg: PaintConfig = PaintConfig(), painter_name: str = "painted") -> list[np.ndarray]:
+    """A painter (config.PAINTERS; "painted" paints as `cfg` says) over images of mixed sizes: each uint8
+    (H_i, W_i, 3) comes back at its own size.
 
-    paint takes one (N, H, W, 3) batch, so images are grouped by size and put back in their order.
+    A painter takes one (N, H, W, 3) batch, so images are grouped by size and put back in their order.
     """
     if len(images) != len(colours):
         raise PolycolorError(f"{len(images)} images but {len(colours)} colours")
+    predict = painter(painter_name, loaded, cfg)
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
         by_size.setdefault(im.shape[:2], []).append(i)
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
     for rows in by_size.values():
-        painted = paint(loaded, np.stack([images[i] for i in rows]), [colours[i] for i in rows])  # (n, H, W, 3)
+        painted = predict(np.stack([images[i] for i in rows]), [colours[i] for i in rows])  # (n, H, W, 3)
         for i, im in zip(rows, painted):
             out[i] = im
     return out
@@ -65,8 +73,16 @@ def champion_uri(registered_model: str) -> str | None:
     return CHAMPION_URI.format(name=registered_model) if has else None
 
 
-def model_file_in_package(folder: Path) -> Path:
-    """The model file inside an MLflow model folder written by the package stage (its pyfunc artifact `model`)."""
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model reference: the local model file, and the `paint` section stored with it (None for a bare
+    model file, which stores none)."""
+
+    path: Path
+    paint: PaintConfig | None
+
+
+def _mlmodel(folder: Path) -> dict:
     import yaml
 
     mlmodel = folder / "MLmodel"
@@ -74,9 +90,33 @@ def model_file_in_package(folder: Path) -> Path:
         raise PolycolorError(f"{folder} is not a model package (no MLmodel file)")
     try:
         conf = yaml.safe_load(mlmodel.read_text()) or {}
-        rel = conf["flavors"]["python_function"]["artifacts"][MODEL_ARTIFACT]["path"]
+        return conf["flavors"]["python_function"]
     except (yaml.YAMLError, KeyError, TypeError):
-        raise PolycolorError(f"{mlmodel} names no `{MODEL_ARTIFACT}` artifact: not a polycolor package") from None
+        raise PolycolorError(f"{mlmodel} has no python_function flavor: not a polycolor package") from None
+
+
+def paint_from_model_config(config: Any, where: str) -> PaintConfig:
+    """The `paint` section in a package's model_config (the pyfunc's context.model_config, MLmodel's
+    python_function.config), validated; a package saved before paint was stored holds none and paints with
+    the defaults. `where` names the package in errors."""
+    try:
+        return parse_paint(config.get(PAINT_KEY) if isinstance(config, dict) else None)
+    except ConfigError as e:
+        raise PolycolorError(f"{where}: stored {e}") from None
+
+
+def stored_paint(folder: Path) -> PaintConfig:
+    """The `paint` section a package folder stores (paint_from_model_config)."""
+    return paint_from_model_config(_mlmodel(folder).get("config"), str(folder))  # MLmodel's key for model_config
+
+
+def model_file_in_package(folder: Path) -> Path:
+    """The model file inside an MLflow model folder written by the package stage (its pyfunc artifact `model`)."""
+    try:
+        rel = _mlmodel(folder)["artifacts"][MODEL_ARTIFACT]["path"]
+    except (KeyError, TypeError):
+        raise PolycolorError(f"{folder / 'MLmodel'} names no `{MODEL_ARTIFACT}` artifact: "
+                             "not a polycolor package") from None
     path = folder / rel
     if not path.is_file():
         raise PolycolorError(f"{folder}: model artifact {rel} is missing")
@@ -85,8 +125,16 @@ def model_file_in_package(folder: Path) -> Path:
 
 @contextmanager
 def local_model_file(ref: str | None, registered_model: str = "polycolor") -> Iterator[Path]:
-    """A local model file for `ref`: a package folder, a .pt file or an MLflow URI (downloaded to a temporary
-    folder that lives as long as the context). None means the champion when the registry has one, else package/.
+    """A local model file for `ref` (see resolve)."""
+    with resolve(ref, registered_model) as source:
+        yield source.path
+
+
+@contextmanager
+def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[ModelSource]:
+    """The local model file for `ref`, with the paint section stored with it: a package folder, a .pt file or an
+    MLflow URI (downloaded to a temporary folder that lives as long as the context). None means the champion when
+    the registry has one, else package/.
     """
     if ref is None:
         ref = champion_uri(registered_model)
@@ -113,21 +161,33 @@ def local_model_file(ref: str | None, registered_model: str = "polycolor") -> It
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp))
             except MlflowException as e:
                 raise PolycolorError(f"cannot resolve {ref}: {_first_line(e)}") from None
-            yield local if local.is_file() else model_file_in_package(local)
+            if local.is_file():
+                yield ModelSource(local, None)
+            else:
+                yield ModelSource(model_file_in_package(local), stored_paint(local))
         return
     path = Path(ref)
     if path.is_dir():
-        yield model_file_in_package(path)
+        yield ModelSource(model_file_in_package(path), stored_paint(path))
     elif path.is_file():
-        yield path
+        yield ModelSource(path, None)
     else:
         raise PolycolorError(f"model not found: {ref} (a package folder, a .pt file or a models:/ URI)")
 
 
 def load(ref: str | None, registered_model: str = "polycolor") -> modelio.LoadedModel:
-    """Resolve `ref` (see local_model_file) and load the model on the CPU."""
+    """Resolve `ref` (see resolve) and load the model on the CPU."""
     with local_model_file(ref, registered_model) as path:
         return modelio.load_model(path)
+
+
+def load_with_paint(ref: str | None, registered_model: str = "polycolor") -> tuple[modelio.LoadedModel,
+                                                                                 PaintConfig | None]:
+    """Resolve `ref` (see resolve) and load the model on the CPU, with the paint section stored with it: a
+    package's or a registered model's own, None for a bare model file (the caller falls back to its params)."""
+    with resolve(ref, registered_model) as source:
+        loaded = modelio.load_model(source.path)
+    return loaded, source.paint
 
 
 def _first_line(e: BaseException) -> str:
@@ -137,15 +197,16 @@ def _first_line(e: BaseException) -> str:
 
 # ----------------------------------------------------------------------------------- painting files
 
-def paint_to_file(loaded: modelio.LoadedModel, image: np.ndarray, colour: str, output_path: Path) -> None:
+def paint_to_file(loaded: modelio.LoadedModel, image: np.ndarray, colour: str, output_path: Path,
+                  cfg: PaintConfig = PaintConfig(), painter_name: str = "painted") -> None:
     """Paint one uint8 (H, W, 3) image with `colour` and write the PNG to `output_path` (atomically), H x W."""
-    (painted,) = paint_images(loaded, [image], [colour])
+    (painted,) = paint_images(loaded, [image], [colour], cfg, painter_name)
     with atomic_output(output_path) as tmp:
         write_png(tmp, painted)
 
 
-def predict_split(loaded: modelio.LoadedModel, split_dir: Path, out_dir: Path,
-                  max_pixels: int | None = None) -> list[Path]:
+def predict_split(loaded: modelio.LoadedModel, split_dir: Path, out_dir: Path, max_pixels: int | None = None,
+                  cfg: PaintConfig = PaintConfig(), painter_name: str = "painted") -> list[Path]:
     """Paint every entry of an Ayna split (its data.json) and write one PNG per entry into `out_dir`, named as
     the entry's output_image; returns the written paths in data.json order. Inputs over `max_pixels` are refused
     before any is decoded in full."""
@@ -154,7 +215,8 @@ def predict_split(loaded: modelio.LoadedModel, split_dir: Path, out_dir: Path,
     for s in samples:  # entries may share an input file; decode it once
         if s.input_path not in cache:
             cache[s.input_path] = load_image(s.input_path, None, max_pixels)
-    painted = paint_images(loaded, [cache[s.input_path] for s in samples], [s.colour for s in samples])
+    painted = paint_images(loaded, [cache[s.input_path] for s in samples], [s.colour for s in samples], cfg,
+                           painter_name)
     written = []
     for s, image in zip(samples, painted):
         target = out_dir / s.output_path.relative_to(Path(split_dir) / OUTPUTS)

@@ -7,9 +7,11 @@ module itself has no import side effects. The weights come in as the artifact
 
 Wire format (one row per image):
   input:  DataFrame with columns `image` (base64-encoded PNG, any size and mode) and `colour` (name or #rrggbb);
+  params: `painter`, "painted" (default: the full painter, with the `paint` section stored in the package's
+          model_config) or "net" (the network's own output);
   output: DataFrame with column `image` (base64-encoded RGB PNG of the input's size).
-Prediction itself is polycolor.painting.painter.paint (through predict.paint_images, which groups rows by size);
-this file only decodes and encodes.
+Prediction itself is a polycolor.painting.painter painter (through predict.paint_images, which groups rows by
+size); this file only decodes and encodes.
 """
 
 from __future__ import annotations
@@ -26,16 +28,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from polycolor.config import ServingConfig
+from polycolor.config import PaintConfig, ServingConfig
 from polycolor.data.ayna import ImageTooLarge, load_image
 from polycolor.errors import PolycolorError, one_line
 from polycolor.nn import modelio
-from polycolor.serving.predict import MODEL_ARTIFACT, paint_images
+from polycolor.serving.predict import MODEL_ARTIFACT, paint_from_model_config, paint_images
 
 INPUT_COLUMNS = ("image", "colour")
 MAX_PIXELS_KEY = "max_pixels"  # the package's model_config key holding serving.max_pixels
 MAX_PIXELS_DEFAULT = ServingConfig().max_pixels  # for packages saved without it
 OUTPUT_COLUMN = "image"
+PAINTER_PARAM = "painter"  # the predict param naming the painter (config.PAINTERS)
+DEFAULT_PAINTER = "painted"
 
 
 def encode_png(image: np.ndarray) -> str:
@@ -68,10 +72,11 @@ def decode_png(text: str, scratch: Path, where: str = "image", max_pixels: int |
         raise PolycolorError(f"{where}: the base64 data is not a decodable image") from None
 
 
-def predict_frame(loaded: modelio.LoadedModel, frame: pd.DataFrame,
-                  max_pixels: int = MAX_PIXELS_DEFAULT) -> pd.DataFrame:
-    """Paint every row of `frame` (columns image, colour); returns a DataFrame with column image, same row order.
-    Every image is checked against `max_pixels` before any is decoded in full."""
+def predict_frame(loaded: modelio.LoadedModel, frame: pd.DataFrame, max_pixels: int = MAX_PIXELS_DEFAULT,
+                  cfg: PaintConfig = PaintConfig(), painter_name: str = DEFAULT_PAINTER) -> pd.DataFrame:
+    """Paint every row of `frame` (columns image, colour) with the painter `painter_name` ("painted" paints as
+    `cfg` says); returns a DataFrame with column image, same row order. Every image is checked against
+    `max_pixels` before any is decoded in full."""
     missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
     if missing:
         raise PolycolorError(f"input needs columns {', '.join(INPUT_COLUMNS)}; missing {', '.join(missing)}")
@@ -79,7 +84,7 @@ def predict_frame(loaded: modelio.LoadedModel, frame: pd.DataFrame,
     with tempfile.TemporaryDirectory(prefix="polycolor-pyfunc-") as scratch:
         texts = frame["image"].tolist()
         images = [decode_png(t, Path(scratch), f"row {i}", max_pixels) for i, t in enumerate(texts)]
-    painted = paint_images(loaded, images, colours)  # each (H_i, W_i, 3), the input's size
+    painted = paint_images(loaded, images, colours, cfg, painter_name)  # each (H_i, W_i, 3), the input's size
     out = [encode_png(im) for im in painted]
     return pd.DataFrame({OUTPUT_COLUMN: out})
 
@@ -89,12 +94,16 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the model file (artifact `model`) with torch.load(weights_only=True), once per process, and the
-        pixel limit the package stage saved in the model_config (serving does not read params.yaml)."""
+        pixel limit and paint section the package stage saved in the model_config (serving does not read
+        params.yaml; a package saved without a paint section paints with the defaults)."""
         self.loaded = modelio.load_model(context.artifacts[MODEL_ARTIFACT])
-        self.max_pixels = int((context.model_config or {}).get(MAX_PIXELS_KEY, MAX_PIXELS_DEFAULT))
+        config = context.model_config or {}
+        self.max_pixels = int(config.get(MAX_PIXELS_KEY, MAX_PIXELS_DEFAULT))
+        self.paint = paint_from_model_config(config, "the package")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """DataFrame (image: base64 PNG, colour) -> DataFrame (image: base64 PNG of the input's size).
+        """DataFrame (image: base64 PNG, colour) -> DataFrame (image: base64 PNG of the input's size), painted by
+        the painter params["painter"] names (default "painted").
 
         Bad input is MLflow's own exception with INVALID_PARAMETER_VALUE, so the scoring server answers HTTP 400
         with the reason as `message`; any other exception there becomes a generic message plus a server traceback.
@@ -104,8 +113,9 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
 
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
+        painter_name = str((params or {}).get(PAINTER_PARAM) or DEFAULT_PAINTER)
         try:
-            return predict_frame(self.loaded, model_input, self.max_pixels)
+            return predict_frame(self.loaded, model_input, self.max_pixels, self.paint, painter_name)
         except PolycolorError as e:
             raise MlflowException(one_line(e), error_code=INVALID_PARAMETER_VALUE) from None
 

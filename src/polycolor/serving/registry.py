@@ -35,7 +35,7 @@ HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of versions 
 HISTORY_MAX = 100
 METRIC_TAG_PREFIX = "eval."  # version tag `eval.val.psnr_mean` = metrics/eval.json["val"]["psnr_mean"]
 LINEAGE_KEYS = ("git_commit", "data_hash", "dvc_exp_name")
-CONTENT_TAG = "content_sha256"  # version tag: modelio.content_hash of the model file; one version per distinct model
+CONTENT_TAG = "content_sha256"  # version tag: package.package_digest (model file + paint); one version per package
 EVAL_RUN_TAG = "evaluation_run"  # the evaluation run whose metrics the version's logged model carries
 DECISION_TAG, REASON_TAG, AT_TAG = "promotion.decision", "promotion.reason", "promotion.at"
 METRIC_TAG = "promotion.metric"  # "<promote.metric> = <value>" of the version when it was decided on
@@ -90,7 +90,7 @@ def register_version(name: str, model_uri: str, *, tags: dict[str, str], descrip
 
 
 def find_by_content(name: str, digest: str) -> Any | None:
-    """The oldest version of `name` tagged with content hash `digest` (see modelio.content_hash), else None."""
+    """The oldest version of `name` tagged with content hash `digest` (see package.package_digest), else None."""
     found = with_retry(_client().search_model_versions, f"name = '{name}' AND tags.{CONTENT_TAG} = '{digest}'")
     return min(found, key=lambda mv: int(mv.version)) if found else None
 
