@@ -9,6 +9,8 @@ Plumbing: numpy and torch only, nothing else of the package.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -29,6 +31,8 @@ WHITE_MIN = 240
 SIGNED_WHITE_MIN = (WHITE_MIN - 0.5) / 127.5 - 1.0  # ~0.8784
 
 ImageLike = np.ndarray | torch.Tensor
+# A painter: what evaluation scores and serving calls.
+Predictor = Callable[[np.ndarray, list[str]], np.ndarray]  # (N, H, W, 3) uint8 + N colours -> (N, H, W, 3) uint8
 
 
 def _is_float(image: ImageLike) -> bool:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,7 +52,7 @@ from skimage.metrics import structural_similarity
 from skimage.segmentation import find_boundaries
 
 from polycolor.colours import AYNA_COLOURS, resolve_colour
-from polycolor.images import painted_mask
+from polycolor.images import Predictor, painted_mask
 
 PSNR_CAP = 100.0  # dB; the PSNR of identical images (and the ceiling of every PSNR)
 BOUNDARY_TOLERANCE = 2  # pixels (Chebyshev) within which a boundary pixel counts as matched
@@ -68,7 +68,6 @@ SAMPLE_METRICS = ("psnr", "ssim", "mae", "mse", "colour_correct", "ciede2000", "
                   "boundary_f1")
 SAMPLE_COLUMNS = ("index", "colour", "shape", "requested", "painted", *SAMPLE_METRICS)
 
-Predictor = Callable[[np.ndarray, list[str]], np.ndarray]  # (N, H, W, 3) uint8 + N colours -> (N, H, W, 3) uint8
 
 
 def psnr(target: np.ndarray, pred: np.ndarray) -> float:

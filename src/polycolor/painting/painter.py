@@ -7,7 +7,6 @@ Both are scored by evaluate, so a reader sees what the network does and what the
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 
 from polycolor.config import PAINTERS, PaintConfig
 from polycolor.errors import PolycolorError
-from polycolor.images import images_to_tensor, tensor_to_images
+from polycolor.images import Predictor, images_to_tensor, tensor_to_images
 from polycolor.nn.colour import encode_colours
 from polycolor.nn.model import composite
 from polycolor.nn.modelio import LoadedModel
@@ -26,7 +25,6 @@ from polycolor.painting.snap import gap_px_at, ink_mask, snap_to_outline
 # slower (their activations outgrow the CPU caches); figures in docs/performance.md items 13 and 18.
 BATCH_SIZE = 4
 NET_ONLY = PaintConfig(canonical=False, snap="off")  # paint with every post-processing step off is the `net` painter
-Predictor = Callable[[np.ndarray, list[str]], np.ndarray]  # (N, H, W, 3) uint8 + N colours -> (N, H, W, 3) uint8
 
 
 def to_model_size(x: torch.Tensor, size: int) -> torch.Tensor:
