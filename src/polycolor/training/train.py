@@ -24,6 +24,7 @@ from polycolor.training.trainer import (
     TensorData,
     Trainer,
     TrainResult,
+    UnreadableCheckpoint,
     build_vocab,
     steps_per_epoch,
     to_tensor_data,
@@ -63,7 +64,13 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
     trainer = Trainer(cfg.model, cfg.loss, cfg.train, vocab=vocab, image_size=size, data_id=data_id,
                       steps_per_epoch=steps_per_epoch(len(train_t), cfg.train.batch_size),
                       checkpoint_dir=checkpoint_dir)
-    stored_run_id, resumed = trainer.resume()
+    try:
+        stored_run_id, resumed = trainer.resume()
+    except UnreadableCheckpoint as e:
+        if e.run_id and dist.is_main_process():  # the run of that training stops here: never leave it RUNNING
+            tracking.configure()
+            close_if_running(e.run_id)
+        raise
     if not dist.is_main_process():
         return trainer.fit(train_t, val_t)
     import mlflow
