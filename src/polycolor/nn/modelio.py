@@ -39,9 +39,18 @@ class LoadedModel:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save through fileio.atomic_output: a crash never leaves a half-written file."""
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save through fileio.atomic_output: a crash or a full disk never leaves a half-written file. torch.save
+    writes through a Python file object: given a path, its C++ writer reports a full disk only as
+    "basic_ios::clear: iostream error"; through Python the OSError keeps its errno (ENOSPC), which atomic_output
+    turns into one line naming the full filesystem."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's writer may wrap the file's OSError in its own error: unwrap it
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
 
 
 def model_payload(model: ConditionalUNet, *, meta: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pandas as pd
 from polycolor import tracking
 from polycolor.config import Config, flatten
 from polycolor.data.ayna import load_split
-from polycolor.errors import PolycolorError
+from polycolor.errors import PolycolorError, one_line
 from polycolor.fileio import atomic_output, folder_digest, write_json_atomic
 from polycolor.nn.inference import paintable
 from polycolor.nn.model import count_parameters
@@ -124,10 +124,23 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
                                                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
             tracking.with_retry(mlflow.log_artifact, str(curve_path))
         except BaseException as e:
-            tracking.with_retry(mlflow.end_run, status=tracking.run_status_for(e))
+            end_failed_run(run_id, e)
             raise
         tracking.with_retry(mlflow.end_run, status="FINISHED")
         return result
+
+
+def end_failed_run(run_id: str, exc: BaseException) -> None:
+    """Close the run as KILLED or FAILED. When the store cannot take even that (its disk is the full one, or its
+    server is gone) say so in one line and let the training's own error through: the checkpoint names the run,
+    and the next start of this training continues it or closes it."""
+    import mlflow
+
+    try:
+        tracking.with_retry(mlflow.end_run, status=tracking.run_status_for(exc))
+    except Exception as e:
+        print(f"MLflow run {run_id} could not be closed ({one_line(e)[:160]}): the next start of this training "
+              "continues or closes it", flush=True)
 
 
 def continue_run(run_id: str) -> Any:
