@@ -183,13 +183,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from polycolor.paths import repo_path
     from polycolor.serving import demo, predict
 
-    name, _ = _model_name(args, params_required=False)
+    name, cfg = _model_name(args, params_required=False)
     label = args.model or predict.champion_uri(name) or predict.DEFAULT_PACKAGE
     loaded = predict.load(args.model, name)
     split = demo.DEFAULT_EXAMPLES if args.examples is None else args.examples
     examples = demo.examples_from(repo_path(split) if split else None)
     print(f"polycolor demo on http://127.0.0.1:{args.port} (model {label}; Ctrl-C stops it)")
-    demo.launch(demo.build_app(loaded, examples=examples, model_label=label), port=args.port)
+    demo.launch(demo.build_app(loaded, examples=examples, model_label=label, max_pixels=cfg.serving.max_pixels),
+                port=args.port)
     return 0
 
 
