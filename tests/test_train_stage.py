@@ -146,8 +146,10 @@ def test_a_truncated_last_checkpoint_is_refused_and_its_run_closed(tiny_dataset,
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     best_bytes = best.read_bytes()
     three = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 3}})
+    t0 = time.monotonic()
     with pytest.raises(PolycolorError, match=r"last\.pt is unreadable.*best\.pt \(epoch \d\).*delete") as e:
         run_training(three, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
     assert "\n" not in str(e.value)
+    print(f"truncated last.pt: refused {time.monotonic() - t0:.1f} s after the start: {e.value}")
     assert best.read_bytes() == best_bytes, "the intact best.pt was overwritten"
     assert [r.info.status for r in runs(store)] == ["KILLED"], "the old run is closed, no new one opened"
