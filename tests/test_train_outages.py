@@ -216,6 +216,7 @@ def wait_until(cond, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # starts an mlflow server, twice
 def test_a_blink_of_the_tracking_server_costs_no_metric(tiny_dataset, tmp_path, server, capsys):
     """The server is killed after epoch 1 and started again once two more epochs were trained without it: training
     goes on, the run ends FINISHED with every epoch's metrics exactly once."""
@@ -245,6 +246,7 @@ def test_a_blink_of_the_tracking_server_costs_no_metric(tiny_dataset, tmp_path, 
     print(f"blink: server down after epoch {seen['killed_after']}, back after epoch {seen['restarted_after']}")
 
 
+@pytest.mark.slow  # starts an mlflow server, twice
 def test_a_long_outage_stops_training_in_one_line_and_the_next_start_continues_the_run(
         tiny_dataset, tmp_path, server, capsys):
     out = outputs(tmp_path, tmp_path / "checkpoints")
