@@ -159,7 +159,8 @@ def test_a_huge_or_non_image_upload_is_one_line_and_no_traceback(page_url, tmp_p
         with pytest.raises(AppError) as e:
             client.predict(handle_file(str(path)), None, "red", api_name="/run")  # the source: gr.State, upload
         said[path.name] = (str(e.value), time.monotonic() - t0)
-    assert said["huge.png"][0] == "huge.png is too large: 12000 x 12000 px, limit 16777216 px (serving.max_pixels)", said
+    assert said["huge.png"][0] == ("huge.png is too large: 12000 x 12000 px, limit 16777216 px "
+                                   "(serving.max_pixels)"), said
     assert said["notes.png"][0].startswith("cannot decode image notes.png: ") and "/tmp/gradio" not in \
         said["notes.png"][0], said
     assert all("\n" not in m for m, _ in said.values()), said

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import errno
 import io
+import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -75,7 +83,7 @@ def small_disk(tmp_path, monkeypatch):
 
     def fill() -> None:
         if mounted:  # leave 16 KiB: less than a checkpoint of the tiny model
-            free = __import__("shutil").disk_usage(d).free
+            free = shutil.disk_usage(d).free
             filler.write_bytes(b"\0" * (free - 16 * 1024))
         else:
             monkeypatch.setattr(modelio, "open", lambda p, mode: FullDisk(Path(p), 16 * 1024), raising=False)
@@ -127,9 +135,6 @@ class Server:
     (SIGKILL to its process group: a crash) and starts again on the same store. Its log names itself on failure."""
 
     def __init__(self, root: Path, empty_db: Path):
-        import shutil
-        import socket
-
         self.root = root
         shutil.copy(empty_db, root / "mlflow.db")  # the schema made once per session: the server starts faster
         with socket.socket() as s:
@@ -140,16 +145,13 @@ class Server:
         self.log = root / "mlflow-server.log"
 
     def start(self, timeout: float = 180) -> None:
-        import sys
-        import urllib.request
-
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                 "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+                [sys.executable, "-m", "mlflow", "server",
+                 "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", "1"],
                 cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -163,9 +165,6 @@ class Server:
             time.sleep(0.5)
 
     def kill(self) -> None:
-        import os
-        import signal
-
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -194,8 +193,6 @@ def epochs_done(ck: Path) -> int:
 def in_background(fn) -> list:
     """Run fn in a thread; returns a list that gets fn's exception, if any (training keeps the main thread: its
     signal handlers live there)."""
-    import threading
-
     errors: list = []
 
     def body():
@@ -237,7 +234,7 @@ def test_a_blink_of_the_tracking_server_costs_no_metric(tiny_dataset, tmp_path, 
     assert not errors, errors
     assert seen["restarted_after"] >= seen["killed_after"] + 2, seen
     client = mlflow.MlflowClient(server.uri)
-    run_id = __import__("json").loads(out["run_info_path"].read_text())["run_id"]
+    run_id = json.loads(out["run_info_path"].read_text())["run_id"]
     assert client.get_run(run_id).info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run_id, "val_loss"))
     assert steps == list(range(1, 13)), steps

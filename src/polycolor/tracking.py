@@ -365,7 +365,7 @@ def find_evaluation_run(train_run: Any, eval_json: Path) -> Any:
     return runs[0]
 
 
-# ---- a tracking server that blinks during training --------------------------------------------------------------------
+# ---- a tracking server that blinks during training -------------------------------------------------------------
 
 MAX_OUTAGE_S = 60.0  # how long training goes on without its tracking server before it stops (checkpoint kept)
 QUICK_TIMEOUT_S = 5  # one attempt's HTTP timeout while the buffer is sending: a blink costs the loop seconds
