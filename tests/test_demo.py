@@ -5,6 +5,7 @@ reproduces exactly); bad input shows a one-line message in the page."""
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,33 @@ def test_bad_inputs_are_one_line_errors(model):
     p = demo.paint_one(model, drawn, "#00ff00")
     assert p.model.shape == p.reference.shape == (40, 40, 3)
     assert (p.reference[15, 15] == (0, 255, 0)).all() and (p.reference[2, 2] == 255).all()
+
+
+
+def test_a_huge_or_non_image_upload_is_one_line_and_no_traceback(page_url, tmp_path, capfd):
+    """Through the running page's own API (gradio_client, as the page's Paint button calls it): a 12000 x 12000
+    PNG (a few KB, 9 GB decoded) is refused from its header by the loader predict uses, before anything decodes it;
+    a text file is refused as no image; each is one line naming the file, and the server log has no traceback."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from test_reliability import png_of_size
+
+    big = png_of_size(tmp_path / "huge.png", 12000, 12000)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image\n")
+    client = Client(page_url, verbose=False)
+    said = {}
+    for path in (text, big):  # the first call also opens the client's queue connection
+        t0 = time.monotonic()
+        with pytest.raises(AppError) as e:
+            client.predict(handle_file(str(path)), None, "red", api_name="/run")  # the source: gr.State, upload
+        said[path.name] = (str(e.value), time.monotonic() - t0)
+    assert said["huge.png"][0] == ("huge.png is too large: 12000 x 12000 px, limit 16777216 px "
+                                   "(serving.max_pixels)"), said
+    assert said["notes.png"][0].startswith("cannot decode image notes.png: ") and "/tmp/gradio" not in \
+        said["notes.png"][0], said
+    assert all("\n" not in m for m, _ in said.values()), said
+    log = capfd.readouterr()
+    assert "Traceback" not in log.err + log.out, log.err[-3000:]
+    print(f"demo: huge upload refused {said['huge.png'][1]:.2f} s after the call, a text file "
+          f"{said['notes.png'][1]:.2f} s")

@@ -121,6 +121,50 @@ def test_planted_pickles_never_run(work, how):
     assert not marker.exists(), "the planted pickle ran"
 
 
+def flip_weight_bytes(path: Path) -> None:
+    """Invert 16 bytes in the middle of the model file's largest tensor, keeping size and mtime (DVC sees nothing)."""
+    st = path.stat()
+    with zipfile.ZipFile(path) as z:
+        entry = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with path.open("r+b") as f:
+        f.seek(entry.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        at = entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2
+        f.seek(at)
+        chunk = f.read(16)
+        f.seek(at)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_corrupt_model_file_is_refused_with_the_way_back(work):
+    """Bytes flipped inside the weights, size and mtime kept: the zip is intact, torch loads it, only the file's own
+    content hash (format 2) says it. Refused by load_model and by `polycolor predict` in one line."""
+    good = tiny_model(work / "model.pt")
+    mtime = good.stat().st_mtime_ns
+    flip_weight_bytes(good)
+    assert good.stat().st_mtime_ns == mtime
+    with pytest.raises(PolycolorError, match=r"corrupt.*dvc checkout --relink.*dvc repro --force train") as e:
+        modelio.load_model(good)
+    assert "\n" not in str(e.value)
+    Image.new("RGB", (32, 32), "white").save(work / "in.png")
+    line = one_line_error(cli("predict", "--model", "model.pt", "--input", "in.png", "--colour", "red",
+                              "--output", "out.png", cwd=work))
+    assert "corrupt" in line and not (work / "out.png").exists(), line
+
+
+def test_a_format_1_model_file_without_a_hash_still_loads(work):
+    torch.manual_seed(0)
+    payload = modelio.model_payload(ConditionalUNet(ModelConfig(widths=(4, 8)), ("red",), 32), meta={"run_id": "r"})
+    payload["format_version"] = 1
+    del payload[modelio.DIGEST_KEY]
+    torch.save(payload, work / "old.pt")
+    loaded = modelio.load_model(work / "old.pt")
+    assert loaded.meta["run_id"] == "r"
+    for k, v in payload["state_dict"].items():
+        assert torch.equal(v, loaded.model.state_dict()[k].contiguous()), k
+
+
 # --------------------------------------------------------------------------------------------- outputs
 
 def test_an_unwritable_output_names_the_path_the_user_gave(work):

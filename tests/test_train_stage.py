@@ -12,6 +12,7 @@ import torch
 
 from polycolor import tracking
 from polycolor.config import parse_config
+from polycolor.errors import PolycolorError
 from polycolor.nn.modelio import load_model
 from polycolor.training.train import run_training
 
@@ -131,3 +132,24 @@ def test_a_resumed_run_logs_the_epoch_a_kill_left_unlogged(tiny_dataset, tmp_pat
     [run] = runs(store)
     steps = sorted(m.step for m in mlflow.MlflowClient(store).get_metric_history(run.info.run_id, "val_loss"))
     assert steps == [1, 2, 3] and run.info.status == "FINISHED", (steps, run.info.status)
+
+
+def test_a_truncated_last_checkpoint_is_refused_and_its_run_closed(tiny_dataset, tmp_path, store):
+    """A cut checkpoints/last.pt beside an intact best.pt of a run a SIGKILL left RUNNING: the stage refuses in one
+    line naming both ways on (best.pt's epoch, or delete the folder), best.pt is untouched and the run is closed."""
+    out = outputs(tmp_path)
+    run_training(parse_config(TINY_PARAMS), train_dir=tiny_dataset / "training",
+                 val_dir=tiny_dataset / "validation", **out)
+    [run] = runs(store)
+    mlflow.MlflowClient(store).update_run(run.info.run_id, "RUNNING")  # as a SIGKILL leaves it
+    last, best = out["checkpoint_dir"] / "last.pt", out["checkpoint_dir"] / "best.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    best_bytes = best.read_bytes()
+    three = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 3}})
+    t0 = time.monotonic()
+    with pytest.raises(PolycolorError, match=r"last\.pt is unreadable.*best\.pt \(epoch \d\).*delete") as e:
+        run_training(three, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
+    assert "\n" not in str(e.value)
+    print(f"truncated last.pt: refused {time.monotonic() - t0:.1f} s after the start: {e.value}")
+    assert best.read_bytes() == best_bytes, "the intact best.pt was overwritten"
+    assert [r.info.status for r in runs(store)] == ["KILLED"], "the old run is closed, no new one opened"

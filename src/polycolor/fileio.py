@@ -6,6 +6,7 @@ A stage that fails leaves its previous output exactly as it was. Stdlib only; im
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -59,9 +60,29 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise _as_user_path(e, tmp, path) from None
 
 
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the filesystem holding `path` (or its nearest existing parent)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() or not os.path.ismount(p):
+        p = p.parent
+    return p
+
+
+def disk_full(path: str | Path) -> OSError:
+    """ENOSPC said as what to do about it: which filesystem is full, and its size (its free space is no figure to
+    give: the partial file was just removed)."""
+    mount = mount_point(Path(path).parent)
+    size_mib = shutil.disk_usage(mount).total / 2**20
+    return OSError(errno.ENOSPC, f"cannot write {path}: no space left on device: the filesystem at {mount} "
+                                 f"({size_mib:,.1f} MiB) is full; free some space there and rerun")
+
+
 def _as_user_path(e: OSError, tmp: Path, path: Path) -> OSError:
     """`e` naming `path` (what the user asked for) instead of the hidden temporary beside it, which they never
-    named: `[Errno 13] cannot write out.png: Permission denied`. Errors about other files pass unchanged."""
+    named: `[Errno 13] cannot write out.png: Permission denied`; a full disk names its filesystem (disk_full).
+    Errors about other files pass unchanged."""
+    if e.errno == errno.ENOSPC:
+        return disk_full(path)
     names = {str(tmp), tmp.name}
     if e.filename is None or str(e.filename) not in names and not str(e.filename).startswith(str(tmp) + os.sep):
         return e

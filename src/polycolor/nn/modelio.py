@@ -1,7 +1,10 @@
 """The self-describing model file (models/model.pt): weights plus everything inference needs.
 
-Content: format version, state_dict, model config, colour vocabulary, image size, training metadata. Loading uses
-`torch.load(weights_only=True)`: only tensors and plain containers, never arbitrary pickled objects.
+Content: format version, state_dict, model config, colour vocabulary, image size, training metadata and (format 2)
+`content_sha256`, the file's own content hash: a file whose bytes changed after it was written (a flipped bit in
+the DVC cache, which DVC does not see when the mtime is kept) is refused on load instead of painting with the
+damaged weights. Format 1 files (no hash) still load. Loading uses `torch.load(weights_only=True)`: only tensors
+and plain containers, never arbitrary pickled objects.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from polycolor.errors import ConfigError, PolycolorError
 from polycolor.fileio import atomic_output
 from polycolor.nn.model import ConditionalUNet
 
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: the payload carries its content_sha256
+READABLE_FORMAT_VERSIONS = (1, 2)
+DIGEST_KEY = "content_sha256"
 
 
 @dataclass
@@ -34,14 +39,24 @@ class LoadedModel:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save through fileio.atomic_output: a crash never leaves a half-written file."""
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save through fileio.atomic_output: a crash or a full disk never leaves a half-written file. torch.save
+    writes through a Python file object: given a path, its C++ writer reports a full disk only as
+    "basic_ios::clear: iostream error"; through Python the OSError keeps its errno (ENOSPC), which atomic_output
+    turns into one line naming the full filesystem."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's writer may wrap the file's OSError in its own error: unwrap it
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
 
 
 def model_payload(model: ConditionalUNet, *, meta: dict[str, Any]) -> dict[str, Any]:
-    """The model file's content; the state_dict is copied to CPU so the file loads anywhere."""
-    return {
+    """The model file's content; the state_dict is copied to CPU so the file loads anywhere. It carries its own
+    content_hash, checked on load (verify_digest)."""
+    payload = {
         "format_version": MODEL_FORMAT_VERSION,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model_config": _plain(dataclasses.asdict(model.cfg)),
@@ -49,6 +64,8 @@ def model_payload(model: ConditionalUNet, *, meta: dict[str, Any]) -> dict[str, 
         "image_size": model.image_size,
         "meta": meta,
     }
+    payload[DIGEST_KEY] = content_hash(payload)
+    return payload
 
 
 def save_model(path: str | Path, model: ConditionalUNet, *, meta: dict[str, Any]) -> None:
@@ -95,10 +112,26 @@ def content_hash(payload: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def verify_digest(payload: dict[str, Any], source: str) -> None:
+    """Refuse a format-2 payload whose weights, config, vocabulary or size no longer hash to the content_sha256
+    written with them. The file is intact as a zip (torch does not check the archive's CRCs), so only this says it."""
+    stored = payload.get(DIGEST_KEY)
+    if payload.get("format_version") == 1:
+        return  # written before files carried their hash
+    actual = content_hash(payload)
+    if stored != actual:
+        raise PolycolorError(
+            f"{source} is corrupt: its content hashes to {actual[:12]}, the file says {str(stored)[:12]}; restore it "
+            f"(`dvc checkout --relink {source}`, or `dvc pull` if the DVC cache copy is bad too) or retrain "
+            "(`dvc repro --force train`)")
+
+
 def model_from_payload(payload: dict[str, Any], source: str = "model") -> LoadedModel:
     version = payload.get("format_version")
-    if version != MODEL_FORMAT_VERSION:
-        raise PolycolorError(f"{source}: model format version {version!r}, this polycolor reads {MODEL_FORMAT_VERSION}")
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise PolycolorError(f"{source}: model format version {version!r}, this polycolor reads "
+                             f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}")
+    verify_digest(payload, source)
     try:
         cfg = _build(ModelConfig, payload["model_config"], "model")
         cfg.validate()

@@ -5,7 +5,9 @@ Gradio is an optional extra (`pip install -e '.[demo]'`); it is imported only he
 reaches nothing outside: analytics and Hugging Face telemetry are switched off before gradio is imported, and the
 theme uses the browser's own fonts (Gradio's default theme would load fonts from the web). Bad input (an image that
 does not decode, an unknown colour, an empty canvas) comes back as a one-line message in the page (gr.Error),
-never a stack trace.
+never a stack trace. An upload is decoded by the loader predict and the scoring server use (ayna.load_image), which
+refuses an image over serving.max_pixels from its header: gr.Image would decode it first (a 44 KB PNG can declare
+12000 x 12000 px, 9 GB and minutes to decode) and log a traceback for a file that is no image.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from polycolor.colours import AYNA_COLOURS, resolve_colour, rgb_to_hex
-from polycolor.config import PaintConfig
-from polycolor.data.ayna import read_split
+from polycolor.config import PaintConfig, ServingConfig
+from polycolor.data.ayna import ImageTooLarge, load_image, read_split
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.reference import reference_fill
 from polycolor.nn.modelio import LoadedModel
@@ -80,10 +82,39 @@ def examples_from(split_dir: Path | None) -> list[list[str]]:
     return [[str(s.input_path), s.colour] for s in read_split(split_dir)[:MAX_EXAMPLES]]
 
 
+def read_upload(path: str | Path, name: str, max_pixels: int) -> np.ndarray:
+    """An uploaded file as uint8 (H, W, 3), through load_image (refused from its header over `max_pixels`); the
+    error names the file as the user called it, not Gradio's copy."""
+    try:
+        return load_image(path, None, max_pixels)
+    except ImageTooLarge as e:
+        raise PolycolorError(f"{name} is {e.reason}") from None
+    except PolycolorError as e:
+        raise PolycolorError(str(e).replace(str(path), name)) from None
+
+
+def read_uploads_with(upload: Any, max_pixels: int) -> Any:
+    """Make the gr.Image `upload` hand its handler the file as read_upload reads it, in place of Gradio's own
+    decoder, which runs before any handler. Set on the instance: a subclass of a Gradio component makes Gradio
+    write a .pyi stub beside the module that defines it, at import time."""
+    import gradio as gr
+
+    def preprocess(payload: Any) -> np.ndarray | None:
+        if payload is None:
+            return None
+        try:
+            return read_upload(payload.path, payload.orig_name or Path(payload.path).name, max_pixels)
+        except PolycolorError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    upload.preprocess = preprocess
+    return upload
+
+
 def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: str,
-              paint: PaintConfig = PaintConfig()) -> Any:
+              paint: PaintConfig = PaintConfig(), max_pixels: int = ServingConfig().max_pixels) -> Any:
     """The gr.Blocks page: an upload tab and a drawing tab, a colour box + picker, the two paintings side by side;
-    the model paints as `paint` says."""
+    the model paints as `paint` says. Uploads over `max_pixels` (serving.max_pixels) are refused from their header."""
     os.environ.update(OFFLINE_ENV)
     import gradio as gr
 
@@ -114,8 +145,9 @@ def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: st
             with gr.Column():
                 with gr.Tabs():
                     with gr.Tab("Upload", id=UPLOAD) as upload_tab:
-                        upload = gr.Image(type="numpy", image_mode="RGB", format="png", sources=["upload"],
-                                          label="outline image", elem_id="upload")
+                        upload = read_uploads_with(gr.Image(type="numpy", image_mode="RGB", format="png",
+                                                            sources=["upload"], label="outline image",
+                                                            elem_id="upload"), max_pixels)
                     with gr.Tab("Draw", id=DRAW) as draw_tab:
                         sketch = gr.Sketchpad(type="numpy", image_mode="RGB", format="png", label="canvas",
                                               canvas_size=(CANVAS, CANVAS), fixed_canvas=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
@@ -14,7 +15,7 @@ import pandas as pd
 from polycolor import tracking
 from polycolor.config import Config, flatten
 from polycolor.data.ayna import load_split
-from polycolor.errors import PolycolorError
+from polycolor.errors import PolycolorError, one_line
 from polycolor.fileio import atomic_output, folder_digest, write_json_atomic
 from polycolor.nn.colour import paintable
 from polycolor.nn.model import count_parameters
@@ -24,6 +25,7 @@ from polycolor.training.trainer import (
     TensorData,
     Trainer,
     TrainResult,
+    UnreadableCheckpoint,
     build_vocab,
     steps_per_epoch,
     to_tensor_data,
@@ -54,16 +56,25 @@ def default_run_name(cfg: Config) -> str:
 
 
 def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir: Path, model_path: Path,
-                 metrics_path: Path, curve_path: Path, run_info_path: Path) -> TrainResult:
+                 metrics_path: Path, curve_path: Path, run_info_path: Path,
+                 max_outage_s: float = tracking.MAX_OUTAGE_S) -> TrainResult:
     """Train on every rank; on rank 0 (the only process when train.nproc is 1) inside one MLflow run: the run
     stored in a resumable checkpoint is continued (one training, one run, one unbroken curve), a run that cannot
-    be continued is closed as KILLED, and the stage's outputs are written."""
+    be continued is closed as KILLED, and the stage's outputs are written. What the run logs during and after
+    training goes through a TrackingBuffer: a tracking server away for less than `max_outage_s` costs nothing,
+    a longer outage stops the stage (checkpoint kept, the next start continues the run)."""
     train_t, val_t, vocab, size = prepare_data(cfg, train_dir, val_dir)
     data_id = folder_digest(train_dir, val_dir)
     trainer = Trainer(cfg.model, cfg.loss, cfg.train, vocab=vocab, image_size=size, data_id=data_id,
                       steps_per_epoch=steps_per_epoch(len(train_t), cfg.train.batch_size),
                       checkpoint_dir=checkpoint_dir)
-    stored_run_id, resumed = trainer.resume()
+    try:
+        stored_run_id, resumed = trainer.resume()
+    except UnreadableCheckpoint as e:
+        if e.run_id and dist.is_main_process():  # the run of that training stops here: never leave it RUNNING
+            tracking.configure()
+            close_if_running(e.run_id)
+        raise
     if not dist.is_main_process():
         return trainer.fit(train_t, val_t)
     import mlflow
@@ -93,11 +104,14 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
             log_params_once(run, tracking.training_params(flatten(cfg)))
             tracking.log_training_data(run_id, train_dir, val_dir)
 
+            buffer = tracking.TrackingBuffer(uri, max_outage_s)
+
             def log(metrics: dict[str, float], step: int) -> None:
-                tracking.with_retry(mlflow.log_metrics, metrics, step=step)
+                # timestamped now, when measured, not when a blink of the server let them through
+                buffer.submit(mlflow.log_metrics, metrics, step=step, timestamp=int(time.time() * 1000))
 
             def log_image(grid: np.ndarray, step: int) -> None:
-                tracking.with_retry(mlflow.log_image, grid, key="samples", step=step)
+                buffer.submit(mlflow.log_image, grid, key="samples", step=step)
 
             trainer.log, trainer.log_image = log, log_image
             # The run gets every epoch the checkpoint holds that it has not logged yet: all of them for a new run of
@@ -113,14 +127,32 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
                           exp_id=exp_id, uri=uri, run_name=run.info.run_name, model_path=model_path,
                           metrics_path=metrics_path, curve_path=curve_path, run_info_path=run_info_path)
             summary = json.loads(metrics_path.read_text())
-            tracking.with_retry(mlflow.log_metrics, {f"final_{k}": float(v) for k, v in summary.items()
-                                                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            tracking.with_retry(mlflow.log_artifact, str(curve_path))
+            buffer.call(mlflow.log_metrics, {f"final_{k}": float(v) for k, v in summary.items()
+                                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            buffer.call(mlflow.log_artifact, str(curve_path))
+            buffer.call(mlflow.MlflowClient().set_terminated, run_id, "FINISHED")
         except BaseException as e:
-            tracking.with_retry(mlflow.end_run, status=tracking.run_status_for(e))
+            end_failed_run(run_id, e)
             raise
-        tracking.with_retry(mlflow.end_run, status="FINISHED")
+        with tracking.quick_requests(), contextlib.suppress(Exception):
+            mlflow.end_run("FINISHED")  # closed above; this ends the local run and its system-metrics thread
         return result
+
+
+def end_failed_run(run_id: str, exc: BaseException) -> None:
+    """Close the run as KILLED or FAILED. When the store cannot take even that (its disk is the full one, or its
+    server is gone) say so in one line and let the training's own error through: the checkpoint names the run,
+    and the next start of this training continues it or closes it."""
+    import mlflow
+
+    try:
+        with tracking.quick_requests():  # one attempt: a server that is away already cost the training its bound
+            tracking.with_retry(mlflow.MlflowClient().set_terminated, run_id, tracking.run_status_for(exc))
+    except Exception as e:
+        print(f"MLflow run {run_id} could not be closed ({one_line(e)[:160]}): the next start of this training "
+              "continues or closes it", flush=True)
+    with tracking.quick_requests(), contextlib.suppress(Exception):
+        mlflow.end_run(tracking.run_status_for(exc))  # the local run and its system-metrics thread
 
 
 def continue_run(run_id: str) -> Any:

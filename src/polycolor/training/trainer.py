@@ -154,16 +154,43 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+class UnreadableCheckpoint(PolycolorError):
+    """checkpoints/last.pt exists but cannot be read. Training does not start over on its own: that would overwrite
+    an intact best.pt and orphan the run. `run_id` is the MLflow run named by best.pt ('' when unknown), which the
+    stage closes."""
+
+    def __init__(self, message: str, run_id: str = ""):
+        super().__init__(message)
+        self.run_id = run_id
+
+
+def _load(path: Path) -> dict[str, Any]:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ck, dict):
+        raise TypeError(f"a {type(ck).__name__}, not a checkpoint")
+    return ck
+
+
 def read_checkpoint(path: Path, say: Callable[[str], None]) -> dict[str, Any] | None:
-    """A checkpoint's content, or None (and why, said) when there is none or it cannot be read."""
+    """A checkpoint's content, or None (said) when there is none. An unreadable one raises UnreadableCheckpoint
+    with what to do: restore it, resume from the intact best.pt beside it (its epoch named), or delete the folder."""
     if not path.is_file():
         say("no checkpoint found: training from scratch")
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt or foreign file must not stop a fresh start
-        say(f"checkpoint {path} unreadable ({type(e).__name__}): training from scratch")
-        return None
+        return _load(path)
+    except Exception as e:  # torch raises many types for a cut or foreign file
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    best_path = path.with_name("best.pt")
+    try:
+        best = _load(best_path) if best_path.is_file() else None
+    except Exception:
+        best = None
+    hint = (f"copy the intact {best_path} (epoch {best.get('epoch')}) over it to resume from there, "
+            if best else "")
+    raise UnreadableCheckpoint(
+        f"checkpoint {path} is unreadable ({why}): restore it, {hint}or delete {path.parent}/ to train from scratch",
+        str(best.get("run_id") or "") if best else "")
 
 
 class Trainer:
@@ -232,8 +259,15 @@ class Trainer:
         happened. Rank 0 reads the file, every rank gets its content. Returns the MLflow run id stored in the
         checkpoint ('' when none), resumable or not, so the stage can continue that run or close it, and whether
         this trainer resumed (from epoch 0 too: a run killed in its first epoch)."""
-        ck = dist.broadcast_object(read_checkpoint(self.ckpt_dir / "last.pt", self.say)
-                                   if self.ckpt_dir and dist.is_main_process() else None)
+        ck: Any = None
+        if self.ckpt_dir and dist.is_main_process():
+            try:
+                ck = read_checkpoint(self.ckpt_dir / "last.pt", self.say)
+            except UnreadableCheckpoint as e:  # every rank raises it, none waits at the broadcast
+                ck = e
+        ck = dist.broadcast_object(ck)
+        if isinstance(ck, UnreadableCheckpoint):
+            raise ck
         if not isinstance(ck, dict):
             return "", False
         if ck.get("format_version") != CHECKPOINT_FORMAT_VERSION or ck.get("fingerprint") != self.fingerprint:
