@@ -81,3 +81,33 @@ def test_data_stages_write_the_same_bytes_under_every_instruction_set_and_thread
     for name, digest in digests.items():
         differ = sorted(p for p in reference.keys() | digest.keys() if reference.get(p) != digest.get(p))
         assert not differ, f"{name} ({SETTINGS[name]}) wrote {len(differ)} files differently: {differ[:4]}"
+
+
+def dvc_md5(path: Path) -> tuple[str, int]:
+    """(md5, size) of a file or folder as DVC writes them to dvc.lock (a folder's md5 is that of its `.dir`
+    listing, with the `.dir` suffix), from DVC's own hashing code."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    _, meta, obj = build(HashFileDB(fs, str(path.parent / ".unused-odb")), str(path), fs, "md5", dry_run=True)
+    return obj.hash_info.value, meta.size
+
+
+@pytest.mark.slow
+def test_the_committed_dvc_lock_is_what_a_fresh_machine_produces_for_ingest_and_augment(tmp_path):
+    """Both stages with the committed params.yaml, in a fresh folder: every output's md5 and size equal the
+    committed dvc.lock's (about a minute on 2 cores). A failure after a change to the generator or augmentation
+    means dvc.lock needs `dvc repro augment` (docs/reproducibility.md)."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    params, data = REPO / "params.yaml", tmp_path / "data"
+    for argv in (["stages/ingest.py", "--params", params, "--out", data / "dataset"],
+                 ["stages/augment.py", "--params", params, "--data", data / "dataset", "--out", data / "augmented",
+                  "--grid", tmp_path / "metrics" / "augment_grid.png"]):
+        r = subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+    for stage in ("ingest", "augment"):
+        for out in lock[stage]["outs"]:
+            got = dvc_md5(tmp_path / out["path"])
+            assert got == (out["md5"], out["size"]), f"{stage}: {out['path']} is {got}, dvc.lock has {out['md5']}"
