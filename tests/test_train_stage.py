@@ -36,6 +36,8 @@ def outputs(tmp_path):
 
 def test_a_training_run_lands_in_mlflow(tiny_dataset, tmp_path, store, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
+    monkeypatch.setenv("MKL_CBWR", "AVX2")  # recorded as set (MKL has read it already: no effect here)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     cfg = parse_config(TINY_PARAMS)
     out = outputs(tmp_path)
     run_training(cfg, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
@@ -47,6 +49,9 @@ def test_a_training_run_lands_in_mlflow(tiny_dataset, tmp_path, store, monkeypat
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.widths"] == "[4, 8]"
     assert run.data.tags["dvc_exp_name"] == "tiny-exp"
     assert {"git_commit", "git_dirty", "data_hash"} <= set(run.data.tags)
+    assert run.data.tags["torch_version"] == torch.__version__ and run.data.tags["numpy_version"]
+    assert run.data.tags["cpu_capability"] == torch.backends.cpu.get_cpu_capability(), "the kernels that ran"
+    assert run.data.tags["env.MKL_CBWR"] == "AVX2" and "env.ATEN_CPU_CAPABILITY" not in run.data.tags
     assert not any(k.startswith(("evaluate.", "paint.", "promote.")) for k in run.data.params), "other runs' params"
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
     assert inputs["train"].dataset.digest == tracking.dvc_hash(tiny_dataset / "training")

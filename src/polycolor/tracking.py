@@ -158,6 +158,25 @@ def git_info(root: Path) -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": "true" if dirty else "false"}
 
 
+# Environment settings that change which CPU kernels run (docs/reproducibility.md), recorded when set.
+CPU_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "NPY_DISABLE_CPU_FEATURES", "OMP_NUM_THREADS")
+
+
+def platform_info() -> dict[str, str]:
+    """What a training run's float results depend on beyond code, params and data (tags): torch and numpy
+    versions, the instruction set ATen dispatches to, the thread count, the CPU architecture, and the CPU_ENV
+    settings that are set. Same values, same weights bit for bit; other values, figures differ in later digits."""
+    import platform
+
+    import numpy as np
+    import torch
+
+    info = {"torch_version": torch.__version__, "numpy_version": np.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": str(torch.get_num_threads()),
+            "cpu_arch": platform.machine()}
+    return info | {f"env.{k}": os.environ[k] for k in CPU_ENV if os.environ.get(k)}
+
+
 def dvc_experiment_name() -> str:
     return os.environ.get("DVC_EXP_NAME", "")
 

@@ -1,14 +1,20 @@
 """Geometric augmentation of training pairs, applied identically to input and target.
 
-One torchvision.transforms.v2 pipeline (flips, random 90-degree turns, affine rotate/scale/translate with NEAREST
-interpolation and white fill) is called once on the pair (two tv_tensors.Image), so both get the same parameters
-and both stay two-valued. Colours are never touched.
+Random horizontal and vertical flips, a random turn by a multiple of 90 degrees, then an affine rotate / scale /
+translate (no shear) with nearest-neighbour sampling and white fill, the parameters drawn once per pair so input and
+target move together and both stay two-valued. Colours are never touched. The steps mean what torchvision.transforms
+.v2's RandomHorizontalFlip, RandomVerticalFlip, RandomAffine(degrees, translate, scale, NEAREST, fill=white) mean.
+
+Same bytes on any CPU (docs/reproducibility.md): parameters come from numpy's PCG64 as exact 53-bit fractions
+mapped with float64 arithmetic; flips and turns move pixels; the affine step computes, for every output pixel, the
+input pixel it samples with element-wise float64 arithmetic snapped to a fixed grid and rounded half up
+(polycolor.data.coords), then gathers it by numpy indexing. No torch float kernel, BLAS or matmul is on the way.
 
 Each augmented copy is seeded on its own (from seed, sample index and copy number), so results are byte-identical
-between runs and do not depend on the order or on anything else that uses torch's global random state.
+between runs and do not depend on the order or on any global random state.
 
 The affine step draws its translation (and, if needed, shrinks its scale) so that the polygon stays inside the
-frame (InFrameAffine). A draw is still rejected and redrawn when it
+frame (in_frame_affine). A draw is still rejected and redrawn when it
 - leaves a painted pixel on the image border (part of the polygon would be cut off), or
 - opens a gap in the outline, so that the white inside of the polygon leaks into the outside: nearest resampling of
   a thin, rotated, shrunk line drops pixels (about a quarter of draws at the default ranges for 2 px outlines),
@@ -26,78 +32,90 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from skimage.measure import label
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from polycolor.config import AugmentConfig
 from polycolor.data import ayna
+from polycolor.data.coords import nearest_pixel, rotate, snap
 from polycolor.images import WHITE, painted_mask
 
 MAX_TRIES = 10
 SPLIT = "training"  # only training data is augmented; validation is never touched
+MARGIN = 1.5  # px kept between the painted pixels and the border: 1 px of white plus half a pixel of slack
 
 
-class RandomRot90(v2.Transform):
-    """Turn by a random multiple of 90 degrees (exact: pixels are moved, never resampled)."""
-
-    def make_params(self, flat_inputs: list) -> dict:
-        return {"k": int(torch.randint(0, 4, ()).item())}
-
-    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
-        if params["k"] == 0:
-            return inpt
-        out = torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], dims=(-2, -1))  # (..., C, W, H) turned
-        return tv_tensors.wrap(out, like=inpt)
+def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """A uniform draw in [lo, hi]: an exact 53-bit fraction, mapped with Python float arithmetic (no FMA)."""
+    return lo + (hi - lo) * float(rng.random())
 
 
-class InFrameAffine(v2.RandomAffine):
-    """v2.RandomAffine (no shear) whose translation is drawn only from the part of [-translate, translate] * side
-    that keeps every painted pixel of the inputs inside the frame, with a 1 px white margin.
+@dataclass(frozen=True)
+class Affine:
+    """One affine draw, torchvision's convention: an input pixel at p (x, y; y down) lands at
+    centre + translate + scale * R(angle) (p - centre), R turning clockwise on screen for a positive angle."""
 
-    Rotation and scale are drawn as in RandomAffine; a scale too large for the frame is reduced until the painted
-    region fits. Inputs that already touch the border are transformed as by RandomAffine.
+    angle: float  # degrees
+    scale: float
+    translate: tuple[int, int]  # px (x, y)
+
+
+def in_frame_affine(painted: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> Affine:
+    """Draw an affine step for a (H, W) bool mask of painted pixels: angle in [-degrees, degrees], scale in
+    cfg.scale, translation from the part of [-translate, translate] * side that keeps every painted pixel at least
+    MARGIN px inside the frame; a scale too large for the frame is reduced until the painted region fits. A mask
+    that is empty or already touches the border gets a translation from the whole range, as RandomAffine's."""
+    height, width = painted.shape
+    angle = _uniform(rng, -cfg.degrees, cfg.degrees)
+    scale = _uniform(rng, *cfg.scale)
+    u = np.array([rng.random(), rng.random()])  # (2,) exact fractions in [0, 1)
+    size = np.array([width, height], dtype=np.float64)
+    max_t = cfg.translate * size  # (2,) px
+    rows = painted.any(axis=1)  # (H,)
+    if not rows.any() or at_border(painted):
+        t = np.floor(snap(-max_t + u * 2.0 * max_t) + 0.5)
+        return Affine(angle, scale, (int(t[0]), int(t[1])))
+    # The leftmost and rightmost painted pixel of each row span the same convex hull as all of them.
+    ys = np.flatnonzero(rows)
+    left = painted[ys].argmax(axis=1)
+    right = width - 1 - painted[ys, ::-1].argmax(axis=1)
+    pts = np.stack([np.concatenate([left, right]), np.concatenate([ys, ys])], axis=1).astype(np.float64)  # (P, 2)
+    centre = (size - 1) / 2.0  # turned about the image centre
+    pts = rotate(pts - centre, -angle)  # (P, 2) about the centre, unscaled
+    lo, hi = MARGIN, size - 1 - MARGIN  # allowed coordinates per axis
+    span = pts.max(axis=0) - pts.min(axis=0)
+    scale = float(min(scale, *((hi - lo) / np.maximum(span, 1e-9))))
+    ext_lo, ext_hi = centre + scale * pts.min(axis=0), centre + scale * pts.max(axis=0)
+    t_lo = np.ceil(snap(np.maximum(-max_t, lo - ext_lo)))  # snapped: a last-ulp difference cannot move a bound
+    t_hi = np.floor(snap(np.minimum(max_t, hi - ext_hi)))
+    t_hi = np.maximum(t_hi, t_lo)
+    t = np.floor(snap(t_lo + u * (t_hi - t_lo)) + 0.5)
+    return Affine(angle, scale, (int(t[0]), int(t[1])))
+
+
+def apply_affine(images: Sequence[np.ndarray], a: Affine, fill: int = WHITE) -> list[np.ndarray]:
+    """Each image (H, W, C), all of one size, resampled by `a` with nearest neighbours; pixels from outside the
+    frame get `fill`.
+
+    Each output pixel q samples the input at centre + R(-angle) (q - centre - translate) / scale, snapped and
+    rounded half up (coords.nearest_pixel): element-wise float64, the same bits on any CPU.
     """
-
-    MARGIN = 1.5  # px; 1 px of white plus half a pixel of slack for nearest resampling
-
-    def make_params(self, flat_inputs: list) -> dict:
-        images = [x for x in flat_inputs if isinstance(x, tv_tensors.Image)]
-        height, width = images[0].shape[-2:]
-        painted = torch.zeros((height, width), dtype=torch.bool)
-        for img in images:
-            painted |= painted_mask(img, channel_axis=-3).reshape(-1, height, width).any(dim=0)  # (H, W)
-        rows = painted.any(dim=1)  # (H,)
-        if not rows.any() or at_border(painted):
-            return super().make_params(flat_inputs)
-        # The leftmost and rightmost painted pixel of each row span the same convex hull as all of them.
-        ys = torch.nonzero(rows).flatten()
-        left = painted[ys].to(torch.uint8).argmax(dim=1)
-        right = width - 1 - painted[ys].flip(1).to(torch.uint8).argmax(dim=1)
-        xs, ys = torch.cat([left, right]), torch.cat([ys, ys])
-        angle = float(torch.empty(1).uniform_(self.degrees[0], self.degrees[1]).item())
-        scale = float(torch.empty(1).uniform_(*self.scale).item()) if self.scale is not None else 1.0
-        u = torch.rand(2).numpy()
-        size = np.array([width, height], dtype=np.float64)
-        centre = (size - 1) / 2.0  # torchvision turns about the image centre
-        a = np.deg2rad(angle)
-        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])  # (out x, y) = rot @ (in x, y), y down
-        pts = (np.stack([xs.numpy(), ys.numpy()], axis=1) - centre) @ rot.T  # (P, 2) about the centre, unscaled
-        lo, hi = self.MARGIN, size - 1 - self.MARGIN  # allowed coordinates per axis
-        span = pts.max(axis=0) - pts.min(axis=0)
-        scale = float(min(scale, *((hi - lo) / np.maximum(span, 1e-9))))
-        ext_lo, ext_hi = centre + scale * pts.min(axis=0), centre + scale * pts.max(axis=0)
-        max_t = np.array(self.translate if self.translate is not None else (0.0, 0.0)) * size
-        t_lo = np.ceil(np.maximum(-max_t, lo - ext_lo))
-        t_hi = np.floor(np.minimum(max_t, hi - ext_hi))
-        t_hi = np.maximum(t_hi, t_lo)
-        translate = np.round(t_lo + u * (t_hi - t_lo)).astype(int)
-        return dict(angle=angle, translate=(int(translate[0]), int(translate[1])), scale=scale, shear=(0.0, 0.0))
+    height, width = images[0].shape[:2]
+    centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)  # (H, W) each
+    q = np.stack([xs, ys], axis=-1) - centre - np.array(a.translate, dtype=np.float64)  # (H, W, 2)
+    src = nearest_pixel(rotate(q, a.angle) / a.scale + centre)  # (H, W, 2) int: (x, y) of the sampled pixel
+    inside = (src[..., 0] >= 0) & (src[..., 0] < width) & (src[..., 1] >= 0) & (src[..., 1] < height)  # (H, W)
+    src_y, src_x = src[..., 1][inside], src[..., 0][inside]
+    out = []
+    for image in images:
+        resampled = np.full_like(image, fill)
+        resampled[inside] = image[src_y, src_x]
+        out.append(resampled)
+    return out
 
 
-def at_border(mask: np.ndarray | torch.Tensor) -> bool:
-    """Whether a (H, W) bool mask (numpy or torch) has a pixel on the outermost rows or columns."""
+def at_border(mask: np.ndarray) -> bool:
+    """Whether a (H, W) bool mask has a pixel on the outermost rows or columns."""
     return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
@@ -117,7 +135,7 @@ def outline_closed(outline: np.ndarray, filled: np.ndarray) -> bool:
 
 
 def pair_seed(seed: int, index: int, copy: int) -> int:
-    """The torch seed of one augmented copy: independent streams from (seed, sample index, copy number)."""
+    """The seed of one augmented copy: independent streams from (seed, sample index, copy number)."""
     return int(np.random.SeedSequence([seed, index, copy]).generate_state(1, dtype=np.uint64)[0])
 
 
@@ -125,48 +143,44 @@ class Augmenter:
     """Joint geometric augmentation of (input, target) pairs, configured by an AugmentConfig."""
 
     def __init__(self, cfg: AugmentConfig, max_tries: int = MAX_TRIES) -> None:
-        exact: list[v2.Transform] = [v2.RandomHorizontalFlip(cfg.hflip), v2.RandomVerticalFlip(cfg.vflip)]
-        if cfg.rot90:
-            exact.append(RandomRot90())
-        self.exact = v2.Compose(exact)  # moves pixels, never resamples
-        self.affine = InFrameAffine(
-            degrees=cfg.degrees,
-            translate=(cfg.translate, cfg.translate) if cfg.translate > 0 else None,
-            scale=cfg.scale,
-            interpolation=v2.InterpolationMode.NEAREST,  # keeps both images two-valued
-            fill=WHITE,  # the Ayna background
-        )
-        self.transform = v2.Compose([self.exact, self.affine])
+        self.cfg = cfg
         self.max_tries = max_tries
+
+    def exact(self, images: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+        """The steps that move pixels and never resample: flips, then a turn by k * 90 degrees (the same for all
+        images; each (H, W, 3)). Draws from rng in a fixed order: hflip, vflip, k."""
+        hflip, vflip = rng.random() < self.cfg.hflip, rng.random() < self.cfg.vflip
+        k = int(rng.integers(0, 4)) if self.cfg.rot90 else 0
+        out = []
+        for img in images:
+            img = img[:, ::-1] if hflip else img
+            img = img[::-1] if vflip else img
+            out.append(np.ascontiguousarray(np.rot90(img, k)))  # counter-clockwise on screen
+        return out
 
     def __call__(self, inp: np.ndarray, tgt: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """One augmented copy of a pair: (input, target, affine_used), arrays uint8 (H, W, 3).
 
         Draws until a result passes the checks in this module's docstring; after `max_tries` rejections applies
-        only the exact steps (affine_used=False). torch's global random state is left as it was.
+        only the exact steps (affine_used=False). No global random state is read or changed.
         """
-        x = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(inp)).permute(2, 0, 1))  # (3, H, W)
-        y = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(tgt)).permute(2, 0, 1))  # (3, H, W)
-        outline, filled = painted_mask(x.numpy(), channel_axis=0), painted_mask(y.numpy(), channel_axis=0)  # (H, W)
+        outline, filled = painted_mask(inp), painted_mask(tgt)  # (H, W)
         orig_border, orig_closed = at_border(filled), outline_closed(outline, filled)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also queues CUDA/XPU seeding
-            for _ in range(self.max_tries):
-                xa, ya = self.transform(x, y)  # one call: both images get the same parameters
-                a_outline, a_filled = painted_mask(xa.numpy(), 0), painted_mask(ya.numpy(), 0)  # (H, W)
-                if not orig_border and at_border(a_filled):
-                    continue
-                if (a_outline & ~a_filled).any():  # an outline pixel left uncovered (cannot happen; checked anyway)
-                    continue
-                if orig_closed and not outline_closed(a_outline, a_filled):
-                    continue
-                return _hwc(xa), _hwc(ya), True
-            xa, ya = self.exact(x, y)
-            return _hwc(xa), _hwc(ya), False
-
-
-def _hwc(chw: torch.Tensor) -> np.ndarray:
-    return chw.permute(1, 2, 0).numpy().copy()  # (3, H, W) -> (H, W, 3), owning its memory
+        rng = np.random.default_rng(seed)
+        for _ in range(self.max_tries):
+            x, y = self.exact([inp, tgt], rng)
+            a = in_frame_affine(painted_mask(x) | painted_mask(y), self.cfg, rng)  # one draw for both images
+            xa, ya = apply_affine([x, y], a)
+            a_outline, a_filled = painted_mask(xa), painted_mask(ya)  # (H, W)
+            if not orig_border and at_border(a_filled):
+                continue
+            if (a_outline & ~a_filled).any():  # an outline pixel left uncovered (cannot happen; checked anyway)
+                continue
+            if orig_closed and not outline_closed(a_outline, a_filled):
+                continue
+            return xa, ya, True
+        x, y = self.exact([inp, tgt], rng)
+        return x, y, False
 
 
 @dataclass
@@ -230,24 +244,19 @@ def augment_dataset(data_dir: str | Path, out_dir: str | Path, cfg: AugmentConfi
     show = set(np.linspace(0, len(samples) - 1, min(grid_rows, len(samples))).round().astype(int).tolist())
     grid_tiles: dict[int, list[np.ndarray]] = {}
     dropped = 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny per-pair ops: extra intra-op threads only add overhead (and fight other jobs)
-    try:
-        for pair in iter_augmented(samples, cfg, seed, max_tries):
-            s = samples[pair.index]
-            a_in, a_out = augmented_names(s, pair.index, pair.copy)
-            ayna.write_png(dst / ayna.INPUTS / a_in, pair.input)
-            ayna.write_png(dst / ayna.OUTPUTS / a_out, pair.target)
-            in_names.append(a_in)
-            out_names.append(a_out)
-            colours.append(s.colour)
-            row, = ayna.manifest_rows(SPLIT, [s.colour], rgb[pair.index:pair.index + 1], [s.shape], [a_in], [a_out])
-            rows.append({**row, "copy": pair.copy})
-            dropped += not pair.affine
-            if pair.copy == 1 and pair.index in show:
-                grid_tiles[pair.index] = [pair.input, pair.target]
-    finally:
-        torch.set_num_threads(threads)
+    for pair in iter_augmented(samples, cfg, seed, max_tries):
+        s = samples[pair.index]
+        a_in, a_out = augmented_names(s, pair.index, pair.copy)
+        ayna.write_png(dst / ayna.INPUTS / a_in, pair.input)
+        ayna.write_png(dst / ayna.OUTPUTS / a_out, pair.target)
+        in_names.append(a_in)
+        out_names.append(a_out)
+        colours.append(s.colour)
+        row, = ayna.manifest_rows(SPLIT, [s.colour], rgb[pair.index:pair.index + 1], [s.shape], [a_in], [a_out])
+        rows.append({**row, "copy": pair.copy})
+        dropped += not pair.affine
+        if pair.copy == 1 and pair.index in show:
+            grid_tiles[pair.index] = [pair.input, pair.target]
     ayna.write_data_json(dst, colours, in_names, out_names)
     manifest = ayna.write_manifest(Path(out_dir) / ayna.MANIFEST, rows)
 

@@ -51,6 +51,7 @@ from polycolor.colours import (
 )
 from polycolor.config import IngestConfig
 from polycolor.data.ayna import SplitArrays
+from polycolor.data.coords import rotate
 
 MARGIN = 2  # px of white kept between the polygon and the image border
 NEAR_WHITE = 64  # a random colour needs some channel at least this far below 255, so the fill stays visible
@@ -139,17 +140,19 @@ class PolygonSpec:
 
 
 def vertices(spec: PolygonSpec) -> np.ndarray:
-    """(V, 2) float pixel coordinates (x, y) of the spec's polygon (wobbly edges included)."""
+    """(V, 2) float pixel coordinates (x, y) of the spec's polygon (wobbly edges included).
+
+    Not snapped to coords.GRID: PIL truncates polygon vertices to whole pixels, so only a vertex crossing an integer
+    moves a pixel, and the canonical poses put vertices on integers to within float noise that the real Ayna images
+    record (snapping to any grid changes 14-34 outline pixels of the circle, octagon and hexagon; tests/test_synth.py).
+    The float maths is kept the same on every CPU instead: element-wise, no BLAS (docs/reproducibility.md)."""
     unit = np.asarray(spec.unit, dtype=np.float64) if spec.unit else UNIT_VERTICES[spec.shape]
     pts = _place(unit, spec.radius, spec.angle, spec.centre)
     return _wobble(pts, spec.wobble, spec.wobble_seed) if spec.wobble > 0 else pts
 
 
 def _rotate(unit: np.ndarray, angle_deg: float) -> np.ndarray:
-    a = np.deg2rad(angle_deg)
-    c, s = np.cos(a), np.sin(a)
-    # y points down, so this matrix turns the shape counter-clockwise as seen on screen.
-    return unit @ np.array([[c, -s], [s, c]])
+    return rotate(unit, angle_deg)  # counter-clockwise on screen (y down); element-wise, no BLAS
 
 
 def _place(unit: np.ndarray, radius: float, angle: float, centre: tuple[float, float]) -> np.ndarray:

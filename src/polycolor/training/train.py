@@ -100,7 +100,8 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
         try:
             tracking.with_retry(mlflow.set_tags, {
                 "git_commit": lineage["git_commit"], "git_dirty": lineage["git_dirty"],
-                "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train"})
+                "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train",
+                **tracking.platform_info()})  # which CPU kernels ran: tells two machines' figures apart
             log_params_once(run, tracking.training_params(flatten(cfg)))
             tracking.log_training_data(run_id, train_dir, val_dir)
 
