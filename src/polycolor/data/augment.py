@@ -166,6 +166,8 @@ class Augmenter:
         """
         outline, filled = painted_mask(inp), painted_mask(tgt)  # (H, W)
         orig_border, orig_closed = at_border(filled), outline_closed(outline, filled)
+        # JPEG noise beside the line is painted (< 240) outside the fill: such an input has uncovered pixels already
+        orig_covered = not (outline & ~filled).any()
         rng = np.random.default_rng(seed)
         for _ in range(self.max_tries):
             x, y = self.exact([inp, tgt], rng)
@@ -174,7 +176,7 @@ class Augmenter:
             a_outline, a_filled = painted_mask(xa), painted_mask(ya)  # (H, W)
             if not orig_border and at_border(a_filled):
                 continue
-            if (a_outline & ~a_filled).any():  # an outline pixel left uncovered (cannot happen; checked anyway)
+            if orig_covered and (a_outline & ~a_filled).any():  # the fill no longer covers the outline
                 continue
             if orig_closed and not outline_closed(a_outline, a_filled):
                 continue
