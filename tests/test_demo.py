@@ -5,6 +5,7 @@ reproduces exactly); bad input shows a one-line message in the page."""
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -42,9 +43,18 @@ def sample(tmp_path_factory) -> tuple[Path, str, np.ndarray]:
     return out / "inputs" / "star.png", a.colours[0], a.targets[0]
 
 
+# The README's screenshot comes from the default model: after `make repro`,
+#   POLYCOLOR_DEMO_MODEL=models/model.pt POLYCOLOR_SCREENSHOTS=docs pytest tests/test_demo.py -k browser
+# runs this test with that model and writes docs/demo.png.
+DEMO_MODEL = os.environ.get("POLYCOLOR_DEMO_MODEL")
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> modelio.LoadedModel:
-    """A tiny untrained model (widths (4, 8), 32 px, rgb encoding): what it paints is arbitrary but deterministic."""
+    """$POLYCOLOR_DEMO_MODEL when set, else a tiny untrained model (widths (4, 8), 32 px, rgb encoding): what it
+    paints is arbitrary but deterministic."""
+    if DEMO_MODEL:
+        return modelio.load_model(DEMO_MODEL)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
     modelio.save_model(path, ConditionalUNet(ModelConfig(widths=(4, 8), colour_encoding="rgb"), (), 32), meta={})
@@ -53,7 +63,8 @@ def model(tmp_path_factory) -> modelio.LoadedModel:
 
 @pytest.fixture(scope="module")
 def page_url(model, sample):
-    app = demo.build_app(model, examples=[[str(sample[0]), sample[1]]], model_label="tiny test model")
+    label = f"{DEMO_MODEL}" if DEMO_MODEL else "tiny test model"
+    app = demo.build_app(model, examples=[[str(sample[0]), sample[1]]], model_label=label)
     demo.launch(app, port=0, block=False)
     try:
         yield app.local_url
@@ -94,7 +105,7 @@ def test_upload_colour_paint_in_the_browser(browser, page_url, model, sample, sc
     assert got.shape == expected.shape and np.array_equal(got, expected), "the page shows the model's painting"
     reference = shown_image(page, "reference")
     assert np.array_equal(reference, target), "the flood fill paints the Ayna outline exactly as its target"
-    page.screenshot(path=str(screenshots / "demo-test.png"), full_page=True)
+    page.screenshot(path=str(screenshots / ("demo.png" if DEMO_MODEL else "demo-test.png")), full_page=True)
 
     # draw a square outline on the canvas (Draw tab, brush tool) and paint it cyan
     page.get_by_role("tab", name="Draw").click()
