@@ -30,6 +30,10 @@ PYFUNC_ENTRY = Path(__file__).resolve().with_name("pyfunc_entry.py")
 LOGGED_MODEL_NAME = "model"  # name of the logged model within the training run
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
+# MLflow's model_versions.description column is String(5000); PostgreSQL enforces it (sqlite does not), and the
+# default model's card is ~9,500 characters (issue 19). The description is the card cut to whole sections under
+# this, with a margin, plus where the full card is.
+DESCRIPTION_MAX = 4500
 CARD_METRICS = ("psnr_mean", "ssim", "colour_accuracy", "iou", "boundary_f1", "bleeding")  # columns of the card table
 
 INTENDED_USE = (
@@ -178,6 +182,28 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def card_summary(markdown: str, full_card_uri: str, limit: int = DESCRIPTION_MAX) -> str:
+    """The registered version's description: the card's Markdown `markdown` up to the last whole `## ` section
+    that fits in `limit` characters, the names of the sections left out, and a link to the full card
+    (`full_card_uri`, the MODEL_CARD.md artifact of the version's logged model)."""
+    link = f"Full model card: `{full_card_uri}` (also model_card.json beside it)."
+    if len(markdown) + len(link) + 2 <= limit:
+        return f"{markdown.rstrip()}\n\n{link}\n"
+    head, *sections = re.split(r"(?m)^(?=## )", markdown)
+    kept, left = [head], []
+    for sec in sections:
+        title = sec.splitlines()[0].removeprefix("## ").strip()
+        if sum(map(len, kept)) + len(sec) + len(link) + 200 > limit:
+            left.append(title)
+        else:
+            kept.append(sec)
+    note = f"Left out here (too long for the registry's description): {', '.join(left)}. {link}"
+    text = f"{''.join(kept).rstrip()}\n\n{note}\n"
+    if len(text) > limit:  # a single section too long: cut inside it, never past the column limit
+        text = f"{text[:limit - len(note) - 8].rstrip()}\n...\n\n{note}\n"
+    return text
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return "-"
@@ -278,7 +304,7 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
                   name: str, max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT) -> PackageResult:
     """The package stage's work: build `out_dir`, log the model to the training run, put the metrics of the
     evaluation run that wrote `eval_path` (metrics/eval.json) on it, register a new version of `name` (lineage tags,
-    the model card as description) and point the alias `candidate` at it.
+    the model card cut to fit as description, card_summary) and point the alias `candidate` at it.
 
     Idempotent on the model's content: when a version with the same content hash (weights, model config,
     vocabulary, image size) is registered already, that version is re-tagged and made `candidate` instead, and
@@ -307,7 +333,8 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
         logged_uri = str(existing.source)
     else:
         logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels).model_uri
-        mv = registry.register_version(name, logged_uri, tags=tags, description=card_markdown(card))
+        description = card_summary(card_markdown(card), f"{logged_uri}/artifacts/{CARD_MD}")
+        mv = registry.register_version(name, logged_uri, tags=tags, description=description)
     link_evaluation(eval_run, logged_uri.removeprefix("models:/"))
     tracking.with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")
     return PackageResult(name=name, version=str(mv.version), run_id=run_id,
