@@ -26,7 +26,7 @@ from polycolor.nn.model import count_parameters
 from polycolor.serving import pyfunc, registry
 
 # The models-from-code file MLflow copies into the package and executes on load (read as a file, never imported).
-PYFUNC_ENTRY = Path(__file__).resolve().with_name("pyfunc_entry.py")
+PYFUNC_ENTRY = registry.PYFUNC_ENTRY
 LOGGED_MODEL_NAME = "model"  # name of the logged model within the training run
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
@@ -335,6 +335,9 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
         logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels).model_uri
         description = card_summary(card_markdown(card), f"{logged_uri}/artifacts/{CARD_MD}")
         mv = registry.register_version(name, logged_uri, tags=tags, description=description)
+        if mv.source != logged_uri:  # another process registered the same content first: its version is ours
+            tracking.with_retry(client.delete_logged_model, logged_uri.removeprefix("models:/"))
+            logged_uri = str(mv.source)
     link_evaluation(eval_run, logged_uri.removeprefix("models:/"))
     tracking.with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")
     return PackageResult(name=name, version=str(mv.version), run_id=run_id,
