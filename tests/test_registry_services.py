@@ -105,12 +105,13 @@ def assert_one_version(folder: Path, name: str, infos: list[dict]) -> None:
 
 def test_card_summary_fits_the_column_and_links_the_full_card():
     short = "# Model card: x\n\n## Intended use\nPaint.\n"
-    assert package.card_summary(short, "models:/m-1/artifacts/MODEL_CARD.md").startswith(short.rstrip())
+    assert package.card_summary(short, "mlflow-artifacts:/1/models/m-1/artifacts/artifacts/MODEL_CARD.md") \
+        .startswith(short.rstrip())
     long = "# Model card: x\n\n## Intended use\nPaint.\n\n## Params\n" + "- `k`: v\n" * 2000 + "\n## Interface\n- in\n"
-    text = package.card_summary(long, "models:/m-1/artifacts/MODEL_CARD.md")
+    text = package.card_summary(long, "file:///store/MODEL_CARD.md")
     assert len(text) <= package.DESCRIPTION_MAX < COLUMN, len(text)
     assert "## Intended use" in text and "## Interface" in text and "## Params" not in text
-    assert "Left out here" in text and "Params" in text and "models:/m-1/artifacts/MODEL_CARD.md" in text
+    assert "Left out here" in text and "Params" in text and "file:///store/MODEL_CARD.md" in text
     one_huge = "# Model card: x\n\n" + "word " * 3000  # no section to drop: cut inside, still under the limit
     assert len(package.card_summary(one_huge, "u")) <= package.DESCRIPTION_MAX
 
@@ -141,7 +142,8 @@ def test_a_card_longer_than_the_column_packages_on_postgresql(tmp_path, on_stack
     info = json.loads((folder / "registry.json").read_text())
     mv = mlflow.MlflowClient().get_model_version(name, info["version"])
     assert len(mv.description) <= package.DESCRIPTION_MAX < COLUMN
-    link = f"{info['logged_model_uri']}/artifacts/{package.CARD_MD}"
+    logged = mlflow.MlflowClient().get_logged_model(info["logged_model_uri"].removeprefix("models:/"))
+    link = f"{logged.artifact_location}/artifacts/{package.CARD_MD}"  # mlflow-artifacts:/..., via the server
     assert link in mv.description and "Left out here" in mv.description, mv.description[-300:]
     served = Path(mlflow.artifacts.download_artifacts(artifact_uri=link, dst_path=str(tmp_path / "card")))
     assert served.read_text() == full, "the full card is the version's artifact, as the description says"

@@ -333,7 +333,8 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
         logged_uri = str(existing.source)
     else:
         logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels).model_uri
-        description = card_summary(card_markdown(card), f"{logged_uri}/artifacts/{CARD_MD}")
+        logged = tracking.with_retry(client.get_logged_model, logged_uri.removeprefix("models:/"))
+        description = card_summary(card_markdown(card), f"{logged.artifact_location}/artifacts/{CARD_MD}")
         mv = registry.register_version(name, logged_uri, tags=tags, description=description)
         if mv.source != logged_uri:  # another process registered the same content first: its version is ours
             tracking.with_retry(client.delete_logged_model, logged_uri.removeprefix("models:/"))
