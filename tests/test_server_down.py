@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
 import pytest
@@ -59,6 +61,28 @@ def silent_uri() -> Iterator[str]:
         for c in held:
             c.close()
         srv.close()
+
+
+@contextmanager
+def failing_server() -> Iterator[str]:
+    """An HTTP server that answers every request with 500, as an MLflow server whose PostgreSQL is down does."""
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_error(500, "database is down")
+
+        do_POST = do_GET
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def one_error_line(text: str) -> str:
@@ -121,6 +145,11 @@ def test_describe_failure_names_the_cause(monkeypatch, mlflow_store, silent_uri)
             mlflow.MlflowClient(uri).get_run("0" * 32)
         said = tracking.describe_failure(e.value, uri)
         assert said is not None and uri in said and words in said, said
+    with failing_server() as uri:  # the server is up, its database is not: HTTP 500 to every call
+        with pytest.raises(MlflowException) as e:
+            mlflow.MlflowClient(uri).get_run("0" * 32)
+        said = tracking.describe_failure(e.value, uri)
+        assert said is not None and uri in said and "HTTP 500" in said and "store" in said, said
     with pytest.raises(MlflowException) as e:  # a missing run in a store that works is not a server failure
         mlflow.MlflowClient(mlflow_store).get_run("0" * 32)
     assert tracking.describe_failure(e.value, mlflow_store) is None
