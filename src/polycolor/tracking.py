@@ -74,6 +74,9 @@ def artifact_root() -> str | None:
 def configure() -> str:
     """Point MLflow at the project's store, create its schema if needed, and return its URI.
 
+    MLflow's HTTP calls get the project's bounds (HTTP_BOUNDS), and a tracking server is asked one question
+    first (check_server), so a dead one fails here in seconds with one line naming it.
+
     MLflow already gives every sqlite session a busy timeout; what it does not guard is two processes creating the
     schema of a new mlflow.db at once (two queue workers starting together), so that first touch is serialised by a
     file lock beside the store.
@@ -151,10 +154,9 @@ def describe_failure(exc: BaseException, uri: str | None = None, timeout: float 
         return f"the MLflow tracking server at {uri} did not answer within {wait:g} s"
     if "remotedisconnected" in low or "connection aborted" in low or "connection reset" in low:
         return f"the MLflow tracking server at {uri} dropped the connection without an answer"
-    code = re.search(r"error code (\d{3})|too many (\d{3}) error responses", low)
-    if code:
-        return _status_message(int(code.group(1) or code.group(2)), uri)
-    return None
+    found = re.search(r"error code (\d{3})|too many (\d{3}) error responses", low)
+    code = int(found.group(1) or found.group(2)) if found else 0
+    return _status_message(code, uri) if code in (401, 403) or code >= 500 else None
 
 
 def check_store_belongs_here(db: Path) -> None:
