@@ -30,7 +30,8 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/polycolor bench
 
 # The team stack on loopback (PostgreSQL + S3 + MLflow server; needs PostgreSQL installed): `eval "$$(make -s stack-up)"`
-# exports MLFLOW_TRACKING_URI; stack-down stops it and discards its runs and artifacts.
+# exports MLFLOW_TRACKING_URI and the login; stack-down stops it and keeps its data (a later stack-up brings the runs
+# and artifacts back); `polycolor stack down --purge` discards them.
 stack-up: $(STAMP)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/polycolor stack up
 

@@ -5,6 +5,11 @@ DVC deletes a stage's outputs before it runs the stage's command, so a typo that
 This stage depends on the whole params file and ingest depends on its output, so every `dvc repro` that changed a
 param runs it first; it fails in about a second and nothing else has been touched. Its output is constant: a
 passing check never makes a later stage rerun.
+
+When MLFLOW_TRACKING_URI names a tracking server (http/https), the check also asks it one question, within
+tracking.PROBE_TIMEOUT_S: a server that refuses, never answers, rejects the login or fails fails the check in
+seconds with one line naming the URI, instead of the train stage failing minutes later after DVC deleted
+models/model.pt (issue 19).
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from polycolor import tracking
 from polycolor.config import load_params
 from polycolor.data.ingest import check_source
 from polycolor.errors import ConfigError, run_guarded
 from polycolor.fileio import write_json_atomic
 
-CHECKED = ["params", "ingest.source", "train.device"]
+CHECKED = ["params", "ingest.source", "train.device"]  # constant: the server probe is not recorded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +41,12 @@ def run(args: argparse.Namespace) -> None:
 
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but this machine has no CUDA device (use auto or cpu)")
+    uri = tracking.tracking_uri()
+    if tracking.is_server(uri):
+        tracking.check_server(uri)
     write_json_atomic(args.out, {"checked": CHECKED})
-    print(f"check: params and data source ({cfg.ingest.source}) are usable")
+    server = f"; tracking server {uri} answers" if tracking.is_server(uri) else ""
+    print(f"check: params and data source ({cfg.ingest.source}) are usable{server}")
 
 
 if __name__ == "__main__":

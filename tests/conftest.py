@@ -159,8 +159,8 @@ def require_stack() -> None:
     from polycolor import stack
     from polycolor.errors import PolycolorError
 
-    missing = next((f"{m} is not installed (pip install -e '.[stack]')" for m in ("moto", "boto3", "psycopg2")
-                    if importlib.util.find_spec(m) is None), None)
+    missing = next((f"{m} is not installed (pip install -e '.[stack]')"
+                    for m in ("moto", "boto3", "psycopg2", "flask_wtf") if importlib.util.find_spec(m) is None), None)
     if missing is None:
         try:
             stack.postgres_bindir()
@@ -181,9 +181,13 @@ def team_stack():
     d = Path(tempfile.mkdtemp(prefix="polycolor-stack-"))
     started = stack.start(d)  # a failure names a log under d, which is then kept
     try:
-        yield started
+        # The server wants a login (basic auth): this session's clients are the pipeline's, as after `stack up`.
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                mp.setenv(key, started.client_env()[key])
+            yield started
     finally:
-        stack.stop(d)
+        stack.stop(d, purge=True)
         shutil.rmtree(d, ignore_errors=True)
 
 

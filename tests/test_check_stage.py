@@ -4,13 +4,15 @@ DVC removes a stage's outputs before it runs the stage's command. The unit tests
 the slow one runs real `dvc repro`s on tiny params in a throwaway copy of the project and checks that a bad
 `ingest.source`, `train.lr: "fast"`, `train.device: cuda` without CUDA and an image size the UNet cannot halve
 leave data/dataset, models/model.pt and the train metrics exactly as they were; then that a failure the check
-cannot see (an unreadable MLflow store) is undone the way docs/reliability.md says.
+cannot see (an unreadable MLflow store) is undone the way docs/reliability.md says. A tracking server that
+refuses or never answers fails the check too (test_server_down.py has the fast cases).
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -95,6 +97,23 @@ def test_a_bad_param_or_source_under_dvc_repro_costs_no_output(tmp_path):
         assert words in p.stderr + p.stdout, p.stderr
         assert "Running stage 'ingest'" not in p.stdout and "Running stage 'train'" not in p.stdout, p.stdout
         assert outputs(root) == before, f"{section}.{key}={value!r} changed or removed an output"
+
+    # A tracking server that refuses (nothing listens on the port) or never answers: check fails in seconds,
+    # naming the URI, before DVC deletes train's outputs (issue 19; before, train failed after 254 s or hung).
+    params = yaml.safe_load(good)
+    params["train"]["epochs"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+    with silent, socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        for uri in (refused, f"http://127.0.0.1:{silent.getsockname()[1]}"):
+            p = sh([*dvc, "repro"], root, env | {"MLFLOW_TRACKING_URI": uri}, timeout=120, check=False)
+            assert p.returncode != 0 and uri in p.stderr + p.stdout, p.stderr
+            assert "Running stage 'train'" not in p.stdout, p.stdout
+            assert outputs(root) == before, f"a dead server at {uri} cost an output"
 
     (root / "params.yaml").write_text(good)
     again = sh([*dvc, "repro"], root, env)

@@ -20,7 +20,7 @@ from polycolor.config import ModelConfig, PaintConfig, load_params
 from polycolor.errors import PolycolorError
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet
-from polycolor.serving import package, predict, pyfunc
+from polycolor.serving import package, predict, pyfunc, registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,7 +179,7 @@ def test_package_stage_builds_logs_and_registers(store):
                                   f"tags.`mlflow.parentRunId` = '{run_id}'")[0]
     assert mv.tags == {"git_commit": "feedface", "dvc_exp_name": "exp-tiny", "data_hash": "0123abcd",
                        "evaluation_run": eval_run.info.run_id,
-                       "content_sha256": package.package_digest(modelio.load_payload(model), params.paint)}, \
+                       "content_sha256": registry.package_digest(modelio.load_payload(model), dataclasses.asdict(params.paint))}, \
         "a short fixed set of tags, no metrics"
     assert mv.description.startswith("# Model card: polycolor")
     run = client.get_run(run_id)

@@ -1,7 +1,9 @@
-"""Promotion by Model Registry aliases: the decision rule, the registry flow in a temporary sqlite store, the CLI."""
+"""Promotion by Model Registry aliases: the decision rule, the registry flow in a temporary sqlite store, the CLI;
+and promote's refusal of a version that is not a polycolor package (a planted pickle pyfunc)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 
 from polycolor import tracking
 from polycolor.cli import REFUSED_EXIT, main
-from polycolor.config import Gate, PromoteConfig
+from polycolor.config import Gate, PaintConfig, PromoteConfig
 from polycolor.serving import registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,17 +60,54 @@ def test_decide_lower_is_better_and_max_gate():
 
 @pytest.fixture
 def store(tmp_path, monkeypatch, mlflow_store):
+    """A fresh sqlite store holding one real polycolor package (a tiny model logged by package.log_to_run):
+    promote only moves @champion to a verified package, so every test version is registered from it."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(PARAMS)
     tracking.configure()
+    PACKAGE.update(zip(("uri", "digest"), log_package(tmp_path)))
     return tmp_path
 
 
-def add_version(psnr: float, accuracy: float = 0.99, name: str = "polycolor") -> str:
-    """Register a version (the source needs no real model for promotion) whose metrics are `eval.*` tags, the
-    format versions registered before logged-model metrics carry (version_metrics still reads it)."""
-    tags = {"eval.val.net.psnr_mean": str(psnr), "eval.val.net.colour_accuracy": str(accuracy)}
-    return str(registry.register_version(name, "/nonexistent/model", tags=tags).version)
+PACKAGE: dict[str, str] = {}  # the store fixture's package: {"uri": models:/<logged model id>, "digest": ...}
+
+
+def log_package(folder: Path) -> tuple[str, str]:
+    """A tiny model packaged and logged to a new run as the package stage does: (its models:/ URI, its
+    content_sha256)."""
+    import mlflow
+    from test_package import tiny_model
+
+    from polycolor.nn import modelio
+    from polycolor.serving import package
+
+    model = tiny_model(folder / "model.pt")
+    loaded = modelio.load_model(model)
+    exp = tracking.ensure_experiment("polycolor-test")
+    with mlflow.start_run(experiment_id=exp) as run:
+        pass
+    card = package.model_card(loaded, name="polycolor", run_info={}, run_params={}, eval_metrics={})
+    info = package.log_to_run(mlflow.MlflowClient().get_run(run.info.run_id), model, card, loaded.image_size,
+                              10_000)
+    return info.model_uri, registry.package_digest(modelio.load_payload(model), dataclasses.asdict(PaintConfig()))
+
+
+def add_version(psnr: float, accuracy: float = 0.99, name: str = "polycolor", source: str | None = None,
+                run_id: str | None = None) -> str:
+    """A version of the store's package (or of `source`) made @candidate, whose metrics are `eval.*` tags, the
+    format versions registered before logged-model metrics carry (version_metrics still reads it). Made with
+    create_model_version, so several versions may share the package's content_sha256."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    tags = {"eval.val.net.psnr_mean": str(psnr), "eval.val.net.colour_accuracy": str(accuracy),
+            registry.CONTENT_TAG: PACKAGE["digest"]}
+    mv = client.create_model_version(name, source or PACKAGE["uri"], run_id=run_id, tags=tags)
+    client.set_registered_model_alias(name, registry.CANDIDATE, mv.version)
+    return str(mv.version)
 
 
 def cli(*args: str) -> int:
@@ -138,8 +177,8 @@ def test_version_metrics_fall_back_to_the_runs_eval_metrics(store):
         mlflow.log_metric("eval.val.net.colour_accuracy", 0.97)
     client = mlflow.MlflowClient()
     client.create_registered_model("polycolor")
-    mv = client.create_model_version("polycolor", "/nonexistent/model", run_id=run.info.run_id,
-                                     tags={"eval.val.net.psnr_mean": "31.0"})
+    mv = client.create_model_version("polycolor", PACKAGE["uri"], run_id=run.info.run_id,
+                                     tags={"eval.val.net.psnr_mean": "31.0", registry.CONTENT_TAG: PACKAGE["digest"]})
     metrics = registry.version_metrics(mv, ["val.net.psnr_mean", "val.net.colour_accuracy"])
     assert metrics == {"val.net.psnr_mean": 31.0, "val.net.colour_accuracy": 0.97}, "tags first, then the run"
     d = registry.promote("polycolor", CFG, version=mv.version)
@@ -150,11 +189,12 @@ def test_version_metrics_come_from_the_logged_model(store):
     import mlflow
 
     exp = tracking.ensure_experiment("polycolor-test")
-    model = mlflow.initialize_logged_model(name="model", experiment_id=exp)
+    model_id = PACKAGE["uri"].removeprefix("models:/")
     ds = tracking.generated_dataset("val", "d1", {"generator": "test"})
     with mlflow.start_run(experiment_id=exp):
-        mlflow.log_metrics({"val.net.psnr_mean": 35.0, "val.net.colour_accuracy": 0.99}, model_id=model.model_id, dataset=ds)
-    mv = registry.register_version("polycolor", f"models:/{model.model_id}", tags={"git_commit": "abc"},
+        mlflow.log_metrics({"val.net.psnr_mean": 35.0, "val.net.colour_accuracy": 0.99}, model_id=model_id, dataset=ds)
+    mv = registry.register_version("polycolor", PACKAGE["uri"],
+                                   tags={"git_commit": "abc", registry.CONTENT_TAG: PACKAGE["digest"]},
                                    description="# Model card")
     assert registry.version_metrics(mv) == {"val.net.psnr_mean": 35.0, "val.net.colour_accuracy": 0.99}
     d = registry.promote("polycolor", CFG)
@@ -198,3 +238,39 @@ def test_commands_do_not_create_a_missing_store(tmp_path, monkeypatch, capsys):
         assert cli(*args) == 1
         assert capsys.readouterr().err.strip().startswith("error: no MLflow store at ")
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_promote_refuses_a_version_that_is_not_a_polycolor_package(store, capsys):
+    import mlflow
+
+    from polycolor.serving import pyfunc
+
+    good = add_version(31.0)
+    assert cli("promote") == 0 and champion() == good
+
+    class PlantedModel(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):  # noqa: ARG002
+            return model_input
+
+    exp = tracking.ensure_experiment("polycolor-test")
+    with mlflow.start_run(experiment_id=exp):
+        planted = mlflow.pyfunc.log_model(name="planted", python_model=PlantedModel())
+    capsys.readouterr()
+    tampered = [
+        ("pickle", add_version(99.0, source=planted.model_uri), "hold a pickle (python_model.pkl)"),
+        # a real package whose content_sha256 tag names other weights: the artifacts were swapped under the tag
+        ("digest", add_version(99.0), "its weights hash to"),
+    ]
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag("polycolor", tampered[1][1], registry.CONTENT_TAG, "0" * 64)
+    no_tag = client.create_model_version("polycolor", planted.model_uri).version
+    tampered.append(("no tag", str(no_tag), f"no {registry.CONTENT_TAG} tag"))
+    for what, version, words in tampered:
+        for args in (["promote", "--version", version], ["promote", "--version", version, "--force"]):
+            assert cli(*args) == 1, (what, args)
+            err = capsys.readouterr().err.strip()
+            assert err.count("\n") == 0 and err.startswith(f"error: refusing polycolor version {version}") \
+                and words in err, (what, err)
+        assert champion() == good, f"{what}: a version that is not a polycolor package became champion"
+        assert "promotion.decision" not in version_tags(version)
+    assert pyfunc.MODEL_ARTIFACT  # the package's weights travel as this artifact, checked by verify_package

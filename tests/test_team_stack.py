@@ -2,8 +2,10 @@
 store, moto's S3 server as the artifact store, `mlflow server` proxying artifacts. The tiny preset runs through
 `dvc exp run` with MLFLOW_TRACKING_URI=http://127.0.0.1:PORT and no S3 credentials in its environment; its run,
 images and model must land on the server and in the bucket; promotion, prediction from the registry and two
-queued experiments at -j 2 go through the same server. Also: `polycolor stack up` / `down`, the documented
-commands, start and stop a second stack."""
+queued experiments at -j 2 go through the same server, logged in as the pipeline's user (the server runs MLflow's
+basic auth). Also: `polycolor stack up` / `down`, the documented commands, on a second stack: `up` restarts a
+PostgreSQL killed with SIGKILL on its data, without losing a finished run; `down` keeps the data for the next
+`up`; `down --purge` discards it."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def project(tmp_path_factory, team_stack):
     """A git copy of the project (default params, tiny comes from the preset) whose tracking URI is the server."""
     root = tmp_path_factory.mktemp("stack") / "polycolor"
     env = new_project(root, tiny=False)
-    env["MLFLOW_TRACKING_URI"] = team_stack.tracking_uri
+    env.update(team_stack.client_env())  # the URI and the pipeline's login, as `eval "$(polycolor stack up)"` sets
     # Clients need no storage credentials: artifacts are proxied by the server.
     for key in [k for k in env if k.startswith("AWS_")]:
         del env[key]
@@ -126,29 +128,62 @@ def test_two_queued_experiments_land_on_the_server(project, team_stack):
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db")), "a queued run fell back to a local store"
 
 
-def test_stack_up_and_down_commands():
-    """`polycolor stack up` prints an export line that reaches a live server; `down` stops every process."""
+def test_stack_up_restarts_a_dead_service_down_keeps_the_data_purge_discards_it(tmp_path):
+    """`polycolor stack up` prints exports that reach a live server as the pipeline's user; after PostgreSQL is
+    killed (SIGKILL), `up` restarts it alone on its data and a finished run is still there; `down` stops every
+    process and keeps runs and artifacts for the next `up`; `down --purge` discards them."""
     require_stack()
     d = Path(tempfile.mkdtemp(prefix="polycolor-stack-cli-"))
     cli = [sys.executable, "-m", "polycolor.cli", "stack"]
-    up = subprocess.run([*cli, "up", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                        check=False)
+
+    def stack_cmd(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args, "--dir", str(d)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                              check=False)
+
+    up = stack_cmd("up")
     try:
         assert up.returncode == 0, up.stderr
-        exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines()
-                       if line.startswith("export "))
-        with urllib.request.urlopen(exports["MLFLOW_TRACKING_URI"] + "/health", timeout=10) as r:
+        exports = subprocess.run(["bash", "-c", f'{up.stdout}\nenv'], capture_output=True, text=True,
+                                 check=True).stdout
+        env = dict(line.split("=", 1) for line in exports.splitlines() if line.startswith("MLFLOW_TRACKING_"))
+        with urllib.request.urlopen(env["MLFLOW_TRACKING_URI"] + "/health", timeout=10) as r:
             assert r.status == 200
-        again = subprocess.run([*cli, "up", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, check=False)
+        again = stack_cmd("up")
         assert again.returncode == 1 and "already up" in again.stderr
-        pids = [s.pid for s in stack_mod.load(d).services]
-        password = (d / "pgpass").read_text().rsplit(":", 1)[1].strip()
+        pids = {s.name: s.pid for s in stack_mod.load(d).services}
+        secrets = [(d / "pgpass").read_text().rsplit(":", 1)[1].strip(), (d / stack_mod.PASSWORD_FILE).read_text()]
+
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            c = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+            run = c.create_run(c.create_experiment("crash"))
+            c.log_metric(run.info.run_id, "loss", 0.25)
+            c.log_text(run.info.run_id, "kept", "note.txt")
+            c.set_terminated(run.info.run_id)
+            psutil.Process(pids["postgres"]).kill()  # a crash: no shutdown, no checkpoint
+            psutil.Process(pids["postgres"]).wait(30)
+            back = stack_cmd("up")
+            assert back.returncode == 0 and "restarted postgres on the existing data" in back.stderr, back.stderr
+            after = {s.name: s.pid for s in stack_mod.load(d).services}
+            assert after["postgres"] != pids["postgres"] and after["s3"] == pids["s3"] \
+                and after["mlflow"] == pids["mlflow"], "only the dead service is restarted"
+            assert c.get_run(run.info.run_id).info.status == "FINISHED"
+            assert c.get_run(run.info.run_id).data.metrics == {"loss": 0.25}
+
+            down = stack_cmd("down")
+            assert down.returncode == 0 and "kept its data" in down.stderr, down.stderr
+            assert not [p for p in after.values() if psutil.pid_exists(p)
+                        and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            assert stack_cmd("up").returncode == 0
+            assert c.get_run(run.info.run_id).data.metrics == {"loss": 0.25}, "down lost a run"
+            note = Path(c.download_artifacts(run.info.run_id, "note.txt", str(tmp_path)))
+            assert note.read_text() == "kept", "down lost an artifact"
     finally:
-        down = subprocess.run([*cli, "down", "--dir", str(d)], cwd=REPO, capture_output=True, text=True, timeout=120,
-                              check=False)
+        down = stack_cmd("down", "--purge")
     assert down.returncode == 0, down.stderr
-    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     logs = "".join(p.read_text(errors="replace") for p in (d / "logs").glob("*.log"))
-    assert password not in logs + up.stdout + up.stderr, "the database password leaked"
-    assert not (d / "pgpass").exists() and not (d / "pg").exists(), "down leaves no data or password behind"
+    for secret in secrets:
+        assert secret.strip() not in logs + up.stdout + up.stderr, "a password leaked"
+    assert not [p for p in stack_mod.DATA if (d / p).exists()], "down --purge leaves no data or password behind"
     shutil.rmtree(d)

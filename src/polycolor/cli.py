@@ -6,7 +6,7 @@
   polycolor models
   polycolor preset NAME          (prints `-S key=value` flags for `dvc exp run`)
   polycolor bench [--repro]      (speed figures -> metrics/benchmark.json)
-  polycolor stack up|down [--dir .stack]   (PostgreSQL + S3 + MLflow server on loopback; see polycolor.stack)
+  polycolor stack up|down [--purge] [--dir .stack]   (PostgreSQL + S3 + MLflow server on loopback; see polycolor.stack)
   polycolor demo [--model MODEL] [--port 7860]   (a local web page to draw and paint; the `demo` extra)
 
 Exit codes: 0 done; 1 an error (one line `error: ...` on stderr, never a traceback for bad input); 2 a usage
@@ -180,15 +180,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    """`up`: start the team stack and print its export lines on stdout; `down`: stop it by its recorded PIDs."""
+    """`up`: start what of the team stack is not running (on its existing data) and print its export lines on
+    stdout; `down`: stop it by its recorded PIDs, keeping the data (`--purge`: discarding it)."""
     from polycolor import stack
 
     d = Path(args.dir) if args.dir else repo_root() / ".stack"
     if args.action == "up":
-        print(stack.start(d, timeout=args.timeout).exports())
+        dead = stack.dead_services(d)
+        started = stack.start(d, timeout=args.timeout)
+        if dead:
+            print(f"restarted {', '.join(dead)} on the existing data in {started.dir}", file=sys.stderr)
+        print(started.exports())
     else:
-        stopped = stack.stop(d)
-        print(f"stopped {', '.join(stopped) or 'nothing (no service was still running)'}", file=sys.stderr)
+        stopped = stack.stop(d, purge=args.purge)
+        kept = "discarded its data" if args.purge else f"kept its data in {Path(d).resolve()} (--purge discards it)"
+        print(f"stopped {', '.join(stopped) or 'nothing (no service was still running)'}; {kept}", file=sys.stderr)
 def cmd_demo(args: argparse.Namespace) -> int:
     """Serve the drawing page (serving.demo) with --model (resolved as `predict` resolves it) on 127.0.0.1."""
     try:
@@ -303,9 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stack", help="start or stop the team stack (PostgreSQL, S3, MLflow server) on loopback",
                        description="up: start PostgreSQL, an S3-compatible server (moto) and `mlflow server` on "
                                    "free 127.0.0.1 ports and print `export MLFLOW_TRACKING_URI=...` (use: eval "
-                                   "\"$(polycolor stack up)\"); down: stop them. The stack is ephemeral: down "
-                                   "discards its runs and artifacts. Needs the `stack` extra and PostgreSQL.")
+                                   "\"$(polycolor stack up)\"); up again restarts a service that died, on the existing "
+                                   "data; down: stop them and keep the data; down --purge: discard it too. "
+                                   "Needs the `stack` extra and PostgreSQL.")
     p.add_argument("action", choices=("up", "down"))
+    p.add_argument("--purge", action="store_true", help="down: also discard the runs, models, artifacts and "
+                                                        "passwords (keeps the logs)")
     p.add_argument("--dir", default=None, help="state, data and logs (default: .stack in the repo root)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds each service may take to answer (up)")
     p = sub.add_parser("demo", help="a local web page: draw or upload an outline, pick a colour, see the paintings",

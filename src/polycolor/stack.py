@@ -8,14 +8,21 @@ object store (moto's standalone server) and `mlflow server` proxying artifacts t
 Every service listens on 127.0.0.1 on a free port, logs to <dir>/logs/<service>.log (errors name the file) and is
 stopped by its PID, recorded in <dir>/stack.json with its start time so that a reused PID is never signalled.
 
-Credentials stay out of URIs, params, tags and logs. PostgreSQL gets a password generated at each `up`; the MLflow
-server reads it from a libpq password file (PGPASSFILE, mode 0600, in <dir>) so the backend URI carries none. The
-object store gets fixed dummy AWS keys, set only in the environment of the server processes; MLflow clients need
-no S3 credentials at all, since artifacts go through the server (mlflow-artifacts:/).
+Credentials stay out of URIs, params, tags and logs. PostgreSQL gets a password generated when its cluster is made;
+the MLflow server reads it from a libpq password file (PGPASSFILE, mode 0600, in <dir>) so the backend URI carries
+none. The MLflow server runs MLflow's basic authentication (`--app-name basic-auth`, users in the PostgreSQL
+database mlflow_auth): one admin user, CLIENT_USER, whose password is generated the same way and kept in
+<dir>/mlflow-password (0600); `up` prints exports that read it from there (the password itself never reaches
+stdout or a log). An unauthenticated client can neither read nor write; users an admin adds get
+default_permission READ. The object store gets fixed dummy AWS keys, set only in the environment of the server
+processes; MLflow clients need no S3 credentials at all, since artifacts go through the server (mlflow-artifacts:/).
 
-The stack is ephemeral: moto keeps objects in memory, so `down` discards them, and `up` starts PostgreSQL on a new
-database for the same reason (metadata without its artifacts would be worse than nothing). Production swaps
-these for a managed PostgreSQL and a real bucket, with only the URIs changed: see docs/scaling.md.
+The data lives in <dir> and outlives the processes. `up` starts what is not running, on the recorded ports and
+the existing data: after a crash of one service (PostgreSQL killed) it restarts that one and leaves the others.
+`down` stops every service and keeps the data: PostgreSQL's cluster in <dir>/pg, and the bucket, which moto keeps
+in memory, copied to <dir>/s3 first and put back by the next `up` (objects written after the last `down` are
+lost when the S3 service itself crashes). `down --purge` discards everything. Production swaps these for a
+managed PostgreSQL and a real bucket, with only the URIs changed: see docs/scaling.md.
 
 PostgreSQL refuses to run as root: as root, initdb and postgres run as the unprivileged user `nobody`, which must be
 able to enter <dir> (pick a folder under /tmp when the default sits below a private home folder).
@@ -26,6 +33,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -54,6 +62,14 @@ DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "polycolor-local-stack", "AWS_SECRET_ACCESS_KE
              "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 STATE = "stack.json"
 STOP_TIMEOUT_S = 30.0
+AUTH_DB = "mlflow_auth"              # MLflow's basic-auth users and permissions, beside the tracking database
+CLIENT_USER = "polycolor"            # the pipeline's MLflow user: the registry's admin (its owner)
+PASSWORD_FILE = "mlflow-password"    # CLIENT_USER's password, 0600
+SECRET_FILE = "flask-secret"         # the auth app's CSRF key (MLFLOW_FLASK_SERVER_SECRET_KEY), 0600
+AUTH_INI = "basic_auth.ini"          # MLFLOW_AUTH_CONFIG_PATH of the server, 0600 (holds the admin password)
+S3_DUMP = "s3"                       # the bucket's objects while the stack is down
+# What `down --purge` removes besides the logs (which stay, as after any run).
+DATA = ("pg", "pgpass", PASSWORD_FILE, SECRET_FILE, AUTH_INI, S3_DUMP, STATE)
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,7 @@ class Service:
     started: float  # psutil create_time of the PID, so that a PID reused after a crash is never signalled
     log: str
     stop_signal: int  # postgres: SIGINT is its "fast shutdown"; the Python servers stop on SIGTERM
+    port: int = 0     # where it listens; `up` restarts it there, so the URIs clients hold stay valid
 
 
 @dataclass(frozen=True)
@@ -75,13 +92,21 @@ class Stack:
     services: tuple[Service, ...]
 
     def exports(self) -> str:
-        """Shell lines for `eval "$(polycolor stack up)"`: the one variable clients need, then comments."""
+        """Shell lines for `eval "$(polycolor stack up)"`: the server and the pipeline's login (the password read
+        from its 0600 file by the shell, so it is never printed), then comments."""
         return "\n".join([
             f"export MLFLOW_TRACKING_URI={self.tracking_uri}",
+            f"export MLFLOW_TRACKING_USERNAME={CLIENT_USER}",
+            f'export MLFLOW_TRACKING_PASSWORD="$(cat {shlex.quote(str(self.dir / PASSWORD_FILE))})"',
             f"# tracking store {self.backend_uri}; artifacts {self.artifacts} via the server",
             f"# S3 endpoint {self.s3_endpoint} (bucket {BUCKET}); logs in {self.dir / 'logs'}",
-            f"# stop with: polycolor stack down --dir {self.dir}",
+            f"# stop with: polycolor stack down --dir {self.dir} (keeps the data; --purge discards it)",
         ])
+
+    def client_env(self) -> dict[str, str]:
+        """The environment the pipeline's MLflow client needs: what exports() sets, with the password read."""
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": CLIENT_USER,
+                "MLFLOW_TRACKING_PASSWORD": (self.dir / PASSWORD_FILE).read_text().strip()}
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -153,10 +178,10 @@ def _write_secret(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _service(name: str, proc: subprocess.Popen, log: Path, stop_signal: int) -> Service:
+def _service(name: str, proc: subprocess.Popen, log: Path, stop_signal: int, port: int) -> Service:
     import psutil
 
-    return Service(name, proc.pid, psutil.Process(proc.pid).create_time(), str(log), int(stop_signal))
+    return Service(name, proc.pid, psutil.Process(proc.pid).create_time(), str(log), int(stop_signal), port)
 
 
 def _spawn(args: list[str], log: IO, env: dict[str, str], **kw: Any) -> subprocess.Popen:
@@ -176,10 +201,44 @@ def _child_env(**extra: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------- services
 
-def _start_postgres(d: Path, logs: Path, timeout: float) -> tuple[Service, int, Path]:
-    """initdb a fresh cluster in d/pg (password auth over TCP only, no unix socket), start postgres, create the
-    MLflow database. Returns the service, its port and the libpq password file."""
+def _start_postgres(d: Path, logs: Path, timeout: float, port: int = 0) -> tuple[Service, int, Path]:
+    """Start postgres on d/pg (on `port` when given), first making the cluster when there is none: initdb
+    (password auth over TCP only, no unix socket), then the MLflow and auth databases. An existing cluster is
+    started as it is (after a crash, PostgreSQL replays its write-ahead log: committed transactions survive).
+    Returns the service, its port and the libpq password file."""
     bindir = postgres_bindir()
+    pgdata, passfile = d / "pg", d / "pgpass"
+    fresh = not ((pgdata / "PG_VERSION").is_file() and passfile.is_file())
+    if fresh:
+        _init_postgres(d, logs, bindir)
+    port = port or free_port()
+    env = _child_env(LC_ALL="C")
+    log_path = logs / "postgres.log"
+    with log_path.open("a") as log:
+        proc = _spawn([str(bindir / "postgres"), "-D", str(pgdata), "-h", HOST, "-p", str(port), "-k", ""],
+                      log, env, **_as_user())
+    pg_env = _child_env(PGPASSFILE=str(passfile))
+
+    def ready() -> bool:
+        return subprocess.run([str(bindir / "pg_isready"), "-q", "-h", HOST, "-p", str(port), "-U", DB_USER,
+                               "-d", "postgres"], env=pg_env, check=False).returncode == 0
+
+    service = _service("postgres", proc, log_path, signal.SIGINT, port)
+    try:
+        _wait_ready(f"postgres (port {port})", proc, log_path, ready, timeout)
+        for db in ((DB_NAME, AUTH_DB) if fresh else ()):
+            done = subprocess.run([str(bindir / "createdb"), "-h", HOST, "-p", str(port), "-U", DB_USER, db],
+                                  env=pg_env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise PolycolorError(f"createdb {db} failed: {done.stderr.strip()}")
+    except BaseException:
+        _stop_service(service)
+        raise
+    return service, port, passfile
+
+
+def _init_postgres(d: Path, logs: Path, bindir: Path) -> None:
+    """initdb a new cluster in d/pg with a generated password for DB_USER, kept in the libpq file d/pgpass."""
     pgdata, pwfile, passfile = d / "pg", d / "pg-initpw", d / "pgpass"
     shutil.rmtree(pgdata, ignore_errors=True)
     pgdata.mkdir(mode=0o700)
@@ -206,29 +265,6 @@ def _start_postgres(d: Path, logs: Path, timeout: float) -> tuple[Service, int, 
     # libpq's password file: the MLflow server and createdb find the password here, the URIs carry none.
     _write_secret(passfile, f"{HOST}:*:*:{DB_USER}:{password}\n")
 
-    port = free_port()
-    log_path = logs / "postgres.log"
-    with log_path.open("w") as log:
-        proc = _spawn([str(bindir / "postgres"), "-D", str(pgdata), "-h", HOST, "-p", str(port), "-k", ""],
-                      log, env, **as_user)
-    pg_env = _child_env(PGPASSFILE=str(passfile))
-
-    def ready() -> bool:
-        return subprocess.run([str(bindir / "pg_isready"), "-q", "-h", HOST, "-p", str(port), "-U", DB_USER,
-                               "-d", "postgres"], env=pg_env, check=False).returncode == 0
-
-    service = _service("postgres", proc, log_path, signal.SIGINT)
-    try:
-        _wait_ready(f"postgres (port {port})", proc, log_path, ready, timeout)
-        done = subprocess.run([str(bindir / "createdb"), "-h", HOST, "-p", str(port), "-U", DB_USER, DB_NAME],
-                              env=pg_env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise PolycolorError(f"createdb {DB_NAME} failed: {done.stderr.strip()}")
-    except BaseException:
-        _stop_service(service)
-        raise
-    return service, port, passfile
-
 
 def s3_client(endpoint: str):
     """A boto3 S3 client for the local object store, with the dummy keys passed explicitly (not via the
@@ -242,17 +278,18 @@ def s3_client(endpoint: str):
                         config=BotoConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}))
 
 
-def _start_s3(logs: Path, timeout: float) -> tuple[Service, str]:
-    """moto's standalone S3 server on a free port, with the artifacts bucket created."""
+def _start_s3(d: Path, logs: Path, timeout: float, port: int = 0) -> tuple[Service, str]:
+    """moto's standalone S3 server (on `port` when given, else a free one), with the artifacts bucket created and
+    the objects saved by the last `down` (d/s3) put back."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    port = free_port()
+    port = port or free_port()
     endpoint = f"http://{HOST}:{port}"
     log_path = logs / "s3.log"
-    with log_path.open("w") as log:
+    with log_path.open("a") as log:
         proc = _spawn([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)], log,
                       _child_env(**DUMMY_AWS))
-    service = _service("s3", proc, log_path, signal.SIGTERM)
+    service = _service("s3", proc, log_path, signal.SIGTERM, port)
     client = s3_client(endpoint)
 
     def ready() -> bool:
@@ -265,26 +302,78 @@ def _start_s3(logs: Path, timeout: float) -> tuple[Service, str]:
     try:
         _wait_ready(f"S3 server (moto, port {port})", proc, log_path, ready, timeout)
         client.create_bucket(Bucket=BUCKET)
+        dump = d / S3_DUMP
+        for f in sorted(dump.rglob("*")) if dump.is_dir() else ():
+            if f.is_file():
+                client.upload_file(str(f), BUCKET, f.relative_to(dump).as_posix())
     except BaseException:
         _stop_service(service)
         raise
     return service, endpoint
 
 
-def _start_mlflow(backend_uri: str, s3_endpoint: str, passfile: Path, logs: Path, timeout: float,
-                  workers: int) -> tuple[Service, str]:
-    port = free_port()
+def _save_bucket(endpoint: str, dump: Path) -> None:
+    """Copy every object of the bucket to `dump` (replacing what was there): moto keeps them only in memory."""
+    client = s3_client(endpoint)
+    tmp = dump.with_name(dump.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for obj in page.get("Contents", []):
+            target = tmp / obj["Key"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(BUCKET, obj["Key"], str(target))
+    shutil.rmtree(dump, ignore_errors=True)
+    tmp.rename(dump)
+
+
+def _secret(path: Path) -> str:
+    """The secret kept in `path` (0600), generated on first use."""
+    if not path.is_file():
+        _write_secret(path, secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
+
+
+def _auth_setup(d: Path, pg_port: int, passfile: Path) -> dict[str, str]:
+    """Write the auth app's config (users in PostgreSQL's AUTH_DB; CLIENT_USER the admin, its password from
+    d/mlflow-password), create its tables once (the server's workers would race to), and return the environment
+    the server needs for it."""
+    auth_uri = f"postgresql+psycopg2://{DB_USER}@{HOST}:{pg_port}/{AUTH_DB}"
+    ini = d / AUTH_INI
+    _write_secret(ini, "\n".join([
+        "[mlflow]",
+        "default_permission = READ",
+        f"database_uri = {auth_uri}",
+        f"admin_username = {CLIENT_USER}",
+        f"admin_password = {_secret(d / PASSWORD_FILE)}",  # read only when the user does not exist yet
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        ""]))
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(d / SECRET_FILE)}
+    done = subprocess.run([sys.executable, "-c", "from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore; "
+                           f"SqlAlchemyStore().init_db({auth_uri!r})"],
+                          env=_child_env(PGPASSFILE=str(passfile), **env), capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise PolycolorError(f"creating MLflow's auth tables in {AUTH_DB} failed: {last}")
+    return env
+
+
+def _start_mlflow(d: Path, pg_port: int, s3_endpoint: str, passfile: Path, logs: Path, timeout: float,
+                  workers: int, port: int = 0) -> tuple[Service, str]:
+    port = port or free_port()
     uri = f"http://{HOST}:{port}"
     log_path = logs / "mlflow.log"
+    backend_uri = f"postgresql+psycopg2://{DB_USER}@{HOST}:{pg_port}/{DB_NAME}"
     # No job runner: it serves GenAI scoring and trace archival, which polycolor does not use, at the cost of seven
     # huey consumer processes on a 2-core machine and ~20 s to stop.
     env = _child_env(PGPASSFILE=str(passfile), MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
-                     MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **DUMMY_AWS)
-    with log_path.open("w") as log:
+                     MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **DUMMY_AWS, **_auth_setup(d, pg_port, passfile))
+    with log_path.open("a") as log:
         proc = _spawn([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
                        "--artifacts-destination", ARTIFACTS, "--host", HOST, "--port", str(port),
-                       "--workers", str(workers)], log, env)
-    service = _service("mlflow", proc, log_path, signal.SIGTERM)
+                       "--workers", str(workers), "--app-name", "basic-auth"], log, env)
+    service = _service("mlflow", proc, log_path, signal.SIGTERM, port)
 
     def ready() -> bool:
         try:
@@ -333,32 +422,58 @@ def _stop_service(s: Service) -> None:
         pass
 
 
-def start(d: str | Path, *, timeout: float = 180.0, workers: int = 2) -> Stack:
-    """Start PostgreSQL, the S3 server and the MLflow server, each on a free loopback port, record them in
-    d/stack.json and return their URIs. Whatever started is stopped again if a later step fails."""
+def dead_services(d: str | Path) -> list[str]:
+    """The recorded services of the stack in `d` that are not running (all of them after `down`; none when no
+    stack is recorded)."""
     d = Path(d).resolve()
-    if (d / STATE).is_file() and any(_alive(s) for s in load(d).services):
+    return [s.name for s in load(d).services if not _alive(s)] if (d / STATE).is_file() else []
+
+
+def start(d: str | Path, *, timeout: float = 180.0, workers: int = 2) -> Stack:
+    """Start whatever of PostgreSQL, the S3 server and the MLflow server is not running in `d`, on the recorded
+    ports (free loopback ports the first time) and the existing data, record them in d/stack.json and return
+    their URIs. Services that were running are left alone; whatever this call started is stopped again if a later
+    step fails. Everything running already is an error."""
+    d = Path(d).resolve()
+    prev = load(d) if (d / STATE).is_file() else None
+    alive = {s.name: s for s in (prev.services if prev else ()) if _alive(s)}
+    if prev and len(alive) == len(prev.services):
         raise PolycolorError(f"a stack is already up in {d}: polycolor stack down --dir {d}")
+    ports = {s.name: s.port for s in prev.services} if prev else {}
     logs = d / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         d.chmod(0o755)  # PostgreSQL's user must be able to enter the folder that holds its data
     started: list[Service] = []
     try:
-        pg, pg_port, passfile = _start_postgres(d, logs, timeout)
-        started.append(pg)
-        s3, s3_endpoint = _start_s3(logs, timeout)
-        started.append(s3)
-        backend = f"postgresql+psycopg2://{DB_USER}@{HOST}:{pg_port}/{DB_NAME}"
-        ml, uri = _start_mlflow(backend, s3_endpoint, passfile, logs, timeout, workers)
-        started.append(ml)
+        if "postgres" in alive:
+            pg, pg_port, passfile = alive["postgres"], alive["postgres"].port, d / "pgpass"
+        else:
+            pg, pg_port, passfile = _start_postgres(d, logs, timeout, ports.get("postgres", 0))
+            started.append(pg)
+        if "s3" in alive:
+            s3, s3_endpoint = alive["s3"], prev.s3_endpoint
+        else:
+            s3, s3_endpoint = _start_s3(d, logs, timeout, ports.get("s3", 0))
+            started.append(s3)
+        if "mlflow" in alive:
+            ml, uri = alive["mlflow"], prev.tracking_uri
+        else:
+            ml, uri = _start_mlflow(d, pg_port, s3_endpoint, passfile, logs, timeout, workers, ports.get("mlflow", 0))
+            started.append(ml)
     except BaseException:
         for s in reversed(started):
             _stop_service(s)
         raise
-    stack = Stack(d, uri, s3_endpoint, ARTIFACTS, backend, tuple(started))
-    write_json_atomic(d / STATE, {**asdict(stack), "dir": str(d), "services": [asdict(s) for s in started]})
+    backend = f"postgresql+psycopg2://{DB_USER}@{HOST}:{pg_port}/{DB_NAME}"
+    stack = Stack(d, uri, s3_endpoint, ARTIFACTS, backend, (pg, s3, ml))
+    _save_state(stack)
     return stack
+
+
+def _save_state(stack: Stack) -> None:
+    write_json_atomic(stack.dir / STATE, {**asdict(stack), "dir": str(stack.dir),
+                                          "services": [asdict(s) for s in stack.services]})
 
 
 def load(d: str | Path) -> Stack:
@@ -372,15 +487,18 @@ def load(d: str | Path) -> Stack:
     return Stack(**{**raw, "dir": d, "services": services})
 
 
-def stop(d: str | Path) -> list[str]:
-    """Stop every service recorded in d/stack.json, newest first, and forget them; returns the names of those
-    that were still running. The data goes with them (S3's was in memory; PostgreSQL's d/pg and its password
-    file are removed); the logs stay."""
+def stop(d: str | Path, *, purge: bool = False) -> list[str]:
+    """Stop every service recorded in d/stack.json, newest first; returns the names of those that were still
+    running. The data stays for the next `up` (the bucket is saved to d/s3 first); with `purge` it goes:
+    PostgreSQL's d/pg, the saved bucket, the password files and the record (the logs stay)."""
     stack = load(d)
     running = [s.name for s in stack.services if _alive(s)]
+    if "s3" in running and not purge:
+        _save_bucket(stack.s3_endpoint, stack.dir / S3_DUMP)
     for s in reversed(stack.services):
         _stop_service(s)
-    shutil.rmtree(stack.dir / "pg", ignore_errors=True)
-    (stack.dir / "pgpass").unlink(missing_ok=True)
-    (stack.dir / STATE).unlink()
+    if purge:
+        for name in DATA:
+            path = stack.dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return running

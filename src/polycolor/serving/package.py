@@ -9,7 +9,6 @@ The package needs the polycolor package installed where it runs (MLflow copies p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tempfile
@@ -29,10 +28,14 @@ from polycolor.nn.model import count_parameters
 from polycolor.serving import predict, pyfunc, registry
 
 # The models-from-code file MLflow copies into the package and executes on load (read as a file, never imported).
-PYFUNC_ENTRY = Path(__file__).resolve().with_name("pyfunc_entry.py")
+PYFUNC_ENTRY = registry.PYFUNC_ENTRY
 LOGGED_MODEL_NAME = "model"  # name of the logged model within the training run
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
+# MLflow's model_versions.description column is String(5000); PostgreSQL enforces it (sqlite does not), and the
+# default model's card is longer (issue 19). The description is the card cut to whole sections under this, with a
+# margin, plus where the full card is.
+DESCRIPTION_MAX = 4500
 CARD_METRICS = ("psnr_mean", "psnr_min", "iou", "colour_accuracy", "bleeding")  # columns of the card table
 
 INTENDED_USE = (
@@ -197,6 +200,28 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def card_summary(markdown: str, full_card_uri: str, limit: int = DESCRIPTION_MAX) -> str:
+    """The registered version's description: the card's Markdown `markdown` up to the last whole `## ` section
+    that fits in `limit` characters, the names of the sections left out, and a link to the full card
+    (`full_card_uri`, the MODEL_CARD.md artifact of the version's logged model)."""
+    link = f"Full model card: `{full_card_uri}` (also model_card.json beside it)."
+    if len(markdown) + len(link) + 2 <= limit:
+        return f"{markdown.rstrip()}\n\n{link}\n"
+    head, *sections = re.split(r"(?m)^(?=## )", markdown)
+    kept, left = [head], []
+    for sec in sections:
+        title = sec.splitlines()[0].removeprefix("## ").strip()
+        if sum(map(len, kept)) + len(sec) + len(link) + 200 > limit:
+            left.append(title)
+        else:
+            kept.append(sec)
+    note = f"Left out here (too long for the registry's description): {', '.join(left)}. {link}"
+    text = f"{''.join(kept).rstrip()}\n\n{note}\n"
+    if len(text) > limit:  # a single section too long: cut inside it, never past the column limit
+        text = f"{text[:limit - len(note) - 8].rstrip()}\n...\n\n{note}\n"
+    return text
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return "-"
@@ -220,7 +245,7 @@ def pyfunc_spec(model_path: Path, card_files: dict[str, Path], image_size: int, 
     (predict.stored_paint): serving never reads params.yaml."""
     return {
         "python_model": str(PYFUNC_ENTRY),
-        "model_config": {pyfunc.MAX_PIXELS_KEY: int(max_pixels), predict.PAINT_KEY: asdict(paint)},
+        "model_config": {pyfunc.MAX_PIXELS_KEY: int(max_pixels), registry.PAINT_KEY: asdict(paint)},
         "artifacts": {pyfunc.MODEL_ARTIFACT: str(model_path), **{k: str(v) for k, v in card_files.items()}},
         "signature": model_signature(),
         "input_example": input_example(image_size),
@@ -300,22 +325,15 @@ def link_evaluation(eval_run: Any, model_id: str) -> dict[str, float]:
     return {k: v for values in by_set.values() for k, v in values.items()}
 
 
-def package_digest(payload: dict[str, Any], paint: PaintConfig) -> str:
-    """sha256 of what a package computes: the model file's content (modelio.content_hash) and the paint section
-    it paints with. Two packages of the same weights painting differently are two versions."""
-    spec = json.dumps({"model": modelio.content_hash(payload), "paint": asdict(paint)}, sort_keys=True)
-    return hashlib.sha256(spec.encode()).hexdigest()
-
-
 def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], eval_path: Path,
                   name: str, max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT,
                   paint: PaintConfig = PaintConfig()) -> PackageResult:
     """The package stage's work: build `out_dir`, log the model to the training run, put the metrics of the
     evaluation run that wrote `eval_path` (metrics/eval.json) on it, register a new version of `name` (lineage tags,
-    the model card as description) and point the alias `candidate` at it.
+    the model card cut to fit as description, card_summary) and point the alias `candidate` at it.
 
     Idempotent on the package's content: when a version with the same content hash (weights, model config,
-    vocabulary, image size, paint section: package_digest) is registered already, that version is re-tagged and made `candidate` instead, and
+    vocabulary, image size, paint section: registry.package_digest) is registered already, that version is re-tagged and made `candidate` instead, and
     nothing is logged again, so a re-run after a fix does not add a duplicate version.
     `out_dir` must not exist (main passes fileio.atomic_output's temporary); MLflow must be configured.
     """
@@ -333,7 +351,7 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
                       eval_metrics=eval_metrics, max_pixels=max_pixels, paint=paint)
     save_package(out_dir, model_path, card, loaded.image_size, max_pixels, paint)
     eval_run = tracking.find_evaluation_run(run, eval_path)
-    digest = package_digest(payload, paint)
+    digest = registry.package_digest(payload, asdict(paint))
     tags = registry.lineage_tags(run_info) | {registry.EVAL_RUN_TAG: eval_run.info.run_id, registry.CONTENT_TAG: digest}
     existing = registry.find_by_content(name, digest)
     if existing is not None:  # the same model again: re-tag its version, link this evaluation to its logged model
@@ -341,7 +359,12 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
         logged_uri = str(existing.source)
     else:
         logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels, paint).model_uri
-        mv = registry.register_version(name, logged_uri, tags=tags, description=card_markdown(card))
+        logged = tracking.with_retry(client.get_logged_model, logged_uri.removeprefix("models:/"))
+        description = card_summary(card_markdown(card), f"{logged.artifact_location}/artifacts/{CARD_MD}")
+        mv = registry.register_version(name, logged_uri, tags=tags, description=description)
+        if mv.source != logged_uri:  # another process registered the same content first: its version is ours
+            tracking.with_retry(client.delete_logged_model, logged_uri.removeprefix("models:/"))
+            logged_uri = str(mv.source)
     link_evaluation(eval_run, logged_uri.removeprefix("models:/"))
     tracking.with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")
     return PackageResult(name=name, version=str(mv.version), run_id=run_id,

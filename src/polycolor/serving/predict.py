@@ -23,11 +23,11 @@ from polycolor.errors import ConfigError, PolycolorError
 from polycolor.fileio import atomic_output
 from polycolor.nn import modelio
 from polycolor.painting.painter import painter
+from polycolor.serving import registry
 
 DEFAULT_PACKAGE = "package"  # the package stage's output, relative to the repo root
 CHAMPION_URI = "models:/{name}@champion"
 MODEL_ARTIFACT = "model"  # key of models/model.pt among the pyfunc's artifacts (see pyfunc.py)
-PAINT_KEY = "paint"  # the package's model_config key holding the params `paint` section it was evaluated with
 
 
 def paint_images(loaded: modelio.LoadedModel, images: list[np.ndarray], colours: list[str],
@@ -61,7 +61,6 @@ def is_mlflow_uri(ref: str) -> bool:
 def champion_uri(registered_model: str) -> str | None:
     """models:/<name>@champion when the tracking store exists and has that alias, else None."""
     from polycolor import tracking
-    from polycolor.serving import registry
 
     if registry.missing_store() is not None:
         return None
@@ -100,7 +99,7 @@ def paint_from_model_config(config: Any, where: str) -> PaintConfig:
     python_function.config), validated; a package saved before paint was stored holds none and paints with
     the defaults. `where` names the package in errors."""
     try:
-        return parse_paint(config.get(PAINT_KEY) if isinstance(config, dict) else None)
+        return parse_paint(config.get(registry.PAINT_KEY) if isinstance(config, dict) else None)
     except ConfigError as e:
         raise PolycolorError(f"{where}: stored {e}") from None
 

@@ -35,11 +35,17 @@ HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of versions 
 HISTORY_MAX = 100
 METRIC_TAG_PREFIX = "eval."  # version tag `eval.val.psnr_mean` = metrics/eval.json["val"]["psnr_mean"]
 LINEAGE_KEYS = ("git_commit", "data_hash", "dvc_exp_name")
-CONTENT_TAG = "content_sha256"  # version tag: package.package_digest (model file + paint); one version per package
+CONTENT_TAG = "content_sha256"  # version tag: package_digest (model file + paint); one version per package
+PAINT_KEY = "paint"  # the package's model_config key holding the params `paint` section it was evaluated with
 EVAL_RUN_TAG = "evaluation_run"  # the evaluation run whose metrics the version's logged model carries
 DECISION_TAG, REASON_TAG, AT_TAG = "promotion.decision", "promotion.reason", "promotion.at"
 METRIC_TAG = "promotion.metric"  # "<promote.metric> = <value>" of the version when it was decided on
 TABLE_METRICS = ("val.net.psnr_mean", "val.painted.psnr_mean", "gappy.net.psnr_mean", "val.net.colour_accuracy")
+# The only code a polycolor package carries: the models-from-code file MLflow executes on load (package.py logs it).
+PYFUNC_ENTRY = Path(__file__).resolve().with_name("pyfunc_entry.py")
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+WEIGHTS = "artifacts/model.pt"  # the self-describing model file inside a package
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
 
 
 def missing_store() -> Path | None:
@@ -79,10 +85,21 @@ def lineage_tags(run_info: dict[str, Any]) -> dict[str, str]:
 def register_version(name: str, model_uri: str, *, tags: dict[str, str], description: str = "") -> Any:
     """Register `model_uri` as a new version of `name` (created if needed) with `tags` and `description`; alias
     `candidate` -> it. Returns the ModelVersion.
+
+    One version per content (tags[CONTENT_TAG]) even when two processes register the same model at once: each
+    registers, then looks for the oldest version with that content; the one that is not the oldest deletes its
+    own version and takes the oldest (retag_version). Create-then-resolve rather than a lock, because a lock
+    would have to be shared by every client of a tracking server, and MLflow offers none (nor a conditional
+    create of versions); the version's tags are written with it in one transaction, so the later of two
+    registrations always sees the earlier. The returned version's `source` then names the winner's logged model.
     """
     import mlflow
 
     mv = with_retry(mlflow.register_model, model_uri, name, tags=tags)
+    first = find_by_content(name, tags[CONTENT_TAG]) if CONTENT_TAG in tags else None
+    if first is not None and str(first.version) != str(mv.version):
+        with_retry(_client().delete_model_version, name, mv.version)
+        return retag_version(name, str(first.version), tags=tags)
     if description:
         with_retry(_client().update_model_version, name, mv.version, description=description)
     with_retry(_client().set_registered_model_alias, name, CANDIDATE, mv.version)
@@ -90,7 +107,7 @@ def register_version(name: str, model_uri: str, *, tags: dict[str, str], descrip
 
 
 def find_by_content(name: str, digest: str) -> Any | None:
-    """The oldest version of `name` tagged with content hash `digest` (see package.package_digest), else None."""
+    """The oldest version of `name` tagged with content hash `digest` (see package_digest), else None."""
     found = with_retry(_client().search_model_versions, f"name = '{name}' AND tags.{CONTENT_TAG} = '{digest}'")
     return min(found, key=lambda mv: int(mv.version)) if found else None
 
@@ -254,9 +271,68 @@ def _record(name: str, version: str, decision: str, reason: str, metric: str = "
         with_retry(client.set_model_version_tag, name, version, key, value)
 
 
+def package_digest(payload: dict[str, Any], paint: dict[str, Any]) -> str:
+    """sha256 of what a package computes: the model file's content (modelio.content_hash of its payload) and the
+    paint section (as a plain dict) it paints with. Two packages of the same weights painting differently are two
+    versions."""
+    import hashlib
+
+    from polycolor.nn import modelio
+
+    spec = json.dumps({"model": modelio.content_hash(payload), "paint": paint}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()
+
+
+def verify_package(name: str, mv: Any) -> None:
+    """Refuse (one-line PolycolorError) a version whose artifacts are not a polycolor package whose weights match
+    its CONTENT_TAG: serving a pyfunc executes its code, so a version anyone else registered (a planted pickle,
+    other code) must never become @champion. Checked: no pickle file, the models-from-code loader, no Python file
+    but this checkout's pyfunc_entry.py byte for byte, and package_digest of WEIGHTS (read with weights_only) and
+    the stored paint section equal to the tag."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    from polycolor.nn import modelio
+
+    where = f"refusing {name} version {mv.version}"
+    digest = (mv.tags or {}).get(CONTENT_TAG)
+    if not digest:
+        raise PolycolorError(f"{where}: it has no {CONTENT_TAG} tag, so the package stage did not register it")
+    with tempfile.TemporaryDirectory(prefix="polycolor-verify-") as tmp:
+        root = Path(with_retry(mlflow.artifacts.download_artifacts, artifact_uri=f"models:/{name}/{mv.version}",
+                               dst_path=tmp))
+        files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise PolycolorError(f"{where}: its artifacts hold a pickle ({pickles[0]}), not a polycolor package")
+        try:
+            flavor = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            raise PolycolorError(f"{where}: its artifacts have no readable MLmodel with a python_function "
+                                 "flavor") from None
+        if flavor.get("loader_module") != CODE_LOADER:
+            raise PolycolorError(f"{where}: its pyfunc loads with {flavor.get('loader_module')!r}, not polycolor's "
+                                 f"{CODE_LOADER}")
+        entry = PYFUNC_ENTRY.read_bytes()
+        strange = [f for f in files if f.endswith(".py") and (root / f).read_bytes() != entry]
+        if strange:
+            raise PolycolorError(f"{where}: its artifacts hold code that is not polycolor's pyfunc_entry.py "
+                                 f"({strange[0]})")
+        if WEIGHTS not in files:
+            raise PolycolorError(f"{where}: its artifacts have no {WEIGHTS}")
+        config = flavor.get("config") or {}  # MLmodel's key for the pyfunc's model_config
+        found = package_digest(modelio.load_payload(root / WEIGHTS), config.get(PAINT_KEY) or {})
+    if found != digest:
+        raise PolycolorError(f"{where}: its weights and paint section hash to {found[:12]}..., its {CONTENT_TAG} tag says "
+                             f"{digest[:12]}...")
+
+
 def promote(name: str, cfg: PromoteConfig, *, version: str | int | None = None, force: bool = False) -> Decision:
     """Compare version `version` (default: alias `candidate`) with `champion` and move `champion` when it wins.
 
+    A version that is not a verified polycolor package (verify_package) is a PolycolorError, even with `force`.
     With `force` it moves regardless and the reason records what it overrode. The decision is recorded on the
     candidate version and returned; nothing is recorded when the candidate already is the champion.
     """
@@ -266,6 +342,7 @@ def promote(name: str, cfg: PromoteConfig, *, version: str | int | None = None, 
     champ = current.get(CHAMPION)
     if champ == cand:
         return Decision(name, cand, champ, champ, "unchanged", "already the champion")
+    verify_package(name, mv)  # before any decision, and --force does not skip it
     keys = {cfg.metric, *(g.metric for g in cfg.gates)}
     cand_metrics = version_metrics(mv, keys)
     champ_metrics = version_metrics(get_version(name, champ), keys) if champ else None
