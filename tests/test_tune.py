@@ -146,3 +146,20 @@ def test_a_trial_the_check_stage_refuses_fails_and_the_other_finishes(project):
         failed.user_attrs
     assert states["synthetic"].state.name == "COMPLETE", out
     assert "FAIL error: ingest.source" in out and "2 trials (1 complete, 1 failed)" in out, out
+
+
+@pytest.mark.slow
+def test_the_team_stack_holds_the_study_in_its_own_postgres_database(team_stack, tmp_path, monkeypatch):
+    from polycolor.tuning.study import study_storage
+
+    (tmp_path / ".stack").symlink_to(team_stack.dir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team_stack.tracking_uri)
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    url = study_storage(tmp_path, None)
+    assert url.startswith("postgresql+psycopg2://") and url.endswith("/optuna") and "@" in url, url
+    assert ":" not in url.split("//", 1)[1].split("@")[0], "no password in the URL"
+    optuna.create_study(study_name="pg", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    again = optuna.load_study(study_name="pg", storage=study_storage(tmp_path, None))  # the database exists now
+    assert len(again.trials) == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # another server: the default file
+    assert study_storage(tmp_path, None) == f"sqlite:///{tmp_path / 'optuna.db'}"

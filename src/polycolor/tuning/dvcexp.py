@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from polycolor.config import flatten
 from polycolor.errors import PolycolorError
 
 FINAL_STATES = ("success", "failed")
+SHOW_ATTEMPTS = 5  # consecutive `dvc exp show` failures before waiting gives up
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,19 @@ class Experiment:
 
 def dvc(root: Path, *args: str) -> str:
     """Run `dvc ARGS` in `root` and return its stdout; a failure is one PolycolorError line with DVC's message."""
-    p = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True, check=False)
-    if p.returncode != 0:
-        lines = [s for s in (p.stderr + p.stdout).splitlines() if s.strip()]
-        said = next((s for s in lines if s.startswith("ERROR")), lines[-1] if lines else f"exit {p.returncode}")
+    # Files, not pipes: `dvc queue start` leaves workers running that inherit its stdout and stderr, and reading a
+    # pipe to its end would wait for the whole queue.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        rc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, stdout=out, stderr=err,
+                            check=False).returncode
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if rc != 0:
+        lines = [s for s in (stderr + stdout).splitlines() if s.strip()]
+        said = next((s for s in lines if s.startswith("ERROR")), lines[-1] if lines else f"exit {rc}")
         raise PolycolorError(f"dvc {' '.join(args[:3])} failed: {said}")
-    return p.stdout
+    return stdout
 
 
 def flag_value(value: Any) -> str:
@@ -125,8 +134,17 @@ def wait(root: Path, names: set[str], revs: set[str], poll_s: float, on_finish: 
     for each as it ends. An experiment that leaves DVC's view for good (removed from the queue) counts as failed."""
     seen: dict[str, Experiment] = {}
     missing: dict[str, int] = {}
+    refused = 0
     while len(seen) < len(names):
-        shown = experiments(root, revs)
+        try:
+            shown = experiments(root, revs)
+            refused = 0
+        except PolycolorError:  # `dvc exp show` fails now and then while a worker collects an experiment
+            refused += 1
+            if refused >= SHOW_ATTEMPTS:
+                raise
+            time.sleep(poll_s)
+            continue
         for name in sorted(names - set(seen)):
             exp = shown.get(name)
             if exp is None:

@@ -33,6 +33,7 @@ TRIAL_TAG = "polycolor.trial"    # trial number, on its training run
 ROLE_TAG = "polycolor.role"      # "study" on the parent run
 RUN_ATTR = "mlflow_run_id"       # study user attr: the MLflow study run, reopened by a rerun
 WALL_ATTR = "wall_s"             # study user attr: seconds spent in batches over every run of the study
+STARTED_ATTR = "started"         # trial user attr: when the queue that runs its experiment started (epoch s)
 POLL_S = 5.0                     # seconds between two `dvc exp show` polls while a batch runs
 STORAGE_FILE = "optuna.db"       # the default storage: sqlite in the repo root (gitignored)
 
@@ -198,7 +199,7 @@ def _finish(study: Any, cfg: TuneConfig, root: Path, batch: Batch, exp: dvcexp.E
 
     number = int(exp.name.rsplit("-", 1)[1])
     trial = batch.trials[number]
-    wall = max(0.0, dvcexp.finished_at(exp) - batch.started)
+    wall = max(0.0, dvcexp.finished_at(exp) - trial.user_attrs.get(STARTED_ATTR, batch.started))
     trial.set_user_attr("wall_s", round(wall, 1))
     value = exp.metrics.get(cfg.objective.metric) if exp.state == "success" else None
     if exp.state != "success":
@@ -257,7 +258,9 @@ def run_study(cfg: TuneConfig, root: Path, storage: str, *, metric_known: bool) 
     if taken:
         raise PolycolorError(f"DVC experiment {taken[0]} exists but study {cfg.study!r} in {storage} has no such "
                              f"trial: remove it (dvc exp remove {' '.join(taken)}) or rename the study")
-    print(f"study {cfg.study}: {len(study.trials)} of {cfg.trials} trials so far; storage {storage}", flush=True)
+    finished = sum(t.state.is_finished() for t in study.trials)
+    print(f"study {cfg.study}: {finished} of {cfg.trials} trials finished, {len(study.trials) - finished} to "
+          f"continue; storage {storage}", flush=True)
     run_id = open_study_run(study, cfg, experiment, storage)
     exp_id = tracking.with_retry(mlflow.get_run, run_id).info.experiment_id
     t_run, n_batches = time.perf_counter(), 0
@@ -289,9 +292,12 @@ def _run_batch(study: Any, cfg: TuneConfig, root: Path, batch: Batch, revs: set[
     for name, number in names.items():
         if name not in existing:  # an adopted trial whose experiment DVC has is never queued twice
             dvcexp.queue(root, name, batch.trials[number].params)
+    batch.started = time.time()
+    for name, number in names.items():  # an experiment a killed run started keeps its own start time
+        if name not in existing or STARTED_ATTR not in batch.trials[number].user_attrs:
+            batch.trials[number].set_user_attr(STARTED_ATTR, batch.started)
     if any(not existing[n].finished for n in names if n in existing) or set(names) - set(existing):
         dvcexp.start(root, cfg.parallel)
-    batch.started = time.time()
 
     def finish(exp: dvcexp.Experiment) -> None:
         _finish(study, cfg, root, batch, exp, metric_known)
