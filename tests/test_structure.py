@@ -30,7 +30,7 @@ LAYERS = [
     {"nn"},
     {"training", "evaluation"},
     {"serving"},
-    {"bench", "cli", "stack"},
+    {"bench", "cli", "stack", "tuning"},
 ]
 
 

@@ -60,7 +60,9 @@ def test_bad_tune_yaml_is_refused_in_one_line(change, said):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune") / "polycolor"
-    return root, new_project(root, ayna=False)
+    # The tiny preset without the evaluate stage's extra sets (several minutes of a trial on a busy 2-core machine).
+    quick = {"evaluate": {"unseen_colour_samples": 0, "robust_samples": 0, "behaviour_samples": 0}}
+    return root, new_project(root, ayna=False, overrides=quick)
 
 
 def tune(root: Path, env: dict, config: dict, *extra: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -20,6 +20,10 @@ from polycolor.errors import PolycolorError
 
 FINAL_STATES = ("success", "failed")
 SHOW_ATTEMPTS = 5  # consecutive `dvc exp show` failures before waiting gives up
+DVC_TIMEOUT_S = 600.0
+# `dvc exp show` can hang for good while a queue worker is active (seen with DVC 3.67: pygit2's blob reader waits on
+# an event nobody sets, reading a running experiment's metrics); a poll that takes this long is killed and retried.
+SHOW_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,16 @@ class Experiment:
         return self.state in FINAL_STATES
 
 
-def dvc(root: Path, *args: str) -> str:
-    """Run `dvc ARGS` in `root` and return its stdout; a failure is one PolycolorError line with DVC's message."""
+def dvc(root: Path, *args: str, timeout: float = DVC_TIMEOUT_S) -> str:
+    """Run `dvc ARGS` in `root` and return its stdout; a failure or a timeout is one PolycolorError line."""
     # Files, not pipes: `dvc queue start` leaves workers running that inherit its stdout and stderr, and reading a
     # pipe to its end would wait for the whole queue.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        rc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, stdout=out, stderr=err,
-                            check=False).returncode
+        try:
+            rc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, stdout=out, stderr=err,
+                                check=False, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:  # subprocess.run has killed it
+            raise PolycolorError(f"dvc {' '.join(args[:3])} did not answer in {timeout:.0f} s") from None
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
@@ -82,7 +89,8 @@ def experiments(root: Path, revs: set[str]) -> dict[str, Experiment]:
     """Every named experiment on the baseline commits `revs` (default: HEAD), as `dvc exp show --json` reports it."""
     found: dict[str, Experiment] = {}
     for rev in sorted(revs) or [""]:
-        shown = json.loads(dvc(root, "exp", "show", "--json", *(["--rev", rev] if rev else [])) or "[]")
+        shown = json.loads(dvc(root, "exp", "show", "--json", *(["--rev", rev] if rev else []),
+                               timeout=SHOW_TIMEOUT_S) or "[]")
         for baseline in shown:
             for exp in baseline.get("experiments") or []:
                 head = (exp.get("revs") or [{}])[0]

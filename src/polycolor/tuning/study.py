@@ -34,7 +34,7 @@ ROLE_TAG = "polycolor.role"      # "study" on the parent run
 RUN_ATTR = "mlflow_run_id"       # study user attr: the MLflow study run, reopened by a rerun
 WALL_ATTR = "wall_s"             # study user attr: seconds spent in batches over every run of the study
 STARTED_ATTR = "started"         # trial user attr: when the queue that runs its experiment started (epoch s)
-POLL_S = 5.0                     # seconds between two `dvc exp show` polls while a batch runs
+POLL_S = 10.0                    # seconds between two `dvc exp show` polls while a batch runs
 STORAGE_FILE = "optuna.db"       # the default storage: sqlite in the repo root (gitignored)
 
 
