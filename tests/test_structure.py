@@ -31,7 +31,7 @@ LAYERS = [
     {"painting"},  # the post-processing: training never imports it, so changing it does not retrain
     {"training", "evaluation"},
     {"serving"},
-    {"bench", "cli", "report", "stack"},
+    {"bench", "cli", "report", "stack", "tuning"},
 ]
 
 

@@ -8,6 +8,7 @@
   polycolor bench [--repro]      (speed figures -> metrics/benchmark.json)
   polycolor stack up|down [--purge] [--dir .stack]   (PostgreSQL + S3 + MLflow server on loopback; see polycolor.stack)
   polycolor demo [--model MODEL] [--port 7860]   (a local web page to draw and paint; the `demo` extra)
+  polycolor tune [--config tune.yaml] [--storage URL] [--best]   (an Optuna study of DVC experiments)
 
 Exit codes: 0 done; 1 an error (one line `error: ...` on stderr, never a traceback for bad input); 2 a usage
 error (argparse); 3 `promote` refused the candidate.
@@ -232,6 +233,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Run (or continue) the study tune.yaml describes, batch by batch; --best prints its best trial."""
+    from polycolor import tracking
+    from polycolor.tuning import dvcexp, study
+    from polycolor.tuning.space import load_tune
+
+    root = repo_root()
+    # The objective is checked against the declared metrics files before anything is queued (when they exist).
+    names = None if args.best else dvcexp.workspace_metric_names(root)
+    cfg = load_tune(root / args.config, root / "params.yaml", names)
+    storage = study.study_storage(root, args.storage)
+    if args.best:
+        print(study.best_report(study.open_study(cfg, storage, create=False), cfg))
+        return 0
+    if names is None:
+        print(f"note: no metrics file in the workspace yet: {cfg.objective.metric} is checked on the first trial")
+    try:
+        study.run_study(cfg, root, storage, metric_known=names is not None)
+    except tracking.Terminated as e:  # reported like Ctrl-C: "error: interrupted", exit 130
+        raise KeyboardInterrupt from e
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
     "promote": cmd_promote,
@@ -241,6 +265,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stack": cmd_stack,
     "demo": cmd_demo,
     "report": cmd_report,
+    "tune": cmd_tune,
 }
 
 
@@ -339,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a page disagrees with metrics/")
     p.add_argument("--experiments", nargs="+", default=None, metavar="NAME",
                    help="DVC experiment names to capture from `dvc exp show --json` first")
+    p = sub.add_parser("tune", help="an Optuna study whose trials are DVC experiments, tracked in MLflow",
+                       description="Run the study in tune.yaml in batches: ask Optuna for `parallel` trials, queue "
+                                   "each as DVC experiment <study>-<n>, dvc queue start -j parallel, read the "
+                                   "metrics back, tell Optuna. Run again to continue a killed study "
+                                   "(docs/experiments.md).")
+    p.add_argument("--config", default="tune.yaml", help="the search space (default: tune.yaml in the repo root)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: sqlite optuna.db in the repo root, or the team stack's "
+                        "PostgreSQL when MLFLOW_TRACKING_URI is the stack's server)")
+    p.add_argument("--best", action="store_true",
+                   help="print the best trial's params and DVC experiment (restore: dvc exp apply NAME)")
     p.set_defaults(parser=p)
     return ap
 

@@ -36,7 +36,8 @@ def check_run(run_info_path: Path) -> str:
         run = tracking.with_retry(MlflowClient().get_run, run_id)
     except MlflowException as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PolycolorError(f"MLflow run {run_id} (from {run_info_path}) not found in {uri}: {first}") from None
+        raise PolycolorError(tracking.describe_failure(e, uri)
+                             or f"MLflow run {run_id} (from {run_info_path}) not found in {uri}: {first}") from None
     if run.info.lifecycle_stage == "deleted":
         raise PolycolorError(f"MLflow run {run_id} (from {run_info_path}) is deleted in {uri}")
     return run_id

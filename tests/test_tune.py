@@ -1,0 +1,167 @@
+"""`polycolor tune` (polycolor.tuning): tune.yaml refused in one line before anything is queued; end to end on the
+tiny preset with real DVC and real Optuna, a study of 4 trials at -j 2 killed after its first batch and continued
+(4 named experiments, none run twice, 4 training runs under one study run, --best agreeing with dvc exp show), and
+a trial the check stage refuses recorded FAIL while the other finishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from conftest import REPO, new_project, sh
+
+from polycolor.errors import ConfigError
+from polycolor.tuning.space import parse_tune
+
+BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+GOOD = {"study": "t", "objective": {"metric": "val.psnr_mean", "direction": "maximize"}, "trials": 4, "parallel": 2,
+        "sampler": "random", "seed": 0,
+        "params": {"train.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True},
+                   "loss.l2": {"type": "float", "low": 0.0, "high": 1.0}}}
+METRICS = {"val.psnr_mean", "val.ssim"}
+
+
+def test_the_repo_tune_yaml_parses():
+    data = yaml.safe_load((REPO / "tune.yaml").read_text())
+    cfg = parse_tune(data, BASE, None)
+    assert cfg.study and cfg.params and cfg.objective.metric == data["objective"]["metric"]
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"params": {"train.lrr": {"type": "float", "low": 0.001, "high": 0.01}}}, "params.train.lrr is not a params"),
+    ({"params": {"train.lr": {"type": "float", "low": 0.01, "high": 0.01}}}, "empty range"),
+    ({"params": {"train.lr": {"type": "float", "low": 0.0, "high": 0.01, "log": True}}}, "> 0 on a log scale"),
+    ({"params": {"model.head": {"type": "categorical", "choices": []}}}, "non-empty list"),
+    ({"objective": {"metric": "val.psnr_meen"}}, "objective.metric is not in any DVC metrics file"),
+    ({"objective": {"metric": "val.psnr_mean", "direction": "up"}}, "maximize or minimize"),
+    ({"parallel": 0}, "parallel must be an integer >= 1"),
+    # corner values that params.yaml's rules (the check stage's) refuse
+    ({"params": {"train.batch_size": {"type": "int", "low": 0, "high": 8}}}, "train.batch_size must be >= 1"),
+    ({"params": {"model.head": {"type": "categorical", "choices": ["composite", "paint"]}}}, "model.head"),
+    ({"params": {"train.batch_size": {"type": "float", "low": 4, "high": 8}}}, "must be an integer"),
+])
+def test_bad_tune_yaml_is_refused_in_one_line(change, said):
+    with pytest.raises(ConfigError) as e:
+        parse_tune({**GOOD, **change}, BASE, METRICS)
+    assert said in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune") / "polycolor"
+    # The tiny preset without the evaluate stage's extra sets (several minutes of a trial on a busy 2-core machine).
+    quick = {"evaluate": {"unseen_colour_samples": 0, "robust_samples": 0, "behaviour_samples": 0}}
+    return root, new_project(root, ayna=False, overrides=quick)
+
+
+def tune(root: Path, env: dict, config: dict, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    (root / f"{config['study']}.yaml").write_text(yaml.safe_dump(config))
+    return sh([sys.executable, "-m", "polycolor.cli", "tune", "--config", f"{config['study']}.yaml", *extra],
+              root, env, check=check)
+
+
+def experiments(root: Path, env: dict) -> dict[str, dict]:
+    """{name: {"state": ..., "params": params.yaml}} from `dvc exp show --json`."""
+    shown = json.loads(sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env).stdout)
+    return {e["name"]: {"state": e["executor"]["state"], "params": e["revs"][0]["data"]["params"]["params.yaml"]["data"]}
+            for b in shown for e in b.get("experiments") or []}
+
+
+@pytest.mark.slow
+def test_bad_tune_yaml_queues_nothing(project):
+    root, env = project
+    p = tune(root, env, {**GOOD, "study": "bad", "params": {"train.lrr": {"type": "float", "low": 0.1, "high": 1}}},
+             check=False)
+    assert p.returncode == 1 and p.stderr.startswith("error: tune.yaml params.train.lrr"), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not experiments(root, env)
+
+
+@pytest.mark.slow
+def test_study_killed_after_a_batch_continues_and_links_every_run(project):
+    root, env = project
+    config = {**GOOD, "study": "s"}
+    (root / "s.yaml").write_text(yaml.safe_dump(config))
+    first = subprocess.Popen([sys.executable, "-m", "polycolor.cli", "tune", "--config", "s.yaml"], cwd=root, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    for line in first.stdout:
+        seen.append(line)
+        if line.startswith("batch 1:"):
+            os.killpg(first.pid, signal.SIGKILL)  # tune and the dvc command it may be running: a hard kill
+            break
+    first.wait(timeout=60)
+    assert any(s.startswith("batch 1:") for s in seen), "".join(seen)
+    again = tune(root, env, config)
+    assert "batch" in again.stdout and "4 trials (4 complete, 0 failed)" in again.stdout, again.stdout
+
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4, "4 trials in all, none asked twice"
+    exps = experiments(root, env)
+    assert sorted(exps) == ["s-0", "s-1", "s-2", "s-3"] and {e["state"] for e in exps.values()} == {"success"}
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("polycolor").experiment_id
+    (study_run,) = client.search_runs([exp_id], "tags.`polycolor.role` = 'study'")
+    assert study_run.info.status == "FINISHED"
+    runs = client.search_runs([exp_id], "tags.stage = 'train'")
+    assert sorted(r.data.tags["dvc_exp_name"] for r in runs) == sorted(exps), "one training per experiment"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {study_run.info.run_id}
+    assert {(r.data.tags["dvc_exp_name"], r.data.tags["polycolor.trial"]) for r in runs} == {
+        (f"s-{n}", str(n)) for n in range(4)}
+    assert study_run.data.tags["best.experiment"] == f"s-{study.best_trial.number}"
+    assert study_run.data.metrics["best_value"] == pytest.approx(study.best_value)
+    plots = {a.path for a in client.list_artifacts(study_run.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/parallel_coordinate.png"} <= plots, plots
+
+    best = tune(root, env, config, "--best").stdout
+    name = f"s-{study.best_trial.number}"
+    assert f"dvc exp apply {name}" in best, best
+    shown = exps[name]["params"]
+    assert shown["train"]["lr"] == pytest.approx(study.best_params["train.lr"], rel=1e-12)
+    assert shown["loss"]["l2"] == pytest.approx(study.best_params["loss.l2"], rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.slow
+def test_a_trial_the_check_stage_refuses_fails_and_the_other_finishes(project):
+    root, env = project
+    # parse_config accepts any path for ingest.source; the check stage refuses one that does not exist. The random
+    # sampler's seed 0 draws the missing path first, then synthetic.
+    config = {**GOOD, "study": "f", "trials": 2, "params": {
+        "ingest.source": {"type": "categorical", "choices": ["synthetic", "/nonexistent-polycolor-source"]}}}
+    out = tune(root, env, config).stdout
+    study = optuna.load_study(study_name="f", storage=f"sqlite:///{root / 'optuna.db'}")
+    states = {t.params["ingest.source"]: t for t in study.trials}
+    assert set(states) == {"synthetic", "/nonexistent-polycolor-source"}, "seed 0 should draw both choices"
+    failed = states["/nonexistent-polycolor-source"]
+    assert failed.state.name == "FAIL" and failed.user_attrs["error"].startswith("error: ingest.source"), \
+        failed.user_attrs
+    assert states["synthetic"].state.name == "COMPLETE", out
+    assert "FAIL error: ingest.source" in out and "2 trials (1 complete, 1 failed)" in out, out
+
+
+@pytest.mark.slow
+def test_the_team_stack_holds_the_study_in_its_own_postgres_database(team_stack, tmp_path, monkeypatch):
+    from polycolor.tuning.study import study_storage
+
+    (tmp_path / ".stack").symlink_to(team_stack.dir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team_stack.tracking_uri)
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    url = study_storage(tmp_path, None)
+    assert url.startswith("postgresql+psycopg2://") and url.endswith("/optuna") and "@" in url, url
+    assert ":" not in url.split("//", 1)[1].split("@")[0], "no password in the URL"
+    optuna.create_study(study_name="pg", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    again = optuna.load_study(study_name="pg", storage=study_storage(tmp_path, None))  # the database exists now
+    assert len(again.trials) == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # another server: the default file
+    assert study_storage(tmp_path, None) == f"sqlite:///{tmp_path / 'optuna.db'}"
