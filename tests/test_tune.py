@@ -22,11 +22,11 @@ from polycolor.errors import ConfigError
 from polycolor.tuning.space import parse_tune
 
 BASE = yaml.safe_load((REPO / "params.yaml").read_text())
-GOOD = {"study": "t", "objective": {"metric": "val.psnr_mean", "direction": "maximize"}, "trials": 4, "parallel": 2,
+GOOD = {"study": "t", "objective": {"metric": "net.val", "direction": "maximize"}, "trials": 4, "parallel": 2,
         "sampler": "random", "seed": 0,
         "params": {"train.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True},
                    "loss.l2": {"type": "float", "low": 0.0, "high": 1.0}}}
-METRICS = {"val.psnr_mean", "val.ssim"}
+METRICS = {"net.val", "net.val_min"}
 
 
 def test_the_repo_tune_yaml_parses():
@@ -41,7 +41,7 @@ def test_the_repo_tune_yaml_parses():
     ({"params": {"train.lr": {"type": "float", "low": 0.0, "high": 0.01, "log": True}}}, "> 0 on a log scale"),
     ({"params": {"model.head": {"type": "categorical", "choices": []}}}, "non-empty list"),
     ({"objective": {"metric": "val.psnr_meen"}}, "objective.metric is not in any DVC metrics file"),
-    ({"objective": {"metric": "val.psnr_mean", "direction": "up"}}, "maximize or minimize"),
+    ({"objective": {"metric": "net.val", "direction": "up"}}, "maximize or minimize"),
     ({"parallel": 0}, "parallel must be an integer >= 1"),
     # corner values that params.yaml's rules (the check stage's) refuse
     ({"params": {"train.batch_size": {"type": "int", "low": 0, "high": 8}}}, "train.batch_size must be >= 1"),

@@ -33,7 +33,7 @@ CANDIDATE = "candidate"
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of versions that were champion, oldest first
 HISTORY_MAX = 100
-METRIC_TAG_PREFIX = "eval."  # version tag `eval.val.psnr_mean` = metrics/eval.json["val"]["psnr_mean"]
+METRIC_TAG_PREFIX = "eval."  # version tag `eval.val.net.psnr_mean` = metrics/eval.json["val"]["net"]["psnr_mean"]
 LINEAGE_KEYS = ("git_commit", "data_hash", "dvc_exp_name")
 CONTENT_TAG = "content_sha256"  # version tag: package_digest (model file + paint); one version per package
 PAINT_KEY = "paint"  # the package's model_config key holding the params `paint` section it was evaluated with
@@ -161,7 +161,7 @@ def logged_model_id(mv: Any) -> str | None:
 
 
 def version_metrics(mv: Any, keys: Iterable[str] = ()) -> dict[str, float]:
-    """The metrics of a version as {dotted key: value}: its logged model's metrics ("val.psnr_mean"), then for older
+    """The metrics of a version as {dotted key: value}: its logged model's metrics ("val.net.psnr_mean"), then for older
     versions its `eval.*` tags; any of `keys` still missing are read from the source run's `eval.*` metrics."""
     out: dict[str, float] = {}
     model_id = logged_model_id(mv)

@@ -1,7 +1,7 @@
 """tune.yaml: the search space of `polycolor tune`, parsed once into typed, validated dataclasses.
 
     study: tune                     # Optuna study name; trial n runs as DVC experiment <study>-<n>
-    objective: {metric: val.psnr_mean, direction: maximize}   # a key of a DVC metrics file
+    objective: {metric: net.val, direction: maximize}   # a key of a DVC metrics file
     trials: 12                      # trials in the whole study (a rerun continues up to this)
     parallel: 2                     # trials per batch = `dvc queue start -j`
     sampler: tpe                    # tpe | random
@@ -72,7 +72,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Objective:
-    metric: str = "val.psnr_mean"  # a key of a declared DVC metrics file (dotted: block.metric)
+    metric: str = "net.val"  # a key of a declared DVC metrics file (dotted, e.g. net.val of headline.json)
     direction: str = "maximize"    # maximize | minimize
 
 
@@ -179,7 +179,7 @@ def parse_tune(data: Any, base: dict, metric_names: set[str] | None) -> TuneConf
           "must be a mapping {metric: ..., direction: maximize|minimize}", obj)
     objective = Objective(**obj)
     _need(isinstance(objective.metric, str) and "." in objective.metric, "objective.metric",
-          "must be a metrics key like val.psnr_mean", objective.metric)
+          "must be a metrics key like net.val", objective.metric)
     _need(objective.direction in DIRECTIONS, "objective.direction", "must be maximize or minimize",
           objective.direction)
     if metric_names is not None:
