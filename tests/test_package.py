@@ -201,7 +201,6 @@ def test_package_stage_builds_logs_and_registers(store):
         "the behavioural shares reach the model (the default gates read them), tied to val"
     assert not any(".flood_fill." in k[0] for k in linked), "the flood fill's figures are not the model's"
     assert logged.model_id in {i.model_id for i in client.get_run(eval_run.info.run_id).inputs.model_inputs}
-    from polycolor.serving import registry
 
     assert registry.version_metrics(mv)["val.net.psnr_mean"] == 31.5
     assert registry.version_metrics(mv)["behaviour.net.shift"] == 0.98

@@ -259,7 +259,7 @@ def test_promote_refuses_a_version_that_is_not_a_polycolor_package(store, capsys
     tampered = [
         ("pickle", add_version(99.0, source=planted.model_uri), "hold a pickle (python_model.pkl)"),
         # a real package whose content_sha256 tag names other weights: the artifacts were swapped under the tag
-        ("digest", add_version(99.0), "its weights hash to"),
+        ("digest", add_version(99.0), "its weights and paint section hash to"),
     ]
     client = mlflow.MlflowClient()
     client.set_model_version_tag("polycolor", tampered[1][1], registry.CONTENT_TAG, "0" * 64)
