@@ -239,7 +239,7 @@ def git_info(root: Path) -> dict[str, str]:
 
 
 # Environment settings that change which CPU kernels run (docs/reproducibility.md), recorded when set.
-CPU_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "NPY_DISABLE_CPU_FEATURES", "OMP_NUM_THREADS")
+CPU_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "NPY_DISABLE_CPU_FEATURES", "OMP_NUM_THREADS")
 
 
 def platform_info() -> dict[str, str]:

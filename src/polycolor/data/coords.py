@@ -1,13 +1,13 @@
 """Pixel coordinates that every CPU computes alike: the one home of the rounding that the data stages rely on.
 
 The data stages must write the same bytes on any machine (docs/reproducibility.md). IEEE-754 float64 +, -, *, /
-and sqrt, element by element, give the same bits everywhere; sin and cos do not (numpy's AVX-512 kernels, glibc
-and other libms may differ in the last ulp), nor do BLAS / matmul and torch's float kernels (their summation order
-and FMA use depend on the instruction set). So geometry is computed element-wise in float64, with sin/cos from the
-scalar libm, and every coordinate that decides a pixel is first snapped to a 1/GRID px grid: a last-ulp difference
-(~1e-14 px) then moves a pixel only if the exact coordinate lies within that distance of a grid midpoint (about one
-coordinate in 1e8), never where exact arithmetic puts it on a pixel edge or a vertex on an integer (a hexagon's
-44.00000000000001 and 43.999999999999986 both become 44), and ties round up, by definition.
+and sqrt, element by element, give the same bits everywhere; sin and cos do not (numpy's SIMD kernels, glibc and
+other libms may differ in the last ulp), nor do BLAS / matmul and torch's float kernels (their summation order and
+FMA use depend on the instruction set). So geometry is computed element-wise in float64, with sin/cos from the
+scalar libm, and a coordinate that picks a pixel by rounding (augment's sample coordinates) is first snapped to a
+1/GRID px grid, ties up: where exact arithmetic puts it on a pixel edge (a centre at 63.5 px, a turn by 0 or 90
+degrees) float noise of either sign gives the same pixel, and elsewhere a last-ulp difference (~1e-14 px) moves a
+pixel only if the exact coordinate lies within that distance of a rounding edge.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import math
 
 import numpy as np
 
-# Coordinates are rounded to 1/GRID px before they decide a pixel: a power of two, so snapped values are exact in
-# float64, and fine enough that PIL draws the generator's canonical polygons exactly as before (at 1/1024 px the
-# real Ayna hexagon's outline moved by 34 px: tests/test_synth.py).
+# Coordinates are rounded to 1/GRID px before they pick a pixel: a power of two, so snapped values are exact in
+# float64; 1e-6 px is far above float noise (~1e-14 px) and far below any distance that matters to a picture.
 GRID = 2**20
 
 
