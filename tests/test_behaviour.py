@@ -15,6 +15,7 @@ from polycolor.evaluation.behaviour import (
 )
 from polycolor.evaluation.metrics import painted_mask
 from polycolor.evaluation.reference import reference_fill
+from conftest import REPO
 
 ARRAYS = generate(IngestConfig(image_size=32, scale=(0.2, 0.3)), 6, 4)
 
@@ -59,3 +60,35 @@ def test_other_colours_differ_and_shifts_keep_the_polygon_inside():
         moved = np.roll(painted_mask(t), (dy, dx), axis=(0, 1))
         assert moved.sum() == painted_mask(t).sum()
         assert not (np.abs(np.diff(np.nonzero(moved)[0])) > 16).any(), "nothing wrapped around"
+
+
+def test_an_untrained_network_fails_the_default_behaviour_gates():
+    """The `net` shares can fail: an untrained network (its output bias set so it paints about half of each image)
+    reads below every default behaviour gate on turns, shifts and a blank input, while the painter's canonical
+    form holds turns and the blank input by construction, so gates on the painter could not fail there."""
+    import torch
+
+    from polycolor.config import ModelConfig, PaintConfig, load_params
+    from polycolor.evaluation.logging import flat_metrics
+    from polycolor.images import images_to_tensor
+    from polycolor.nn.colour import encode_colours
+    from polycolor.nn.model import ConditionalUNet
+    from polycolor.nn.modelio import LoadedModel
+    from polycolor.painting.painter import paint, paint_net
+    from polycolor.serving.registry import gate_failures
+
+    torch.manual_seed(0)
+    model = ConditionalUNet(ModelConfig(widths=(4, 8)), ("red",), 32).eval()
+    idx, rgb = encode_colours(list(ARRAYS.colours), model.vocab, "rgb")
+    with torch.no_grad():
+        model.out.bias -= model(images_to_tensor(ARRAYS.inputs), idx, rgb).mask_logits.median()
+    loaded = LoadedModel(model, model.cfg, model.vocab, 32, {})
+    net = behaviour_shares(lambda x, c: paint_net(loaded, x, c), ARRAYS, np.random.default_rng(0))
+    for k in ("rot_flip", "all_white", "shift"):
+        assert net[k] < 0.9, f"untrained net {k} = {net[k]}"
+    canonical = PaintConfig(canonical="always", snap="off")
+    painted = behaviour_shares(lambda x, c: paint(loaded, x, c, canonical), ARRAYS, np.random.default_rng(0))
+    assert painted["rot_flip_exact"] == painted["all_white_exact"] == 1.0, painted
+    gates = [g for g in load_params(REPO / "params.yaml").promote.gates if g.metric.startswith("behaviour.net.")]
+    failing = gate_failures(gates, flat_metrics({"behaviour": {"net": net}}))
+    assert len(failing) >= 3, f"the default behaviour gates refuse it: {failing}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from polycolor.config import IngestConfig, ModelConfig
+from polycolor.config import IngestConfig, ModelConfig, PaintConfig
 from polycolor.data.synth import generate
 from polycolor.images import images_to_tensor, painted_mask
 from polycolor.nn.colour import encode_colours
@@ -16,6 +16,8 @@ from polycolor.nn.modelio import LoadedModel
 from polycolor.painting.canonical import POSES, canonicalise, restore, turn
 from polycolor.painting.painter import paint, paint_net
 from polycolor.painting.snap import gap_px_at
+
+ALWAYS = PaintConfig(canonical="always", snap="always")  # the canonical form at every size, the model's own too
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def inputs(size: int = 32) -> tuple[np.ndarray, list[str]]:
 
 
 def masks(loaded: LoadedModel, x: np.ndarray, colours: list[str]) -> np.ndarray:
-    return painted_mask(paint(loaded, np.ascontiguousarray(x), colours))
+    return painted_mask(paint(loaded, np.ascontiguousarray(x), colours, ALWAYS))
 
 
 def test_the_net_alone_is_not_equivariant(arbitrary: LoadedModel):
@@ -114,8 +116,8 @@ def test_the_tanh_heads_images_turn_with_their_input_too():
     model = ConditionalUNet(ModelConfig(widths=(4, 8), head="tanh"), ("red",), 32).eval()
     loaded = LoadedModel(model, model.cfg, model.vocab, 32, {})
     x, colours = inputs()
-    base = paint(loaded, x, colours)
+    base = paint(loaded, x, colours, ALWAYS)
     assert len(np.unique(base.reshape(-1, 3), axis=0)) > 2, "a free-RGB output, not two-valued"
     for pose in POSES:
-        turned = paint(loaded, np.ascontiguousarray(np.stack([turn(i, pose) for i in x])), colours)
+        turned = paint(loaded, np.ascontiguousarray(np.stack([turn(i, pose) for i in x])), colours, ALWAYS)
         assert np.array_equal(turned, np.stack([turn(m, pose) for m in base])), pose

@@ -251,7 +251,7 @@ def test_the_pyfunc_paints_with_its_stored_paint_section_or_as_the_net(tmp_path)
     loaded = modelio.load_model(model)
     card = package.model_card(loaded, name="polycolor", run_info={}, run_params={}, eval_metrics={})
     painted_red = {}
-    for name, paint in (("default", PaintConfig()), ("off", PaintConfig(canonical=False, snap="off"))):
+    for name, paint in (("default", PaintConfig()), ("off", PaintConfig(canonical="off", snap="off"))):
         package.save_package(tmp_path / name, model, card, loaded.image_size, paint=paint)
         assert predict.stored_paint(tmp_path / name) == paint
         pyfunc_model = mlflow.pyfunc.load_model(str(tmp_path / name))

@@ -58,7 +58,7 @@ def test_paint_keeps_any_size_and_is_two_valued():
     loaded = LoadedModel(model, model.cfg, model.vocab, 32, {})
     for size in (24, 32, 64):
         a = generate(IngestConfig(image_size=size), 3, size)
-        out = paint(loaded, a.inputs, a.colours)
+        out = paint(loaded, a.inputs, a.colours, PaintConfig(canonical="always", snap="always"))
         assert out.shape == a.inputs.shape
         values = {tuple(v) for v in out.reshape(-1, 3).tolist()}
         assert values <= {(255, 255, 255), *(tuple(map(int, c)) for c in a.rgb)}

@@ -192,8 +192,8 @@ def test_predict_painter_and_paint_section(model_file, work):
         assert proc.returncode == 0, proc.stderr
         return colours_of(out), proc.stderr.strip()
 
-    (work / "params.yaml").write_text("paint: {canonical: true}\n")
-    (work / "off.yaml").write_text("paint: {canonical: false, snap: 'off'}\n")
+    (work / "params.yaml").write_text("paint: {canonical: always}\n")
+    (work / "off.yaml").write_text("paint: {canonical: 'off', snap: 'off'}\n")
     assert paint("--model", str(model_file), "--painter", "net")[0] == everything
     default, said = paint("--model", str(model_file))
     assert default == {(255, 0, 0), WHITE} and said == "painted with the paint section of params.yaml"
@@ -201,5 +201,5 @@ def test_predict_painter_and_paint_section(model_file, work):
         everything, "painted with the paint section of off.yaml")
     loaded = modelio.load_model(model_file)
     card = package.model_card(loaded, name="polycolor", run_info={}, run_params={}, eval_metrics={})
-    package.save_package(work / "pkg", model_file, card, loaded.image_size, paint=PaintConfig(canonical=False))
+    package.save_package(work / "pkg", model_file, card, loaded.image_size, paint=PaintConfig(canonical="off"))
     assert paint("--model", "pkg") == (everything, "painted with the paint section stored with the model")

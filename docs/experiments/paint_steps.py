@@ -22,11 +22,11 @@ from polycolor.nn.modelio import load_model
 from polycolor.painting.painter import paint, paint_net
 
 SETTINGS = {
-    "canonical + snap always": dict(canonical=True, snap="always"),
-    "canonical + snap resized": dict(canonical=True, snap="resized"),
-    "canonical only": dict(canonical=True, snap="off"),
-    "snap always only": dict(canonical=False, snap="always"),
-    "snap resized only": dict(canonical=False, snap="resized"),
+    "canonical + snap always": dict(canonical="always", snap="always"),
+    "canonical + snap resized": dict(canonical="always", snap="resized"),
+    "canonical only": dict(canonical="always", snap="off"),
+    "snap always only": dict(canonical="off", snap="always"),
+    "snap resized only": dict(canonical="off", snap="resized"),
 }
 
 

@@ -38,7 +38,7 @@ def paint_with(loaded, inputs, colours, strategy, cfg: PaintConfig):
     if strategy == "paint":
         return paint(loaded, inputs, list(colours), cfg)
     if strategy == "snap":
-        return paint(loaded, inputs, list(colours), dataclasses.replace(cfg, canonical=False, snap="always"))
+        return paint(loaded, inputs, list(colours), dataclasses.replace(cfg, canonical="off", snap="always"))
     if strategy == "bilinear":
         return paint_net(loaded, inputs, list(colours))
     idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)

@@ -24,7 +24,7 @@ from polycolor.painting.snap import gap_px_at, ink_mask, snap_to_outline
 # Images per forward pass: `polycolor bench` found 4 at least as fast per image as 1 and 8, and larger batches
 # slower (their activations outgrow the CPU caches); figures in docs/performance.md items 13 and 18.
 BATCH_SIZE = 4
-NET_ONLY = PaintConfig(canonical=False, snap="off")  # paint with every post-processing step off is the `net` painter
+NET_ONLY = PaintConfig(canonical="off", snap="off")  # paint with every post-processing step off is the `net` painter
 
 
 def to_model_size(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -76,7 +76,8 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
 
     inputs: uint8 (N, H, W, 3) RGB outlines, any H, W; colours: N colour strings. Returns uint8 (N, H, W, 3).
     The net runs at its own image size (_net). As cfg says:
-    - canonical: each image is painted in its canonical form (canonicalise) and the paint carried back (restore),
+    - canonical ("always", or "resized": only when the input is not at the model's size): each image is painted
+      in its canonical form (canonicalise) and the paint carried back (restore),
       so turning, flipping or shifting an input turns, flips or shifts its paint exactly, and only the ink's
       surroundings are painted;
     - snap: the composite head's masks are snapped to the input's own outline (snap_to_outline), which makes a
@@ -90,7 +91,9 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
     loaded.model.eval()
     idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
     n, h, w, _ = inputs.shape
-    canon = [canonicalise(x, loaded.image_size, cfg) for x in inputs] if cfg.canonical else None
+    at_model_size = (h, w) == (loaded.image_size, loaded.image_size)
+    use_canonical = cfg.canonical == "always" or (cfg.canonical == "resized" and not at_model_size)
+    canon = [canonicalise(x, loaded.image_size, cfg) for x in inputs] if use_canonical else None
     images = [c.image for c in canon] if canon is not None else list(inputs)  # what the net is shown
     composite_head = loaded.config.head == "composite"
     masks = np.empty((n, h, w), dtype=bool)
