@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from polycolor import tracking
+from polycolor import signals, tracking
 from polycolor.config import load_params
 from polycolor.errors import run_guarded
 from polycolor.training import distributed
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
     cfg = load_params(args.params)
     # Never outlive DVC (or, for a rank, the launcher): a signal or a vanished parent stops training with the last
     # checkpoint kept and the MLflow run closed as KILLED.
-    with distributed.exit_with_parent(), tracking.stop_signals():
+    with distributed.exit_with_parent(), signals.stop_signals():
         try:
             device = resolve_device(cfg.train.device)  # cuda:LOCAL_RANK in a rank on CUDA
             if cfg.train.nproc > 1 and not distributed.in_worker():
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
                              checkpoint_dir=Path(args.checkpoints), model_path=Path(args.model),
                              metrics_path=Path(args.metrics), curve_path=Path(args.curve),
                              run_info_path=Path(args.run_info))
-        except tracking.Terminated as e:  # reported like Ctrl-C: "error: interrupted", exit 130
+        except signals.Terminated as e:  # reported like Ctrl-C: "error: interrupted", exit 130
             raise KeyboardInterrupt from e
 
 

@@ -22,7 +22,7 @@ READ_NOT_IMPORTED = {"package": ["src/polycolor/serving/pyfunc_entry.py"]}
 # Layers, lowest first. A module may import its own layer's modules (no cycle) and any lower layer, never a higher
 # one. The plumbing at the bottom imports only stdlib/third-party code and other plumbing.
 LAYERS = [
-    {"errors", "paths", "fileio"},
+    {"errors", "paths", "fileio", "signals"},
     {"colours"},
     {"config", "images"},
     {"tracking"},

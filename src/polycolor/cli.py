@@ -235,7 +235,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run (or continue) the study tune.yaml describes, batch by batch; --best prints its best trial."""
-    from polycolor import tracking
+    from polycolor import signals
     from polycolor.tuning import dvcexp, study
     from polycolor.tuning.space import load_tune
 
@@ -251,7 +251,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"note: no metrics file in the workspace yet: {cfg.objective.metric} is checked on the first trial")
     try:
         study.run_study(cfg, root, storage, metric_known=names is not None)
-    except tracking.Terminated as e:  # reported like Ctrl-C: "error: interrupted", exit 130
+    except signals.Terminated as e:  # reported like Ctrl-C: "error: interrupted", exit 130
         raise KeyboardInterrupt from e
     return 0
 

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from polycolor import signals
 from polycolor.errors import PolycolorError
 from polycolor.fileio import write_json_atomic
 from polycolor.paths import default_tracking_uri, repo_root, sqlite_path
@@ -192,7 +192,7 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: An
     """Call fn, retrying with jittered backoff while sqlite says the database is locked."""
     for attempt in range(attempts):
         try:
-            with stop_signals_deferred():
+            with signals.stop_signals_deferred():
                 return fn(*args, **kwargs)
         except Exception as e:  # MLflow wraps the sqlite error in its own exception types
             if not is_locked_error(e) or attempt == attempts - 1:
@@ -261,51 +261,11 @@ def dvc_experiment_name() -> str:
     return os.environ.get("DVC_EXP_NAME", "")
 
 
-class Terminated(Exception):
-    """Raised in the main thread on SIGTERM so training can checkpoint and close its run as KILLED."""
-
-
-# Inside an MLflow call (with_retry) a stop signal is held back and raised as soon as the call returns: an exception
-# thrown into the middle of a sqlite transaction leaves the store locked and the run RUNNING (seen in the suite).
-_held = {"depth": 0, "pending": None}
-
-
-@contextmanager
-def stop_signals_deferred() -> Iterator[None]:
-    _held["depth"] += 1
-    try:
-        yield
-    finally:
-        _held["depth"] -= 1
-    if _held["depth"] == 0 and _held["pending"] is not None:
-        exc, _held["pending"] = _held["pending"], None
-        raise exc
-
-
-@contextmanager
-def stop_signals() -> Iterator[None]:
-    """While the block runs, SIGINT raises KeyboardInterrupt and SIGTERM / SIGHUP (a closed terminal) raise
-    Terminated in the main thread, never inside an MLflow call (see stop_signals_deferred)."""
-    def handler(signum, frame):  # noqa: ARG001
-        exc = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(f"terminated by signal {signum}")
-        if _held["depth"]:
-            _held["pending"] = exc
-            return
-        raise exc
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
-
-
 def run_status_for(exc: BaseException | None) -> str:
     """MLflow run status for how a run ended: FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED."""
     if exc is None:
         return "FINISHED"
-    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+    if isinstance(exc, (KeyboardInterrupt, signals.Terminated)):
         return "KILLED"
     return "FAILED"
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polycolor import tracking
+from polycolor import signals, tracking
 from polycolor.config import Config, flatten
 from polycolor.data.ayna import load_split
 from polycolor.errors import PolycolorError, one_line
@@ -79,7 +79,7 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
         return trainer.fit(train_t, val_t)
     import mlflow
 
-    with tracking.stop_signals():  # Ctrl-C / SIGTERM land between MLflow calls, never inside one
+    with signals.stop_signals():  # Ctrl-C / SIGTERM land between MLflow calls, never inside one
         cwd = Path.cwd()
         lineage = {**tracking.git_info(cwd), "dvc_exp_name": tracking.dvc_experiment_name(),
                    "data_hash": data_id}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polycolor import tracking
+from polycolor import signals, tracking
 from polycolor.config import parse_config
 from polycolor.errors import ConfigError, PolycolorError
 from polycolor.tuning import dvcexp
@@ -264,7 +264,7 @@ def run_study(cfg: TuneConfig, root: Path, storage: str, *, metric_known: bool) 
     run_id = open_study_run(study, cfg, experiment, storage)
     exp_id = tracking.with_retry(mlflow.get_run, run_id).info.experiment_id
     t_run, n_batches = time.perf_counter(), 0
-    with tracking.stop_signals():
+    with signals.stop_signals():
         try:
             while True:
                 batch = _next_batch(study, cfg, root, base, head)
