@@ -196,6 +196,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
         stopped = stack.stop(d, purge=args.purge)
         kept = "discarded its data" if args.purge else f"kept its data in {Path(d).resolve()} (--purge discards it)"
         print(f"stopped {', '.join(stopped) or 'nothing (no service was still running)'}; {kept}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Serve the drawing page (serving.demo) with --model (resolved as `predict` resolves it) on 127.0.0.1."""
     try:
@@ -342,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "passwords (keeps the logs)")
     p.add_argument("--dir", default=None, help="state, data and logs (default: .stack in the repo root)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds each service may take to answer (up)")
+    p.set_defaults(parser=p)
+
     p = sub.add_parser("demo", help="a local web page: draw or upload an outline, pick a colour, see the paintings",
                        description="Serve a Gradio page on 127.0.0.1 that paints an outline with the model and with "
                                    "the flood-fill reference, side by side. Needs the demo extra.")
