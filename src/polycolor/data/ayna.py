@@ -1,4 +1,4 @@
-"""The Ayna dataset layout: reading, validating and writing splits, and atomic stage outputs.
+"""The Ayna dataset layout: reading, validating and writing splits (atomic writes are fileio's).
 
 A split folder holds `inputs/` (black outlines on white), `outputs/` (the same polygon filled with one colour on
 white) and `data.json`, a list of {"input_polygon": "<file in inputs/>", "colour": "<name or #rrggbb>",

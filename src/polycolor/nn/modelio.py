@@ -147,8 +147,7 @@ def model_from_payload(payload: dict[str, Any], source: str = "model") -> Loaded
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """A saved model, ready to paint: on `device`, in eval mode, with NHWC (channels_last) weights, which oneDNN's
-    convolutions run faster: measured on the default model at 128 px, 2 threads, median of 40 warm calls, 7.3 ->
-    5.0 ms per forward pass at batch 1 and 40 -> 28 ms at batch 4 (painting.painter feeds it NHWC inputs)."""
+    convolutions run faster (docs/performance.md item 18; painting.painter feeds it NHWC inputs)."""
     loaded = model_from_payload(load_payload(path), str(path))
     loaded.model.to(device, memory_format=torch.channels_last).eval()
     return loaded
