@@ -369,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a page disagrees with metrics/")
     p.add_argument("--experiments", nargs="+", default=None, metavar="NAME",
                    help="DVC experiment names to capture from `dvc exp show --json` first")
+    p.set_defaults(parser=p)
+
     p = sub.add_parser("tune", help="an Optuna study whose trials are DVC experiments, tracked in MLflow",
                        description="Run the study in tune.yaml in batches: ask Optuna for `parallel` trials, queue "
                                    "each as DVC experiment <study>-<n>, dvc queue start -j parallel, read the "
