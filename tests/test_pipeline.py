@@ -196,6 +196,10 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project):
     runs = [r for r in new if r.data.tags.get("stage") == "train"]
     assert len(runs) == 2 and len(new) == 4, [r.info.run_name for r in new]
     shown = sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env).stdout
+    table = sh([sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--drop", "/", "--no-pager"], root,
+               {**env, "COLUMNS": "200"}).stdout
+    assert "net.val" in table and "train.lr" in table and "\u2026" not in table, \
+        f"the headline figures and the changed param fit 200 columns:\n{table}"
     for r in runs:
         assert r.info.status == "FINISHED"
         name = r.data.tags["dvc_exp_name"]
