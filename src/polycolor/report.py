@@ -87,7 +87,8 @@ def train_table(train: dict[str, Any]) -> str:
 
 
 def experiments_table(experiments: dict[str, Any]) -> str:
-    """Queued experiments side by side: the params that differ from the baseline, then the net's figures."""
+    """Queued experiments side by side: the params in which each differs from the baseline (the first), then the
+    net's figures and the painter's on gappy outlines."""
     rows = experiments.get("experiments", [])
     if not rows:
         return "(no experiments captured: `polycolor report --experiments NAME ...`)"
@@ -97,7 +98,7 @@ def experiments_table(experiments: dict[str, Any]) -> str:
     lines = ["| experiment | params | " + " | ".join(t for _, t in figures) + " |",
              "|" + " --- |" * (len(figures) + 2)]
     for row in rows:
-        changed = ", ".join(f"`{k}={v}`" for k, v in row["params"].items()) or "(baseline)"
+        changed = ", ".join(f"`{k}={v}`" for k, v in row["params"].items()) or "(the baseline)"
         lines.append(f"| {row['name']} | {changed} | " + " | ".join(_f(row["metrics"].get(k)) for k, _ in figures)
                      + " |")
     return "\n".join(lines)
@@ -113,7 +114,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def capture_experiments(names: Iterable[str], show: dict | list) -> dict[str, Any]:
     """From `dvc exp show --json` output: each named experiment's headline figures and the params in which it
-    differs from the others' common values."""
+    differs from the first named one (the baseline)."""
+    names = list(names)
     found: dict[str, dict[str, Any]] = {}
 
     def walk(node: Any) -> None:
@@ -133,11 +135,10 @@ def capture_experiments(names: Iterable[str], show: dict | list) -> dict[str, An
     missing = [n for n in names if n not in found]
     if missing:
         raise PolycolorError(f"no experiment named {', '.join(missing)} in `dvc exp show` (see `dvc exp list`)")
-    keys = set().union(*(e["params"] for e in found.values()))
-    differ = sorted(k for k in keys if len({json.dumps(e["params"].get(k)) for e in found.values()}) > 1)
-    return {"source": "dvc exp show --json", "experiments": [
-        {"name": n, "params": {k: found[n]["params"].get(k) for k in differ}, "metrics": found[n]["metrics"]}
-        for n in names]}
+    base = found[names[0]]["params"]
+    return {"source": "dvc exp show --json", "baseline": names[0], "experiments": [
+        {"name": n, "params": {k: v for k, v in sorted(found[n]["params"].items()) if base.get(k) != v},
+         "metrics": found[n]["metrics"]} for n in names]}
 
 
 HOW_TO_MAKE = {EXPERIMENTS_JSON: "`polycolor report --experiments NAME ...`"}  # else the pipeline writes it
