@@ -156,7 +156,7 @@ def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: st
                 colour = gr.Dropdown(choices=list(AYNA_COLOURS), value="red", allow_custom_value=True,
                                      label="colour: an Ayna name, any CSS name or #rrggbb", elem_id="colour")
                 picker = gr.ColorPicker(value="#ff0000", label="or pick one", elem_id="picker")
-                paint = gr.Button("Paint", variant="primary", elem_id="paint")
+                paint_button = gr.Button("Paint", variant="primary", elem_id="paint")
             with gr.Column():
                 model_out = gr.Image(type="numpy", format="png", label="model", interactive=False, elem_id="model",
                                      buttons=["download", "fullscreen"])
@@ -168,7 +168,7 @@ def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: st
         draw_tab.select(lambda: DRAW, outputs=source)
         picker.input(picked, inputs=picker, outputs=colour)
         colour.change(swatch, inputs=colour, outputs=picker)
-        paint.click(run, inputs=[source, upload, sketch, colour], outputs=[model_out, reference_out])
+        paint_button.click(run, inputs=[source, upload, sketch, colour], outputs=[model_out, reference_out])
     return app
 
 
