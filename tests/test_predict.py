@@ -169,11 +169,11 @@ def test_usage_errors_exit_2(model_file, work):
 def test_model_reference_resolution(model_file, tmp_path):
     assert predict.is_mlflow_uri("models:/polycolor@champion") and predict.is_mlflow_uri("runs:/abc/model")
     assert not predict.is_mlflow_uri(str(model_file))
-    with predict.local_model_file(str(model_file)) as path:
-        assert path == model_file
+    with predict.resolve(str(model_file)) as source:
+        assert source.path == model_file and source.paint is None, "a bare model file stores no paint section"
     (tmp_path / "pkg").mkdir()
     with pytest.raises(PolycolorError, match="no MLmodel"):
-        with predict.local_model_file(str(tmp_path / "pkg")):
+        with predict.resolve(str(tmp_path / "pkg")):
             pass
 
 

@@ -127,6 +127,8 @@ def preset_flags(path: Path) -> list[str]:
 
     import yaml
 
+    from polycolor.tuning.space import with_overrides
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as e:
@@ -136,24 +138,13 @@ def preset_flags(path: Path) -> list[str]:
     if not isinstance(data, dict):
         raise PolycolorError(f"preset {path} must be a mapping of params sections")
     flat = flatten(data)
-    parse_config(_nest(flat))  # a preset that would not validate is refused here, not half-way through a run
+    parse_config(with_overrides({}, flat))  # a preset that would not validate is refused here, not half-way through a run
     out = []
     for key, value in flat.items():
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         if any(c.isspace() for c in text):
             raise PolycolorError(f"preset {path}: {key} holds whitespace, which -S flags cannot carry: {text!r}")
         out += ["-S", f"{key}={text}"]
-    return out
-
-
-def _nest(flat: dict) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
     return out
 
 
@@ -223,7 +214,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Render the docs' generated tables from the metrics files (or --check that they are current)."""
     from polycolor import report
-    from polycolor.paths import repo_root
 
     root = repo_root()
     if args.experiments:

@@ -65,14 +65,8 @@ def set_datasets(cfg: Config, data_dir: Path, sets: list[EvalSet]) -> dict[str, 
 def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """{"val.net.psnr_mean": ..., "behaviour.painted.shift": ...}: every finite number of a nested metrics dict,
     keys joined with dots (under `prefix` when given); skipped sets are left out."""
-    out: dict[str, float] = {}
-    for key, v in metrics.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(v, dict):
-            out.update(flat_metrics(v, name))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[name] = float(v)
-    return out
+    return {k: float(v) for k, v in flatten(metrics, prefix).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def metric_dataset(key: str, datasets: dict[str, Any]) -> Any | None:
@@ -93,7 +87,8 @@ def log_to_mlflow(train_run_id: str, cfg: Config, datasets: dict[str, Any], metr
     client = MlflowClient()
     train = tracking.with_retry(client.get_run, train_run_id)
     tags = {tracking.PARENT_RUN_TAG: train_run_id, "stage": "evaluate", **tracking.git_info(Path.cwd()),
-            "dvc_exp_name": tracking.dvc_experiment_name(), tracking.EVAL_DIGEST_TAG: tracking.file_sha256(metrics_path)}
+            "dvc_exp_name": tracking.dvc_experiment_name(),
+            tracking.EVAL_DIGEST_TAG: tracking.file_sha256(metrics_path)}
     run = tracking.with_retry(client.create_run, train.info.experiment_id, tags=tags,
                               run_name=f"{train.info.run_name}-eval-{time.strftime('%m%d-%H%M%S')}")
     run_id = run.info.run_id

@@ -25,7 +25,7 @@ from polycolor.errors import PolycolorError
 from polycolor.evaluation.names import BEHAVIOUR, MODEL_SCORERS, VAL
 from polycolor.nn import modelio
 from polycolor.nn.model import count_parameters
-from polycolor.serving import predict, pyfunc, registry
+from polycolor.serving import pyfunc, registry
 
 # The models-from-code file MLflow copies into the package and executes on load (read as a file, never imported).
 PYFUNC_ENTRY = registry.PYFUNC_ENTRY
@@ -333,8 +333,8 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
     the model card cut to fit as description, card_summary) and point the alias `candidate` at it.
 
     Idempotent on the package's content: when a version with the same content hash (weights, model config,
-    vocabulary, image size, paint section: registry.package_digest) is registered already, that version is re-tagged and made `candidate` instead, and
-    nothing is logged again, so a re-run after a fix does not add a duplicate version.
+    vocabulary, image size, paint section: registry.package_digest) is registered already, that version is
+    re-tagged and made `candidate` instead, and nothing is logged again, so a re-run after a fix does not add a duplicate version.
     `out_dir` must not exist (main passes fileio.atomic_output's temporary); MLflow must be configured.
     """
     import mlflow

@@ -123,13 +123,6 @@ def model_file_in_package(folder: Path) -> Path:
 
 
 @contextmanager
-def local_model_file(ref: str | None, registered_model: str = "polycolor") -> Iterator[Path]:
-    """A local model file for `ref` (see resolve)."""
-    with resolve(ref, registered_model) as source:
-        yield source.path
-
-
-@contextmanager
 def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[ModelSource]:
     """The local model file for `ref`, with the paint section stored with it: a package folder, a .pt file or an
     MLflow URI (downloaded to a temporary folder that lives as long as the context). None means the champion when
@@ -172,12 +165,6 @@ def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[Mo
         yield ModelSource(path, None)
     else:
         raise PolycolorError(f"model not found: {ref} (a package folder, a .pt file or a models:/ URI)")
-
-
-def load(ref: str | None, registered_model: str = "polycolor") -> modelio.LoadedModel:
-    """Resolve `ref` (see resolve) and load the model on the CPU."""
-    with local_model_file(ref, registered_model) as path:
-        return modelio.load_model(path)
 
 
 def load_with_paint(ref: str | None, registered_model: str = "polycolor") -> tuple[modelio.LoadedModel,

@@ -325,8 +325,8 @@ def verify_package(name: str, mv: Any) -> None:
         config = flavor.get("config") or {}  # MLmodel's key for the pyfunc's model_config
         found = package_digest(modelio.load_payload(root / WEIGHTS), config.get(PAINT_KEY) or {})
     if found != digest:
-        raise PolycolorError(f"{where}: its weights and paint section hash to {found[:12]}..., its {CONTENT_TAG} tag says "
-                             f"{digest[:12]}...")
+        raise PolycolorError(f"{where}: its weights and paint section hash to {found[:12]}..., its {CONTENT_TAG} "
+                             f"tag says {digest[:12]}...")
 
 
 def promote(name: str, cfg: PromoteConfig, *, version: str | int | None = None, force: bool = False) -> Decision:
