@@ -165,3 +165,12 @@ def test_load_params_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("ingest: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_paint_switches_read_yaml_booleans_as_modes():
+    """YAML reads an unquoted `off` as false: `snap: off` means the mode off, and `canonical: true` (how a package
+    made before the modes stored it) means always."""
+    import yaml
+
+    cfg = parse_config(yaml.safe_load("paint: {canonical: true, snap: off}"))
+    assert (cfg.paint.canonical, cfg.paint.snap) == ("always", "off")

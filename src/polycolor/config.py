@@ -265,6 +265,13 @@ class PaintConfig:
     snap_share: float = 0.25  # a region the net paints on <= this share is cleared, on >= 1 - this filled
     enclosed_share: float = 0.75  # a painted blob whose border is at least this much outline is an interior
 
+    def __post_init__(self) -> None:
+        # YAML reads an unquoted `off` as false (and `on` as true), which _coerce hands over as "false" / "true":
+        # for these two switches that is the mode the user wrote, off or always.
+        for key in ("canonical", "snap"):
+            if getattr(self, key) in ("true", "false"):
+                object.__setattr__(self, key, "always" if getattr(self, key) == "true" else "off")
+
     def validate(self) -> None:
         _check(self.canonical in STEP_MODES, "paint.canonical", self.canonical,
                f"must be one of {', '.join(STEP_MODES)}")
