@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from polycolor import signals
 from polycolor.config import ModelConfig, _build
 from polycolor.errors import ConfigError, PolycolorError
 from polycolor.fileio import atomic_output
@@ -42,8 +43,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save through fileio.atomic_output: a crash or a full disk never leaves a half-written file. torch.save
     writes through a Python file object: given a path, its C++ writer reports a full disk only as
     "basic_ios::clear: iostream error"; through Python the OSError keeps its errno (ENOSPC), which atomic_output
-    turns into one line naming the full filesystem."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+    turns into one line naming the full filesystem. A stop signal (Ctrl-C, SIGTERM) is held back until the file is
+    in place (signals.stop_signals_deferred): raised inside torch's writer it left torch's own RuntimeError in place
+    of the KeyboardInterrupt, so an interrupted training ended FAILED instead of KILLED."""
+    with signals.stop_signals_deferred(), atomic_output(path) as tmp, open(tmp, "wb") as f:
         try:
             torch.save(obj, f)
         except RuntimeError as e:  # torch's writer may wrap the file's OSError in its own error: unwrap it
