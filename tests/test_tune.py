@@ -29,6 +29,14 @@ GOOD = {"study": "t", "objective": {"metric": "net.val", "direction": "maximize"
 METRICS = {"net.val", "net.val_min"}
 
 
+def test_fixed_values_and_the_defaults_trial_parse():
+    cfg = parse_tune({**GOOD, "fixed": {"train.epochs": 2}, "defaults_first": True}, BASE, METRICS)
+    assert cfg.fixed == {"train.epochs": 2}
+    assert cfg.defaults == {"train.lr": BASE["train"]["lr"], "loss.l2": BASE["loss"]["l2"]}
+    assert cfg.values({"train.lr": 0.005}) == {"train.epochs": 2, "train.lr": 0.005}
+    assert parse_tune(GOOD, BASE, METRICS).defaults == {}
+
+
 def test_the_repo_tune_yaml_parses():
     data = yaml.safe_load((REPO / "tune.yaml").read_text())
     cfg = parse_tune(data, BASE, None)
@@ -47,6 +55,11 @@ def test_the_repo_tune_yaml_parses():
     ({"params": {"train.batch_size": {"type": "int", "low": 0, "high": 8}}}, "train.batch_size must be >= 1"),
     ({"params": {"model.head": {"type": "categorical", "choices": ["composite", "paint"]}}}, "model.head"),
     ({"params": {"train.batch_size": {"type": "float", "low": 4, "high": 8}}}, "must be an integer"),
+    ({"fixed": {"train.epoch": 2}}, "fixed.train.epoch is not a params.yaml key"),
+    ({"fixed": {"train.lr": 0.01}}, "fixed.train.lr is also searched"),
+    ({"fixed": {"train.epochs": 0}}, "tune.yaml fixed values params.yaml's rules refuse"),
+    ({"defaults_first": True, "params": {"train.lr": {"type": "float", "low": 0.01, "high": 0.1}}},
+     "must hold params.yaml's value for defaults_first"),
 ])
 def test_bad_tune_yaml_is_refused_in_one_line(change, said):
     with pytest.raises(ConfigError) as e:
@@ -91,7 +104,9 @@ def test_bad_tune_yaml_queues_nothing(project):
 @pytest.mark.slow
 def test_study_killed_after_a_batch_continues_and_links_every_run(project):
     root, env = project
-    config = {**GOOD, "study": "s"}
+    # trial 0 is params.yaml's own lr and l2; the fixed weight decay goes to every trial
+    config = {**GOOD, "study": "s", "fixed": {"train.weight_decay": 0.0}, "defaults_first": True}
+    defaults = yaml.safe_load((root / "params.yaml").read_text())
     (root / "s.yaml").write_text(yaml.safe_dump(config))
     first = subprocess.Popen([sys.executable, "-m", "polycolor.cli", "tune", "--config", "s.yaml"], cwd=root, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -108,8 +123,10 @@ def test_study_killed_after_a_batch_continues_and_links_every_run(project):
 
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{root / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4, "4 trials in all, none asked twice"
+    assert study.trials[0].params == {"train.lr": defaults["train"]["lr"], "loss.l2": defaults["loss"]["l2"]}
     exps = experiments(root, env)
     assert sorted(exps) == ["s-0", "s-1", "s-2", "s-3"] and {e["state"] for e in exps.values()} == {"success"}
+    assert {e["params"]["train"]["weight_decay"] for e in exps.values()} == {0.0}
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("polycolor").experiment_id
     (study_run,) = client.search_runs([exp_id], "tags.`polycolor.role` = 'study'")
@@ -126,7 +143,8 @@ def test_study_killed_after_a_batch_continues_and_links_every_run(project):
 
     best = tune(root, env, config, "--best").stdout
     name = f"s-{study.best_trial.number}"
-    assert f"dvc exp apply {name}" in best, best
+    assert f"dvc exp apply {name}" in best and "train.weight_decay: 0.0 (fixed)" in best, best
+    assert f"dvc exp run -S train.lr={study.best_params['train.lr']!r}" in best, best
     shown = exps[name]["params"]
     assert shown["train"]["lr"] == pytest.approx(study.best_params["train.lr"], rel=1e-12)
     assert shown["loss"]["l2"] == pytest.approx(study.best_params["loss.l2"], rel=1e-12, abs=1e-15)

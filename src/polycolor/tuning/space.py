@@ -9,6 +9,8 @@
     params:                         # params.yaml keys (dotted) -> a distribution
       train.lr: {type: float, low: 0.0005, high: 0.01, log: true}
       train.batch_size: {type: categorical, choices: [8, 16, 32]}
+    fixed: {train.epochs: 2}        # set on every trial, not searched: the study's budget
+    defaults_first: true            # trial 0 runs params.yaml's own values of the searched keys
 
 Everything that can be refused before a trial is queued is refused here, in one line (ConfigError): an unknown key,
 an empty range, an objective that no metrics file holds, and a space whose corner values params.yaml's rules
@@ -20,7 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,16 @@ class Param:
             return self.choices
         cast = int if self.kind == "int" else float
         return cast(self.low), cast(self.high)
+
+    def holds(self, value: Any) -> bool:
+        """Whether this distribution can propose `value`."""
+        if self.kind == "categorical":
+            return any(type(value) is type(c) and value == c for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int" and not float(value).is_integer():
+            return False
+        return self.low <= value <= self.high
 
     def describe(self) -> str:
         if self.kind == "categorical":
@@ -85,6 +97,12 @@ class TuneConfig:
     parallel: int = 2       # trials per batch, run by that many DVC queue workers
     sampler: str = "tpe"    # tpe | random
     seed: int = 0
+    fixed: dict[str, Scalar] = field(default_factory=dict)     # params.yaml key -> value, on every trial
+    defaults: dict[str, Scalar] = field(default_factory=dict)  # searched key -> params.yaml's value; {} = not run
+
+    def values(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What a trial sets with -S: the fixed values and the trial's own params."""
+        return {**self.fixed, **params}
 
     def space(self) -> dict[str, str]:
         """{key: 'float[0.0005, 0.01] log', ...}: the search space as MLflow params."""
@@ -169,8 +187,9 @@ def parse_tune(data: Any, base: dict, metric_names: set[str] | None) -> TuneConf
     the keys the declared metrics files hold (None when none exists yet: the objective is then checked against
     the first finished trial)."""
     _need(isinstance(data, dict), "", "must be a mapping", data)
-    known = set(data) - {"study", "objective", "params", "trials", "parallel", "sampler", "seed"}
-    _need(not known, "", "has unknown keys (study, objective, params, trials, parallel, sampler, seed)", sorted(known))
+    fields = ("study", "objective", "params", "trials", "parallel", "sampler", "seed", "fixed", "defaults_first")
+    unknown = set(data) - set(fields)
+    _need(not unknown, "", f"has unknown keys ({', '.join(fields)})", sorted(unknown))
     study = data.get("study", "tune")
     _need(isinstance(study, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study or "") is not None, "study",
           "must be a name of letters, digits, '-', '_' or '.' (it names the DVC experiments)", study)
@@ -194,10 +213,38 @@ def parse_tune(data: Any, base: dict, metric_names: set[str] | None) -> TuneConf
     _need(isinstance(raw, dict) and len(raw) > 0, "params", "must map params.yaml keys to distributions", raw)
     known_keys = flatten(parse_config(base))
     params = tuple(_param(str(k), v, known_keys) for k, v in raw.items())
-    check_corners(params, base)
+    fixed = _fixed(data.get("fixed") or {}, known_keys, {p.key for p in params})
+    try:
+        parse_config(with_overrides(base, fixed))
+    except ConfigError as e:
+        raise ConfigError(f"tune.yaml fixed values params.yaml's rules refuse ({fixed}): {e}") from None
+    check_corners(params, with_overrides(base, fixed))
+    first = data.get("defaults_first", False)
+    _need(isinstance(first, bool), "defaults_first", "must be true or false", first)
+    defaults = {}
+    if first:
+        for p in params:
+            value = known_keys[p.key]
+            _need(p.holds(value), f"params.{p.key}", f"must hold params.yaml's value for defaults_first "
+                  f"({p.describe()})", value)
+            defaults[p.key] = value
     return TuneConfig(study=study, objective=objective, params=params, trials=data.get("trials", TuneConfig.trials),
                       parallel=data.get("parallel", TuneConfig.parallel), sampler=sampler,
-                      seed=data.get("seed", TuneConfig.seed))
+                      seed=data.get("seed", TuneConfig.seed), fixed=fixed, defaults=defaults)
+
+
+def _fixed(raw: Any, known: dict[str, Any], searched: set[str]) -> dict[str, Scalar]:
+    """tune.yaml `fixed`: params.yaml keys set to one value on every trial (a study's budget, e.g. fewer epochs)."""
+    _need(isinstance(raw, dict), "fixed", "must map params.yaml keys to values", raw)
+    out = {}
+    for key, value in raw.items():
+        where = f"fixed.{key}"
+        _need(key in known, where, "is not a params.yaml key (e.g. train.epochs)", key)
+        _need(key not in searched, where, "is also searched in params", key)
+        _need(isinstance(value, (str, int, float, bool)), where, "must be a plain value", value)
+        _need(not (isinstance(value, str) and re.search(r"\s", value)), where, "must not hold spaces", value)
+        out[str(key)] = value
+    return out
 
 
 def load_yaml(path: Path, what: str) -> Any:

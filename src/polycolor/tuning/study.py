@@ -120,7 +120,8 @@ def open_study_run(study: Any, cfg: TuneConfig, experiment: str, storage: str) -
     tracking.with_retry(mlflow.log_params, {
         **{f"space.{k}": v for k, v in cfg.space().items()}, "objective": cfg.objective.metric,
         "direction": cfg.objective.direction, "trials": cfg.trials, "parallel": cfg.parallel,
-        "sampler": cfg.sampler, "seed": cfg.seed, "storage": storage})
+        "sampler": cfg.sampler, "seed": cfg.seed, "storage": storage,
+        **{f"fixed.{k}": v for k, v in cfg.fixed.items()}, "defaults_first": bool(cfg.defaults)})
     study.set_user_attr(RUN_ATTR, run.info.run_id)
     return run.info.run_id
 
@@ -233,7 +234,7 @@ def _next_batch(study: Any, cfg: TuneConfig, root: Path, base: dict, head: str) 
         trial.set_user_attr("experiment", experiment_name(cfg, trial.number))
         trial.set_user_attr("baseline", head)
         try:
-            parse_config(with_overrides(base, trial.params))
+            parse_config(with_overrides(base, cfg.values(trial.params)))
         except ConfigError as e:
             trial.set_user_attr("error", str(e))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -251,6 +252,8 @@ def run_study(cfg: TuneConfig, root: Path, storage: str, *, metric_known: bool) 
     base = load_yaml(root / "params.yaml", "params file") or {}
     experiment = parse_config(base).mlflow.experiment
     study = open_study(cfg, storage, create=True)
+    if cfg.defaults and not study.trials:  # asked first; a rerun finds it WAITING or done, never enqueues twice
+        study.enqueue_trial(cfg.defaults, user_attrs={"defaults": True})
     head = tracking.git_info(root)["git_commit"]
     revs = {head} | {t.user_attrs.get("baseline", head) for t in study.trials}
     taken = sorted(set(dvcexp.experiments(root, revs)) & {experiment_name(cfg, n) for n in
@@ -291,7 +294,7 @@ def _run_batch(study: Any, cfg: TuneConfig, root: Path, batch: Batch, revs: set[
     existing = dvcexp.experiments(root, revs)
     for name, number in names.items():
         if name not in existing:  # an adopted trial whose experiment DVC has is never queued twice
-            dvcexp.queue(root, name, batch.trials[number].params)
+            dvcexp.queue(root, name, cfg.values(batch.trials[number].params))
     batch.started = time.time()
     for name, number in names.items():  # an experiment a killed run started keeps its own start time
         if name not in existing or STARTED_ATTR not in batch.trials[number].user_attrs:
@@ -327,5 +330,9 @@ def best_report(study: Any, cfg: TuneConfig) -> str:
     name = best.user_attrs.get("experiment", experiment_name(cfg, best.number))
     lines = [f"best trial {best.number}: {cfg.objective.metric} {best.value:.6g} ({study.direction.name.lower()})"]
     lines += [f"  {k}: {v}" for k, v in best.params.items()]
+    lines += [f"  {k}: {v} (fixed)" for k, v in cfg.fixed.items()]
     lines.append(f"experiment {name}: restore it with `dvc exp apply {name}`")
+    if cfg.fixed:  # the study ran at its own budget: these params at params.yaml's
+        flags = " ".join(f"-S {k}={dvcexp.flag_value(v)}" for k, v in best.params.items())
+        lines.append(f"without the fixed values (params.yaml's budget): `dvc exp run {flags}`")
     return "\n".join(lines)
