@@ -69,3 +69,35 @@ def test_capture_experiments_keeps_the_params_that_differ():
     assert "| a | (the baseline) | 40 |" in table and "| b | `train.lr=0.2` | 41 |" in table
     with pytest.raises(PolycolorError, match="no experiment named c"):
         report.capture_experiments(["a", "c"], show)
+
+
+def test_a_block_can_name_its_own_file(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    got = {"experiments": [{"name": "main", "params": {}, "metrics": {"net.val": 70.0}}]}
+    (tmp_path / "metrics" / "full.json").write_text(json.dumps(got))
+    page = "<!-- report:experiments metrics/full.json -->\nold\n<!-- /report:experiments -->\n"
+    out = report.render_page(page, tmp_path)
+    assert "| main | (the baseline) | 70 |" in out and "from metrics/full.json -->" in out
+    assert report.render_page(out, tmp_path) == out
+    with pytest.raises(PolycolorError, match="other.json not found: run `polycolor report --experiments"):
+        report.render_page(page.replace("full.json", "other.json"), tmp_path)
+
+
+def test_tune_tables_show_every_trial_and_the_best_beside_the_defaults():
+    def trial(n, lr, value, defaults=False, state="COMPLETE", error=None):
+        return {"number": n, "experiment": f"t-{n}", "state": state, "params": {"train.lr": lr}, "value": value,
+                "wall_s": 120.0, "error": error, "defaults": defaults,
+                "metrics": {"net.val": value, "net.gappy": 30.0} if value else {}}
+
+    tune = {"study": "t", "objective": "net.val", "direction": "maximize", "space": {"train.lr": "float[0.001, 0.01]"},
+            "fixed": {"train.epochs": 2}, "sampler": "tpe", "seed": 0, "parallel": 2, "wall_s": 360.0, "best": 1,
+            "trials": [trial(0, 0.003, 40.0, defaults=True), trial(1, 0.006, 45.5),
+                       trial(2, 0.5, None, state="FAIL", error="error: train.lr too high")]}
+    table = report.tune_table(tune)
+    assert "| t-0 (defaults) | 0.003 | 40 | 2 | COMPLETE |" in table
+    assert "| **t-1, best** | 0.006 | 45.5 | 2 | COMPLETE |" in table
+    assert "| t-2 | 0.5 | - | 2 | FAIL: error: train.lr too high |" in table
+    assert "every trial ran with `train.epochs=2`; the study's batches took 6 min" in table
+    best = report.tune_best_table(tune)
+    assert "| val net (`net.val`) | 40 | 45.5 | +5.5 |" in best and "| gappy net (`net.gappy`) | 30 | 30 | +0 |" in best
+    assert "no comparison" in report.tune_best_table({**tune, "trials": tune["trials"][1:]})

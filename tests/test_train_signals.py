@@ -92,7 +92,7 @@ def test_after_sigkill_the_next_repro_continues_the_same_run(project):
     assert client.get_run(ck["run_id"]).info.status == "RUNNING", "SIGKILL leaves the run RUNNING (until resumed)"
 
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"]["epochs"] = ck["epoch"] + 1  # finish soon: more or fewer epochs still resume (plateau)
+    params["train"]["epochs"] = ck["epoch"] + 1  # finish soon: more epochs still resume (plateau)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     done = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", "train"], cwd=root, env=env,
                           capture_output=True, text=True)

@@ -86,6 +86,19 @@ def test_changed_params_start_fresh(tmp_path):
     assert any("other params" in s for s in said), said
 
 
+def test_a_checkpoint_past_train_epochs_is_not_resumed(tmp_path):
+    """A 2-epoch checkpoint and train.epochs 1 (a DVC experiment that lowers the epochs beside the workspace's
+    persisted checkpoints): resuming would return the 2-epoch model as a 1-epoch one, so training starts over."""
+    data, _ = tiny_data()
+    make_trainer(tmp_path, TRAIN).fit(data, data)
+    said = []
+    shorter = make_trainer(tmp_path, replace(TRAIN, epochs=1), say=said.append)
+    assert shorter.resume() == ("", False)
+    assert any("2 epoch(s) done, more than train.epochs 1" in s for s in said), said
+    result = shorter.fit(data, data)
+    assert result.resumed_from == 0 and [r["epoch"] for r in result.history] == [1]
+
+
 def test_same_params_same_weights():
     data, _ = tiny_data()
     a = make_trainer(None, replace(TRAIN, epochs=1)).fit(data, data).model.state_dict()

@@ -138,6 +138,10 @@ def test_study_killed_after_a_batch_continues_and_links_every_run(project):
         (f"s-{n}", str(n)) for n in range(4)}
     assert study_run.data.tags["best.experiment"] == f"s-{study.best_trial.number}"
     assert study_run.data.metrics["best_value"] == pytest.approx(study.best_value)
+    record = json.loads((root / "metrics" / "tune.json").read_text())  # what `polycolor report` renders
+    assert [t["number"] for t in record["trials"]] == [0, 1, 2, 3] and record["best"] == study.best_trial.number
+    assert record["trials"][0]["defaults"] and record["fixed"] == {"train.weight_decay": 0.0}
+    assert all(t["metrics"]["net.val"] == pytest.approx(t["value"]) for t in record["trials"])
     plots = {a.path for a in client.list_artifacts(study_run.info.run_id, "plots")}
     assert {"plots/optimization_history.png", "plots/parallel_coordinate.png"} <= plots, plots
 

@@ -217,7 +217,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     root = repo_root()
     if args.experiments:
-        print(f"wrote {report.main_experiments(root, args.experiments).relative_to(root)}")
+        print(f"wrote {report.main_experiments(root, args.experiments, args.into).relative_to(root)}")
     stale = report.report(root, check=args.check)
     if args.check and stale:
         print(f"stale: {', '.join(stale)} disagree with metrics/ (run `polycolor report`)", file=sys.stderr)
@@ -355,10 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Re-render every <!-- report:NAME --> block of README.md and docs/*.md from the "
                                    "metrics files; --check writes nothing and exits 1 when a page is stale; "
                                    "--experiments NAME ... first captures those DVC experiments' headline figures "
-                                   "into metrics/experiments.json.")
+                                   "into metrics/experiments.json (or --into).")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a page disagrees with metrics/")
     p.add_argument("--experiments", nargs="+", default=None, metavar="NAME",
-                   help="DVC experiment names to capture from `dvc exp show --json` first")
+                   help="DVC experiment names (or a branch, e.g. main) to capture from `dvc exp show --json` first")
+    p.add_argument("--into", default="metrics/experiments.json", metavar="FILE",
+                   help="where --experiments writes (a metrics/NAME.json; a block names it: "
+                        "<!-- report:experiments FILE -->)")
     p.set_defaults(parser=p)
 
     p = sub.add_parser("tune", help="an Optuna study whose trials are DVC experiments, tracked in MLflow",

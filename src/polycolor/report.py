@@ -11,7 +11,15 @@ A marked block in a Markdown page:
 Blocks: `results` (every evaluation set: net / painted / flood fill PSNR mean / min and IoU, from eval.json),
 `behaviour` (the behavioural shares of each painter), `train` (the training's figures, from train.json), and
 `experiments` (queued experiments side by side on the net's headline figures, from experiments.json, which
-`polycolor report --experiments NAME ...` captures from `dvc exp show --json`).
+`polycolor report --experiments NAME ...` captures from `dvc exp show --json`), `tune` (every trial of the last
+`polycolor tune` study, from tune.json) and `tune_best` (its best trial beside the defaults trial on the headline
+figures).
+
+A block may name its own metrics file after the block name, for a second capture of the same kind:
+
+    <!-- report:experiments metrics/tune_full.json -->
+    ...
+    <!-- /report:experiments -->
 """
 
 from __future__ import annotations
@@ -35,7 +43,13 @@ EVAL_JSON = "metrics/eval.json"
 TRAIN_JSON = "metrics/train.json"
 EXPERIMENTS_JSON = "metrics/experiments.json"
 HEADLINE_JSON = "metrics/headline.json"
-BLOCK = re.compile(r"(<!-- report:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
+TUNE_JSON = "metrics/tune.json"
+BLOCK = re.compile(r"(<!-- report:(?P<name>[a-z_]+)(?: (?P<source>metrics/[\w.-]+\.json))? -->\n)(?P<body>.*?)"
+                   r"(<!-- /report:(?P=name) -->)", re.S)
+# The headline figures experiments are compared on: metrics/headline.json key -> column title
+FIGURES = (("net.val", "val net"), ("net.val_min", "val net min"), ("net.gappy", "gappy net"),
+           ("net.gappy_min", "gappy net min"), ("net.ayna", "Ayna net"), ("colour_acc", "colour acc."),
+           ("behaviour", "behaviour"), ("painted.gappy", "gappy painted"))
 
 
 def _f(v: Any, digits: int = 4) -> str:
@@ -93,15 +107,54 @@ def experiments_table(experiments: dict[str, Any]) -> str:
     rows = experiments.get("experiments", [])
     if not rows:
         return "(no experiments captured: `polycolor report --experiments NAME ...`)"
-    figures = [("net.val", "val net"), ("net.val_min", "val net min"), ("net.gappy", "gappy net"),
-               ("net.gappy_min", "gappy net min"), ("net.ayna", "Ayna net"), ("colour_acc", "colour acc."),
-               ("behaviour", "behaviour"), ("painted.gappy", "gappy painted")]
+    figures = FIGURES
     lines = ["| experiment | params | " + " | ".join(t for _, t in figures) + " |",
              "|" + " --- |" * (len(figures) + 2)]
     for row in rows:
         changed = ", ".join(f"`{k}={v}`" for k, v in row["params"].items()) or "(the baseline)"
         lines.append(f"| {row['name']} | {changed} | " + " | ".join(_f(row["metrics"].get(k)) for k, _ in figures)
                      + " |")
+    return "\n".join(lines)
+
+
+def tune_table(tune: dict[str, Any]) -> str:
+    """Every trial of the study: its params, objective, wall time and state; the best in bold."""
+    trials = tune.get("trials", [])
+    if not trials:
+        return "(no trials yet: `polycolor tune`)"
+    keys = list(tune.get("space", {}))
+    lines = [f"| trial | {' | '.join(f'`{k}`' for k in keys)} | {tune['objective']} | wall (min) | state |",
+             "|" + " --- |" * (len(keys) + 4)]
+    for t in trials:
+        name = f"{t['experiment']}" + (" (defaults)" if t.get("defaults") else "")
+        if t["number"] == tune.get("best"):
+            name = f"**{name}, best**"
+        wall = _f(t["wall_s"] / 60, 3) if t.get("wall_s") is not None else "-"
+        state = t["state"] if not t.get("error") else f"{t['state']}: {t['error']}"
+        lines.append(f"| {name} | " + " | ".join(_f(t["params"].get(k), 3) for k in keys)
+                     + f" | {_f(t.get('value'))} | {wall} | {state} |")
+    fixed = ", ".join(f"`{k}={v}`" for k, v in tune.get("fixed", {}).items())
+    lines += ["", f"{len(trials)} trials, {tune.get('parallel')} per batch, {tune.get('sampler')} sampler (seed "
+                  f"{tune.get('seed')}), {tune['direction']} `{tune['objective']}`"
+                  + (f"; every trial ran with {fixed}" if fixed else "")
+                  + f"; the study's batches took {_f(tune.get('wall_s', 0) / 60, 3)} min."]
+    return "\n".join(lines)
+
+
+def tune_best_table(tune: dict[str, Any]) -> str:
+    """The study's best trial beside its defaults trial (params.yaml's values at the same budget), figure by
+    figure."""
+    trials = {t["number"]: t for t in tune.get("trials", [])}
+    best = trials.get(tune.get("best"))
+    base = next((t for t in trials.values() if t.get("defaults")), None)
+    if best is None or base is None or not base.get("metrics"):
+        return "(no comparison: the study needs a complete best trial and a complete defaults trial)"
+    lines = [f"| figure | defaults ({base['experiment']}) | best ({best['experiment']}) | best - defaults |",
+             "| --- | --- | --- | --- |"]
+    for key, title in FIGURES:
+        a, b = base["metrics"].get(key), best["metrics"].get(key)
+        diff = f"{b - a:+.4g}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
+        lines.append(f"| {title} (`{key}`) | {_f(a)} | {_f(b)} | {diff} |")
     return "\n".join(lines)
 
 
@@ -134,12 +187,15 @@ def capture_experiments(names: Iterable[str], show: dict | list) -> dict[str, An
          "metrics": found[n]["metrics"]} for n in names]}
 
 
-HOW_TO_MAKE = {EXPERIMENTS_JSON: "`polycolor report --experiments NAME ...`"}  # else the pipeline writes it
+HOW_TO_MAKE = {EXPERIMENTS_JSON: "`polycolor report --experiments NAME ...`",  # else the pipeline writes it
+               TUNE_JSON: "`polycolor tune`"}
 RENDERERS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "results": (EVAL_JSON, results_table),
     "behaviour": (EVAL_JSON, behaviour_table),
     "train": (TRAIN_JSON, train_table),
     "experiments": (EXPERIMENTS_JSON, experiments_table),
+    "tune": (TUNE_JSON, tune_table),
+    "tune_best": (TUNE_JSON, tune_best_table),
 }
 
 
@@ -152,7 +208,8 @@ def render_page(text: str, root: Path) -> str:
             try:
                 cache[rel] = json.loads((root / rel).read_text())
             except FileNotFoundError:
-                how = HOW_TO_MAKE.get(rel, "the pipeline (make repro)")
+                how = HOW_TO_MAKE.get(rel, "the pipeline (make repro)" if rel in {r for r, _ in RENDERERS.values()}
+                                      else f"`polycolor report --experiments NAME ... --into {rel}`")
                 raise PolycolorError(f"{rel} not found: run {how} first") from None
         return cache[rel]
 
@@ -161,8 +218,9 @@ def render_page(text: str, root: Path) -> str:
         if name not in RENDERERS:
             raise PolycolorError(f"unknown report block {name!r} (known: {', '.join(RENDERERS)})")
         source, render = RENDERERS[name]
+        source = m.group("source") or source
         stamp = f"<!-- generated by `polycolor report` from {source} -->"
-        return f"{m.group(1)}{render(load(source))}\n{stamp}\n{m.group(4)}"
+        return f"{m.group(1)}{render(load(source))}\n{stamp}\n{m.group(5)}"
 
     return BLOCK.sub(block, text)
 
@@ -183,13 +241,15 @@ def report(root: Path, check: bool = False) -> list[str]:
     return stale
 
 
-def main_experiments(root: Path, names: list[str]) -> Path:
-    """Capture the named experiments from `dvc exp show --json` into metrics/experiments.json."""
+def main_experiments(root: Path, names: list[str], into: str = EXPERIMENTS_JSON) -> Path:
+    """Capture the named experiments (or a branch's commit, e.g. main) from `dvc exp show --json` into `into`."""
     p = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root, capture_output=True,
                        text=True)
     if p.returncode != 0:
         raise PolycolorError(f"dvc exp show failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
-    out = root / EXPERIMENTS_JSON
+    if not re.fullmatch(r"metrics/[\w.-]+\.json", into):
+        raise PolycolorError(f"--into must be a metrics/NAME.json file, got {into!r}")
+    out = root / into
     _write(out, json.dumps(capture_experiments(names, json.loads(p.stdout)), indent=2) + "\n")
     return out
 

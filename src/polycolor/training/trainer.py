@@ -274,6 +274,10 @@ class Trainer:
             self.say(f"checkpoint {self.ckpt_dir / 'last.pt'} was written with other params or data: "
                      "training from scratch")
             return str(ck.get("run_id") or ""), False
+        if int(ck["epoch"]) > self.tcfg.epochs:  # resuming would hand back a longer training than asked for
+            self.say(f"checkpoint {self.ckpt_dir / 'last.pt'} has {ck['epoch']} epoch(s) done, more than "
+                     f"train.epochs {self.tcfg.epochs}: training from scratch")
+            return str(ck.get("run_id") or ""), False
         self.model.load_state_dict(ck["model"]["state_dict"])
         self.opt.load_state_dict(ck["optimizer"])  # restores the lr the schedule had reached
         self.scheduler.load_state_dict(ck["scheduler"])

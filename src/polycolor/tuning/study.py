@@ -13,6 +13,7 @@ found by it and linked (mlflow.parentRunId, polycolor.study, polycolor.trial) as
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -25,6 +26,7 @@ from typing import Any
 from polycolor import signals, tracking
 from polycolor.config import parse_config
 from polycolor.errors import ConfigError, PolycolorError
+from polycolor.fileio import atomic_output
 from polycolor.tuning import dvcexp
 from polycolor.tuning.space import TuneConfig, load_yaml, with_overrides
 
@@ -36,6 +38,7 @@ WALL_ATTR = "wall_s"             # study user attr: seconds spent in batches ove
 STARTED_ATTR = "started"         # trial user attr: when the queue that runs its experiment started (epoch s)
 POLL_S = 10.0                    # seconds between two `dvc exp show` polls while a batch runs
 STORAGE_FILE = "optuna.db"       # the default storage: sqlite in the repo root (gitignored)
+RECORD_FILE = "metrics/tune.json"  # the study as `polycolor report` renders it (its tune and tune_best blocks)
 
 
 # ------------------------------------------------------------------------------------------- storage
@@ -89,8 +92,10 @@ def open_study(cfg: TuneConfig, storage: str, *, create: bool) -> Any:
                           f"says {cfg.objective.direction}: rename the study")
     # Reseeded past the trials already made, so a continued study does not replay the first run's draws.
     seed = cfg.seed + len(study.trials)
-    study.sampler = (optuna.samplers.RandomSampler(seed=seed) if cfg.sampler == "random" else
-                     optuna.samplers.TPESampler(seed=seed, constant_liar=True))  # liar: a batch spreads out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar, stable since 2.8
+        study.sampler = (optuna.samplers.RandomSampler(seed=seed) if cfg.sampler == "random" else
+                         optuna.samplers.TPESampler(seed=seed, constant_liar=True))  # liar: a batch spreads out
     return study
 
 
@@ -262,8 +267,9 @@ def run_study(cfg: TuneConfig, root: Path, storage: str, *, metric_known: bool) 
         raise PolycolorError(f"DVC experiment {taken[0]} exists but study {cfg.study!r} in {storage} has no such "
                              f"trial: remove it (dvc exp remove {' '.join(taken)}) or rename the study")
     finished = sum(t.state.is_finished() for t in study.trials)
-    print(f"study {cfg.study}: {finished} of {cfg.trials} trials finished, {len(study.trials) - finished} to "
-          f"continue; storage {storage}", flush=True)
+    running = sum(t.state.name == "RUNNING" for t in study.trials)  # asked by a killed run (not the WAITING defaults)
+    print(f"study {cfg.study}: {finished} of {cfg.trials} trials finished, {running} to continue; storage {storage}",
+          flush=True)
     run_id = open_study_run(study, cfg, experiment, storage)
     exp_id = tracking.with_retry(mlflow.get_run, run_id).info.experiment_id
     t_run, n_batches = time.perf_counter(), 0
@@ -284,7 +290,10 @@ def run_study(cfg: TuneConfig, root: Path, storage: str, *, metric_known: bool) 
             tracking.with_retry(mlflow.end_run, status=tracking.run_status_for(e))
             raise
     tracking.with_retry(mlflow.end_run, status="FINISHED")
+    # Written once the batches are done: a file in the workspace while trials are queued would ride into them.
+    write_record(root / RECORD_FILE, study, cfg, dvcexp.experiments(root, revs))
     print(summary(study, cfg, this_run_s=time.perf_counter() - t_run), flush=True)
+    print(f"wrote {RECORD_FILE}", flush=True)
     return study
 
 
@@ -310,6 +319,29 @@ def _run_batch(study: Any, cfg: TuneConfig, root: Path, batch: Batch, revs: set[
 
 
 # ------------------------------------------------------------------------------------------- reports
+
+def record(study: Any, cfg: TuneConfig, exps: dict[str, dvcexp.Experiment]) -> dict[str, Any]:
+    """The study as data: settings, every trial (params, objective, wall time, state, the headline figures its
+    experiment's metrics files hold) and the best trial."""
+    trials = []
+    for t in study.trials:
+        name = t.user_attrs.get("experiment", experiment_name(cfg, t.number))
+        exp = exps.get(name)
+        trials.append({"number": t.number, "experiment": name, "state": t.state.name, "params": t.params,
+                       "value": t.value, "wall_s": t.user_attrs.get("wall_s"), "error": t.user_attrs.get("error"),
+                       "defaults": bool(t.user_attrs.get("defaults")),
+                       "metrics": exp.metrics if exp is not None and exp.state == "success" else {}})
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    return {"study": cfg.study, "objective": cfg.objective.metric, "direction": cfg.objective.direction,
+            "space": cfg.space(), "fixed": cfg.fixed, "sampler": cfg.sampler, "seed": cfg.seed,
+            "parallel": cfg.parallel, "wall_s": study.user_attrs.get(WALL_ATTR, 0.0),
+            "best": study.best_trial.number if complete else None, "trials": trials}
+
+
+def write_record(path: Path, study: Any, cfg: TuneConfig, exps: dict[str, dvcexp.Experiment]) -> None:
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(record(study, cfg, exps), indent=2) + "\n")
+
 
 def summary(study: Any, cfg: TuneConfig, this_run_s: float) -> str:
     finished = [t for t in study.trials if t.state.is_finished()]
