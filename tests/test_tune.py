@@ -148,7 +148,7 @@ def test_study_killed_after_a_batch_continues_and_links_every_run(project):
     best = tune(root, env, config, "--best").stdout
     name = f"s-{study.best_trial.number}"
     assert f"dvc exp apply {name}" in best and "train.weight_decay: 0.0 (fixed)" in best, best
-    assert f"dvc exp run -S train.lr={study.best_params['train.lr']!r}" in best, best
+    assert "`dvc exp run -S " in best and f"-S train.lr={study.best_params['train.lr']!r}" in best, best
     shown = exps[name]["params"]
     assert shown["train"]["lr"] == pytest.approx(study.best_params["train.lr"], rel=1e-12)
     assert shown["loss"]["l2"] == pytest.approx(study.best_params["loss.l2"], rel=1e-12, abs=1e-15)

@@ -155,6 +155,9 @@ def tune_best_table(tune: dict[str, Any]) -> str:
         a, b = base["metrics"].get(key), best["metrics"].get(key)
         diff = f"{b - a:+.4g}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
         lines.append(f"| {title} (`{key}`) | {_f(a)} | {_f(b)} | {diff} |")
+    fixed = ", ".join(f"`{k}={v}`" for k, v in tune.get("fixed", {}).items())
+    lines += ["", f"Study `{tune['study']}`: {len(trials)} trials, {tune['direction']} `{tune['objective']}`"
+                  + (f", every trial with {fixed}" if fixed else "") + "."]
     return "\n".join(lines)
 
 
