@@ -138,7 +138,8 @@ def preset_flags(path: Path) -> list[str]:
     if not isinstance(data, dict):
         raise PolycolorError(f"preset {path} must be a mapping of params sections")
     flat = flatten(data)
-    parse_config(with_overrides({}, flat))  # a preset that would not validate is refused here, not half-way through a run
+    # a preset that would not validate is refused here, not half-way through a run
+    parse_config(with_overrides({}, flat))
     out = []
     for key, value in flat.items():
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

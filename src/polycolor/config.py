@@ -245,7 +245,7 @@ class EvaluateConfig:
 
 # When a post-processing step runs: never, only for an input that is not at the model's own size (the net runs on
 # a resized copy), or always.
-STEP_MODES = SNAP_MODES = ("off", "resized", "always")
+STEP_MODES = ("off", "resized", "always")
 PAINTERS = ("net", "painted")  # the network alone | the full painter, with PaintConfig's post-processing
 
 

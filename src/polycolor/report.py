@@ -60,6 +60,11 @@ def _f(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _assignments(values: dict[str, Any]) -> str:
+    """`key=value`, ... as the tables name params."""
+    return ", ".join(f"`{k}={v}`" for k, v in values.items())
+
+
 def _psnr(block: dict[str, Any]) -> str:
     return f"{_f(block.get('psnr_mean'))} / {_f(block.get('psnr_min'))}"
 
@@ -107,12 +112,11 @@ def experiments_table(experiments: dict[str, Any]) -> str:
     rows = experiments.get("experiments", [])
     if not rows:
         return "(no experiments captured: `polycolor report --experiments NAME ...`)"
-    figures = FIGURES
-    lines = ["| experiment | params | " + " | ".join(t for _, t in figures) + " |",
-             "|" + " --- |" * (len(figures) + 2)]
+    lines = ["| experiment | params | " + " | ".join(t for _, t in FIGURES) + " |",
+             "|" + " --- |" * (len(FIGURES) + 2)]
     for row in rows:
-        changed = ", ".join(f"`{k}={v}`" for k, v in row["params"].items()) or "(the baseline)"
-        lines.append(f"| {row['name']} | {changed} | " + " | ".join(_f(row["metrics"].get(k)) for k, _ in figures)
+        changed = _assignments(row["params"]) or "(the baseline)"
+        lines.append(f"| {row['name']} | {changed} | " + " | ".join(_f(row["metrics"].get(k)) for k, _ in FIGURES)
                      + " |")
     return "\n".join(lines)
 
@@ -133,7 +137,7 @@ def tune_table(tune: dict[str, Any]) -> str:
         state = t["state"] if not t.get("error") else f"{t['state']}: {t['error']}"
         lines.append(f"| {name} | " + " | ".join(_f(t["params"].get(k), 3) for k in keys)
                      + f" | {_f(t.get('value'))} | {wall} | {state} |")
-    fixed = ", ".join(f"`{k}={v}`" for k, v in tune.get("fixed", {}).items())
+    fixed = _assignments(tune.get("fixed", {}))
     lines += ["", f"{len(trials)} trials, {tune.get('parallel')} per batch, {tune.get('sampler')} sampler (seed "
                   f"{tune.get('seed')}), {tune['direction']} `{tune['objective']}`"
                   + (f"; every trial ran with {fixed}" if fixed else "")
@@ -155,7 +159,7 @@ def tune_best_table(tune: dict[str, Any]) -> str:
         a, b = base["metrics"].get(key), best["metrics"].get(key)
         diff = f"{b - a:+.4g}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
         lines.append(f"| {title} (`{key}`) | {_f(a)} | {_f(b)} | {diff} |")
-    fixed = ", ".join(f"`{k}={v}`" for k, v in tune.get("fixed", {}).items())
+    fixed = _assignments(tune.get("fixed", {}))
     lines += ["", f"Study `{tune['study']}`: {len(trials)} trials, {tune['direction']} `{tune['objective']}`"
                   + (f", every trial with {fixed}" if fixed else "") + "."]
     return "\n".join(lines)

@@ -334,7 +334,8 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
 
     Idempotent on the package's content: when a version with the same content hash (weights, model config,
     vocabulary, image size, paint section: registry.package_digest) is registered already, that version is
-    re-tagged and made `candidate` instead, and nothing is logged again, so a re-run after a fix does not add a duplicate version.
+    re-tagged and made `candidate` instead, and nothing is logged again, so a re-run after a fix does not add a
+    duplicate version.
     `out_dir` must not exist (main passes fileio.atomic_output's temporary); MLflow must be configured.
     """
     import mlflow

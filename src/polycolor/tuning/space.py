@@ -132,9 +132,7 @@ def _param(key: str, spec: Any, known: dict[str, Any]) -> Param:
         _need(isinstance(choices, list) and len(choices) > 0, f"{where}.choices", "must be a non-empty list",
               choices)
         for c in choices:
-            _need(isinstance(c, (str, int, float, bool)), f"{where}.choices", "must hold plain values", c)
-            # -S key=value cannot carry whitespace through the queue's command line
-            _need(not (isinstance(c, str) and re.search(r"\s", c)), f"{where}.choices", "must not hold spaces", c)
+            _flag_value(c, f"{where}.choices")
         _need(len(set(map(repr, choices))) == len(choices), f"{where}.choices", "must not repeat a value", choices)
         _need(set(spec) <= {"type", "choices"}, where, "categorical takes only choices", sorted(spec))
         return Param(key, kind, choices=tuple(choices))
@@ -152,6 +150,13 @@ def _param(key: str, spec: Any, known: dict[str, Any]) -> Param:
         for name, v in (("low", low), ("high", high), ("step", step)):
             _need(v is None or float(v).is_integer(), f"{where}.{name}", "must be an integer for type int", v)
     return Param(key, kind, low=low, high=high, log=log, step=step)
+
+
+def _flag_value(value: Any, where: str) -> None:
+    """A value a trial sets with `-S key=value`: a plain scalar, and no whitespace, which the queue's command line
+    cannot carry."""
+    _need(isinstance(value, (str, int, float, bool)), where, "must be plain values (text, numbers, true/false)", value)
+    _need(not (isinstance(value, str) and re.search(r"\s", value)), where, "must not hold spaces", value)
 
 
 def with_overrides(params: dict, values: dict[str, Any]) -> dict:
@@ -214,11 +219,12 @@ def parse_tune(data: Any, base: dict, metric_names: set[str] | None) -> TuneConf
     known_keys = flatten(parse_config(base))
     params = tuple(_param(str(k), v, known_keys) for k, v in raw.items())
     fixed = _fixed(data.get("fixed") or {}, known_keys, {p.key for p in params})
+    budget = with_overrides(base, fixed)  # params.yaml as every trial sees it before its own params
     try:
-        parse_config(with_overrides(base, fixed))
+        parse_config(budget)
     except ConfigError as e:
         raise ConfigError(f"tune.yaml fixed values params.yaml's rules refuse ({fixed}): {e}") from None
-    check_corners(params, with_overrides(base, fixed))
+    check_corners(params, budget)
     first = data.get("defaults_first", False)
     _need(isinstance(first, bool), "defaults_first", "must be true or false", first)
     defaults = {}
@@ -241,8 +247,7 @@ def _fixed(raw: Any, known: dict[str, Any], searched: set[str]) -> dict[str, Sca
         where = f"fixed.{key}"
         _need(key in known, where, "is not a params.yaml key (e.g. train.epochs)", key)
         _need(key not in searched, where, "is also searched in params", key)
-        _need(isinstance(value, (str, int, float, bool)), where, "must be a plain value", value)
-        _need(not (isinstance(value, str) and re.search(r"\s", value)), where, "must not hold spaces", value)
+        _flag_value(value, where)
         out[str(key)] = value
     return out
 
