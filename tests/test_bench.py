@@ -1,9 +1,19 @@
-"""The benchmark's pieces on a tiny config: they produce every figure, consistently (no timing assertions)."""
+"""The benchmark's pieces on a tiny config: they produce every figure, consistently. FLOPs are checked exactly
+against torch's own counter; timings only within bounds that a wrong formula (a missing batch division, a ratio
+turned over) would leave."""
 
 import json
 
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from polycolor.bench import (
     BATCH_SIZES,
+    _training_setup,
+    ceiling_share,
+    conv_flops,
+    conv_shapes,
     format_table,
     inference_figures,
     training_figures,
@@ -13,8 +23,9 @@ from polycolor.config import parse_config
 from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import LoadedModel
 
-TINY = parse_config({"ingest": {"image_size": 32, "outline_width": [1, 2]}, "model": {"widths": [4, 8], "embed_dim": 8},
-                     "train": {"batch_size": 4}})
+TINY_PARAMS = {"ingest": {"image_size": 32, "outline_width": [1, 2]}, "model": {"widths": [4, 8], "embed_dim": 8},
+               "train": {"batch_size": 4}}
+TINY = parse_config(TINY_PARAMS)
 
 
 def test_training_figures_count_flops_and_rate():
@@ -22,6 +33,37 @@ def test_training_figures_count_flops_and_rate():
     # A forward + backward pass of even this tiny net costs more than 1 MFLOP per 32 px image.
     assert fig["train_gflop_per_image"] > 1e-3
     assert fig["train_images_per_s"] > 0
+
+
+def test_ceiling_share_is_achieved_rate_over_ceiling():
+    # 4 GFLOP per image at 25 images/s is 100 GFLOP/s: half of a 200 GFLOP/s ceiling, a fifth of a 500 one.
+    assert ceiling_share(4.0, 25.0, 200.0) == pytest.approx(0.5)
+    assert ceiling_share(4.0, 25.0, 500.0) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("conditioning", ["film", "input"])
+def test_conv_shapes_and_flops_match_torch_counter(conditioning):
+    cfg = parse_config({**TINY_PARAMS, "model": {**TINY_PARAMS["model"], "conditioning": conditioning}})
+    model, (x, _, idx, rgb) = _training_setup(cfg)
+    shapes = conv_shapes(model, x, idx, rgb)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [s.conv for s in shapes] == convs, "every conv is recorded once, in call order"
+    assert shapes[0].input_shape == (4, 3 + (8 if conditioning == "input" else 0), 32, 32)
+    assert shapes[0].input_grad == (conditioning == "input"), "the image itself needs no gradient"
+    assert {s.input_shape[2] for s in shapes} == {32, 16}, "two levels: convs at 32 and 16 px"
+    with FlopCounterMode(display=False) as counter:
+        model(x, idx, rgb).image.sum().backward()
+    counted = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+    assert sum(conv_flops(s) for s in shapes) == counted, "forward + backward conv FLOPs as torch counts them"
+
+
+def test_conv_shapes_follow_a_work_size():
+    """With a native head, the UNet's convs run at work_size and the head's at the input's size."""
+    cfg = parse_config({**TINY_PARAMS, "ingest": {**TINY_PARAMS["ingest"], "image_size": 64},
+                        "model": {**TINY_PARAMS["model"], "work_size": 32, "native_width": 4}})
+    model, (x, _, idx, rgb) = _training_setup(cfg)
+    sizes = [s.input_shape[2] for s in conv_shapes(model, x, idx, rgb)]
+    assert sizes[0] == 32 and sizes[-1] == 64 and 16 in sizes, sizes
 
 
 def test_inference_figures_and_table():
@@ -44,5 +86,13 @@ def test_bench_command_writes_json(tmp_path, monkeypatch):
                "--train-metrics", str(tmp_path / "none.json"), "--out", str(out)])
     assert rc == 0
     fig = json.loads(out.read_text())
-    assert {"matmul_gflops", "train_ceiling_ratio", "infer_ms_p50", "parameters"} <= set(fig)
-    assert 0 < fig["train_ceiling_ratio"] < 10
+    assert {"matmul_gflops", "conv_ceiling_gflops", "infer_ms_p50", "parameters", "date", "cpu"} <= set(fig)
+    assert fig["train_ceiling_ratio"] == pytest.approx(
+        fig["train_gflop_per_image"] * fig["train_images_per_s"] / fig["matmul_gflops"])
+    assert fig["conv_ceiling_ratio"] == pytest.approx(
+        fig["conv_train_gflop_per_image"] * fig["train_images_per_s"] / fig["conv_ceiling_gflops"])
+    # The convs are most of a UNet's FLOPs but not all of them (norms, pooling, the loss, AdamW).
+    assert 0.5 * fig["train_gflop_per_image"] < fig["conv_train_gflop_per_image"] < fig["train_gflop_per_image"]
+    # A training step runs every conv and more, so it cannot beat the convs timed alone by much (timing noise on a
+    # shared machine aside): a ratio far above 1 is a wrong formula, e.g. FLOPs per batch over images per second.
+    assert 0 < fig["conv_ceiling_ratio"] < 1.5, fig

@@ -1,10 +1,17 @@
 """`polycolor bench`: speed figures on this machine, printed as a table and written to metrics/benchmark.json.
 
 Figures, all measured in the same process so ratios are comparable on a noisy machine:
+  date, cpu              when and on what (model name, AVX-512 or AVX2): a figure in the docs names both
   matmul_gflops          dense fp32 matmul rate (2048 x 2048, torch threads as configured): the compute ceiling
   train_gflop_per_image  model FLOPs of one training step per image (forward + backward, torch's FlopCounterMode)
   train_images_per_s     training throughput at train.batch_size on synthetic data, after warm-up
   train_ceiling_ratio    train_gflop_per_image x train_images_per_s / matmul_gflops
+  conv_ceiling_gflops    the convolution-shaped ceiling: each Conv2d of the configured model timed alone, forward +
+                         backward, at the input shape a training batch gives it (recorded by forward hooks), in the
+                         configured memory format; its FLOPs summed / its times summed
+  conv_train_gflop_per_image, conv_layers  the convs' share of a training step's FLOPs per image, and their number
+  conv_ceiling_ratio     conv_train_gflop_per_image x train_images_per_s / conv_ceiling_gflops: how close training
+                         runs to what its own convolutions can do alone
   infer_ms_p50/p95       polycolor.painting.painter.paint on one 128 px image (batch 1), as `polycolor predict` runs it;
                          infer_ms_p50_256px etc. at 256 and 512 px (drawn natively, painted at full quality)
   infer_images_per_s     paint throughput on 64 images of 128 px at batch 1, 4, ..., 64: median of 5 warm runs
@@ -16,8 +23,11 @@ Figures, all measured in the same process so ratios are comparable on a noisy ma
 
 from __future__ import annotations
 
+import copy
+import datetime
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -26,10 +36,11 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from polycolor.config import Config
 from polycolor.data.synth import generate
@@ -41,6 +52,18 @@ from polycolor.nn.modelio import LoadedModel, load_model
 from polycolor.painting.painter import paint
 
 STAGES = ("check", "ingest", "augment", "train", "evaluate", "package")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its widest vector extension (AVX-512 / AVX2), from /proc/cpuinfo where there is one."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name}, {vector}"
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -62,19 +85,30 @@ def _train_step(model: ConditionalUNet, objective: Objective, opt: torch.optim.O
     opt.step()
 
 
+def _memory_format(cfg: Config) -> torch.memory_format:
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
+def _training_setup(cfg: Config) -> tuple[ConditionalUNet, tuple[torch.Tensor, ...]]:
+    """The configured model in train mode and one training batch (x, y, colour_idx, colour_rgb) of train.batch_size
+    images at ingest.image_size, in the memory format train.channels_last says."""
+    size, bs, fmt = cfg.ingest.image_size, cfg.train.batch_size, _memory_format(cfg)
+    data = generate(cfg.ingest, bs, 0)
+    vocab = tuple(sorted(set(data.colours)))
+    model = ConditionalUNet(cfg.model, vocab, size).to(memory_format=fmt).train()
+    x, y = (images_to_tensor(a).contiguous(memory_format=fmt) for a in (data.inputs, data.targets))
+    idx, rgb = encode_colours(data.colours, vocab, cfg.model.colour_encoding)
+    return model, (x, y, idx, rgb)
+
+
 def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
     """FLOPs per image and images/s of real training steps with the configured model, batch and memory format."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    size, bs = cfg.ingest.image_size, cfg.train.batch_size
-    data = generate(cfg.ingest, bs, 0)
-    vocab = tuple(sorted(set(data.colours)))
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = ConditionalUNet(cfg.model, vocab, size).to(memory_format=fmt).train()
+    model, (x, y, idx, rgb) = _training_setup(cfg)
+    bs = x.shape[0]
     objective = Objective(cfg.loss)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    x, y = (images_to_tensor(a).contiguous(memory_format=fmt) for a in (data.inputs, data.targets))
-    idx, rgb = encode_colours(data.colours, vocab, cfg.model.colour_encoding)
     with FlopCounterMode(display=False) as counter:
         _train_step(model, objective, opt, x, y, idx, rgb)
     flops = counter.get_total_flops() / bs
@@ -86,6 +120,80 @@ def training_figures(cfg: Config, steps: int = 8) -> dict[str, float]:
         _train_step(model, objective, opt, x, y, idx, rgb)
         times.append(time.perf_counter() - t)
     return {"train_gflop_per_image": flops / 1e9, "train_images_per_s": bs / statistics.median(times)}
+
+
+class ConvShape(NamedTuple):
+    """One Conv2d of the model as a training batch runs it."""
+    conv: nn.Conv2d
+    input_shape: tuple[int, ...]  # (B, C_in, H, W) it sees
+    input_grad: bool  # whether its input needs a gradient (not so for a conv on the image itself)
+
+
+def conv_shapes(model: nn.Module, *inputs: torch.Tensor) -> list[ConvShape]:
+    """Every Conv2d call of one forward pass of `model` on `inputs`, in call order, recorded by forward hooks: so a
+    UNet that runs at a work size and a head at the input's size is measured where each conv really runs."""
+    seen: list[ConvShape] = []
+
+    def record(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(ConvShape(conv, tuple(args[0].shape), args[0].requires_grad))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def conv_flops(shape: ConvShape) -> int:
+    """FLOPs of one forward + backward of the conv on its whole batch: forward 2 x MACs; backward the weight gradient
+    (as much again) and, when the input needs one, the input gradient (as much again). FlopCounterMode counts the
+    same, bias excluded."""
+    conv, (b, _, h, w) = shape.conv, shape.input_shape
+    kh, kw = conv.kernel_size
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    if isinstance(conv.padding, str):  # 'same' keeps the size at stride 1; 'valid' pads nothing
+        ph, pw = ((dh * (kh - 1)) // 2, (dw * (kw - 1)) // 2) if conv.padding == "same" else (0, 0)
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    forward = 2 * b * conv.out_channels * ho * wo * (conv.in_channels // conv.groups) * kh * kw
+    return forward * (3 if shape.input_grad else 2)
+
+
+def time_conv(shape: ConvShape, fmt: torch.memory_format, repeats: int = 5) -> float:
+    """Median seconds of one forward + backward of a copy of the conv alone on a random input of its shape."""
+    conv = copy.deepcopy(shape.conv).to(memory_format=fmt)
+    x = torch.randn(shape.input_shape).contiguous(memory_format=fmt).requires_grad_(shape.input_grad)
+
+    def step() -> None:
+        conv.zero_grad(set_to_none=True)
+        x.grad = None
+        conv(x).sum().backward()
+
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def ceiling_share(gflop_per_image: float, images_per_s: float, ceiling_gflops: float) -> float:
+    """Training throughput as a share of a compute ceiling: the GFLOP/s that training achieves over the ceiling."""
+    return gflop_per_image * images_per_s / ceiling_gflops
+
+
+def conv_figures(cfg: Config, repeats: int = 5) -> dict[str, float]:
+    """The convolution-shaped ceiling: every Conv2d of the configured model timed alone (forward + backward, at the
+    shape a training batch runs it, in the configured memory format); its FLOPs summed over its times summed."""
+    model, (x, _, idx, rgb) = _training_setup(cfg)
+    shapes = conv_shapes(model, x, idx, rgb)
+    flops = [conv_flops(s) for s in shapes]
+    seconds = [time_conv(s, _memory_format(cfg), repeats) for s in shapes]
+    return {"conv_ceiling_gflops": sum(flops) / sum(seconds) / 1e9,
+            "conv_train_gflop_per_image": sum(flops) / x.shape[0] / 1e9, "conv_layers": len(shapes)}
 
 
 LATENCY_SCALES = (1, 2, 4)  # batch-1 latency is reported at the model's size (128 px) and 2x, 4x (256, 512 px)
@@ -180,11 +288,16 @@ def repro_stage_times(root: Path) -> dict[str, float]:
 
 
 def run_bench(cfg: Config, root: Path, *, model_path: Path, train_metrics: Path, repro: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    out: dict[str, Any] = {"date": datetime.date.today().isoformat(), "cpu": cpu_name(),
+                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                            "cpu_count": os.cpu_count()}
     out["matmul_gflops"] = matmul_gflops()
     out.update(training_figures(cfg))
-    out["train_ceiling_ratio"] = out["train_gflop_per_image"] * out["train_images_per_s"] / out["matmul_gflops"]
+    out["train_ceiling_ratio"] = ceiling_share(out["train_gflop_per_image"], out["train_images_per_s"],
+                                               out["matmul_gflops"])
+    out.update(conv_figures(cfg))
+    out["conv_ceiling_ratio"] = ceiling_share(out["conv_train_gflop_per_image"], out["train_images_per_s"],
+                                              out["conv_ceiling_gflops"])
     if model_path.is_file():
         loaded = load_model(model_path)
         out["model_source"] = str(model_path)
