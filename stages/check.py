@@ -7,7 +7,7 @@ param runs it first; it fails in about a second and nothing else has been touche
 passing check never makes a later stage rerun.
 
 When MLFLOW_TRACKING_URI names a tracking server (http/https), the check also asks it one question, within
-tracking.PROBE_TIMEOUT_S: a server that refuses, never answers, rejects the login or fails fails the check in
+tracking.store.PROBE_TIMEOUT_S: a server that refuses, never answers, rejects the login or fails fails the check in
 seconds with one line naming the URI, instead of the train stage failing minutes later after DVC deleted
 models/model.pt (issue 19).
 """
@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from polycolor import tracking
 from polycolor.config import load_params
 from polycolor.data.ingest import check_source
 from polycolor.errors import ConfigError, run_guarded
 from polycolor.fileio import write_json_atomic
+from polycolor.tracking.store import check_server, is_server, tracking_uri
 
 CHECKED = ["params", "ingest.source", "train.device"]  # constant: the server probe is not recorded
 
@@ -41,11 +41,11 @@ def run(args: argparse.Namespace) -> None:
 
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but this machine has no CUDA device (use auto or cpu)")
-    uri = tracking.tracking_uri()
-    if tracking.is_server(uri):
-        tracking.check_server(uri)
+    uri = tracking_uri()
+    if is_server(uri):
+        check_server(uri)
     write_json_atomic(args.out, {"checked": CHECKED})
-    server = f"; tracking server {uri} answers" if tracking.is_server(uri) else ""
+    server = f"; tracking server {uri} answers" if is_server(uri) else ""
     print(f"check: params and data source ({cfg.ingest.source}) are usable{server}")
 
 

@@ -8,11 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from polycolor import tracking
 from polycolor.config import load_params
 from polycolor.errors import run_guarded
 from polycolor.fileio import atomic_output, write_json_atomic
 from polycolor.serving.package import package_model, read_eval_metrics
+from polycolor.tracking.lineage import read_run_info
+from polycolor.tracking.store import configure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> None:
     cfg = load_params(args.params)
-    run_info = tracking.read_run_info(args.run_info)
+    run_info = read_run_info(args.run_info)
     read_eval_metrics(Path(args.metrics))  # a missing or malformed file fails before MLflow is touched
-    tracking.configure()
+    configure()
     with atomic_output(args.out) as tmp:
         result = package_model(model_path=Path(args.model), out_dir=Path(tmp), run_info=run_info,
                                eval_path=Path(args.metrics), name=cfg.mlflow.registered_model,

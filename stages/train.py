@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from polycolor import signals, tracking
+from polycolor import signals
 from polycolor.config import load_params
 from polycolor.errors import run_guarded
 from polycolor.training import distributed

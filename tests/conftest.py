@@ -85,12 +85,12 @@ def small_source(tmp_path: Path) -> Path:
 def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty sqlite MLflow store with its schema, made once per session (creating the schema takes seconds):
     tests copy it to get a fresh store of their own."""
-    from polycolor import tracking
+    from polycolor.tracking.store import configure
 
     db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-        tracking.configure()
+        configure()
     return db
 
 
@@ -236,16 +236,16 @@ def log_evaluation(train_run_id: str, folder: Path, metrics: dict) -> Path:
     training run, every block's set a dataset (the package stage links exactly this run). Returns eval.json's path."""
     import json
 
-    from polycolor import tracking
     from polycolor.config import load_params
     from polycolor.evaluation import logging
+    from polycolor.tracking.datasets import generated_dataset
 
     eval_json = folder / "eval.json"
     eval_json.write_text(json.dumps(metrics))
     (folder / "grid.png").write_bytes(b"png")
     (folder / "tables").mkdir(exist_ok=True)
     sets = [b for b, v in metrics.items() if "skipped" not in v and b != "behaviour"]
-    datasets = {n: tracking.generated_dataset(n, f"digest-{n}", {"generator": "test"}) for n in sets}
+    datasets = {n: generated_dataset(n, f"digest-{n}", {"generator": "test"}) for n in sets}
     logging.log_to_mlflow(train_run_id, load_params(REPO / "params.yaml"), datasets, metrics, folder / "grid.png",
                            folder / "tables", eval_json)
     return eval_json

@@ -15,7 +15,6 @@ from PIL import Image
 
 from conftest import AYNA_VAL
 
-from polycolor import tracking
 from polycolor.config import IngestConfig, ModelConfig, PaintConfig, parse_config
 from polycolor.data.ayna import write_split
 from polycolor.data.synth import generate
@@ -28,6 +27,10 @@ from polycolor.evaluation import sets as S
 from polycolor.evaluation.behaviour import BEHAVIOURS
 from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import save_model
+from polycolor.tracking.datasets import dvc_hash
+from polycolor.tracking.eval_runs import EVAL_DIGEST_TAG, file_sha256
+from polycolor.tracking.lineage import write_run_info
+from polycolor.tracking.store import configure
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_VAL = AYNA_VAL
@@ -61,7 +64,7 @@ def store(tmp_path_factory) -> dict:
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     try:
-        tracking.configure()
+        configure()
         client = mlflow.MlflowClient()
         exp_id = client.create_experiment("eval-test", artifact_location=(root / "artifacts").as_uri())
         run = client.create_run(exp_id, run_name="tiny")
@@ -90,7 +93,7 @@ def project(tmp_path, store, monkeypatch) -> dict:
                                       "robust_samples": 2, "native_size": 64, "gappy_sizes": [64],
                                       "behaviour_samples": 3}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    tracking.write_run_info(tmp_path / "run.json", {"run_id": store["run_id"], "experiment_id": store["exp_id"]})
+    write_run_info(tmp_path / "run.json", {"run_id": store["run_id"], "experiment_id": store["exp_id"]})
     return {"dir": tmp_path, "params": params}
 
 
@@ -178,11 +181,11 @@ def test_end_to_end(project, store, capsys):
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
     assert {"val", "ood", "unseen_colours"} <= set(inputs)
     val = inputs["val"].dataset
-    assert val.digest == tracking.dvc_hash(d / "validation") and val.digest.endswith(".dir")
+    assert val.digest == dvc_hash(d / "validation") and val.digest.endswith(".dir")
     assert val.source_type == "dvc" and json.loads(val.source)["path"].endswith("validation")
     assert {t.key: t.value for t in inputs["val"].tags}["mlflow.data.context"] == "evaluation"
     assert inputs["ood"].dataset.source_type == "code"
-    assert run.data.tags[tracking.EVAL_DIGEST_TAG] == tracking.file_sha256(d / "out" / "eval.json")
+    assert run.data.tags[EVAL_DIGEST_TAG] == file_sha256(d / "out" / "eval.json")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/eval_grid.png", "eval/eval.json", "eval/headline.json", "eval/tables"} <= artifacts
     assert "eval/tables/samples.csv" in {a.path for a in client.list_artifacts(run.info.run_id, "eval/tables")}
@@ -210,7 +213,7 @@ def test_missing_run_info_or_run_is_an_error(project, capsys):
     stage = load_stage()
     assert stage.main(argv(d, run_info=d / "absent.json")) == 1
     assert "run info not found" in one_error_line(capsys.readouterr().err)
-    tracking.write_run_info(d / "gone.json", {"run_id": "0" * 32})
+    write_run_info(d / "gone.json", {"run_id": "0" * 32})
     assert stage.main(argv(d, run_info=d / "gone.json")) == 1
     assert "not found" in one_error_line(capsys.readouterr().err)
     assert not (d / "out").exists()

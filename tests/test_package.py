@@ -75,17 +75,18 @@ def store(tmp_path, monkeypatch, mlflow_store):
     """A fresh sqlite MLflow store (a copy of the template) with one finished 'training' run and its run.json."""
     import mlflow
 
-    from polycolor import tracking
+    from polycolor.tracking.lineage import write_run_info
+    from polycolor.tracking.store import configure, ensure_experiment, tracking_uri
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    tracking.configure()
-    exp = tracking.ensure_experiment("polycolor-test")
+    configure()
+    exp = ensure_experiment("polycolor-test")
     with mlflow.start_run(experiment_id=exp) as run:
         mlflow.log_param("train.lr", 0.003)
     info = {"run_id": run.info.run_id, "experiment_id": exp, "run_name": run.info.run_name,
             "dvc_exp_name": "exp-tiny", "data_hash": "0123abcd", "git_commit": "feedface",
-            "tracking_uri": tracking.tracking_uri()}
-    tracking.write_run_info(tmp_path / "run.json", info)
+            "tracking_uri": tracking_uri()}
+    write_run_info(tmp_path / "run.json", info)
     log_evaluation(run.info.run_id, tmp_path, EVAL)
     return tmp_path
 

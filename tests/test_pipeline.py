@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import AYNA_VAL, REPO, fail_or_skip, new_project, run_queue, sh
 
-from polycolor.tracking import EXPERIMENT_KIND_TAG
+from polycolor.tracking.store import EXPERIMENT_KIND_TAG
 
 pytestmark = pytest.mark.slow
 

@@ -141,11 +141,11 @@ def test_predict_bad_inputs_give_one_line_errors(model_file, work):
 
 
 def test_missing_alias_or_model_in_an_existing_store_is_one_line(model_file, work, capsys):
-    from polycolor import tracking
     from polycolor.cli import main
     from polycolor.serving import registry
+    from polycolor.tracking.store import configure
 
-    tracking.configure()  # creates the store in `work`
+    configure()  # creates the store in `work`
     registry.register_version("polycolor", "/nonexistent/model", tags={})
     good = work / "in.png"
     Image.new("RGB", (32, 32), "white").save(good)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from polycolor import tracking
 from polycolor.cli import REFUSED_EXIT, main
 from polycolor.config import Gate, PaintConfig, PromoteConfig
 from polycolor.serving import registry
+from polycolor.tracking.datasets import generated_dataset
+from polycolor.tracking.store import configure, ensure_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = PromoteConfig(metric="val.net.psnr_mean", higher_is_better=True, min_delta=0.1,
@@ -65,7 +66,7 @@ def store(tmp_path, monkeypatch, mlflow_store):
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(PARAMS)
-    tracking.configure()
+    configure()
     PACKAGE.update(zip(("uri", "digest"), log_package(tmp_path)))
     return tmp_path
 
@@ -84,7 +85,7 @@ def log_package(folder: Path) -> tuple[str, str]:
 
     model = tiny_model(folder / "model.pt")
     loaded = modelio.load_model(model)
-    exp = tracking.ensure_experiment("polycolor-test")
+    exp = ensure_experiment("polycolor-test")
     with mlflow.start_run(experiment_id=exp) as run:
         pass
     card = package.model_card(loaded, name="polycolor", run_info={}, run_params={}, eval_metrics={})
@@ -172,7 +173,7 @@ def test_promotion_refuses_worse_accepts_better_and_rolls_back(store, capsys):
 def test_version_metrics_fall_back_to_the_runs_eval_metrics(store):
     import mlflow
 
-    with mlflow.start_run(experiment_id=tracking.ensure_experiment("polycolor-test")) as run:
+    with mlflow.start_run(experiment_id=ensure_experiment("polycolor-test")) as run:
         mlflow.log_metric("eval.val.net.psnr_mean", 33.0)
         mlflow.log_metric("eval.val.net.colour_accuracy", 0.97)
     client = mlflow.MlflowClient()
@@ -188,9 +189,9 @@ def test_version_metrics_fall_back_to_the_runs_eval_metrics(store):
 def test_version_metrics_come_from_the_logged_model(store):
     import mlflow
 
-    exp = tracking.ensure_experiment("polycolor-test")
+    exp = ensure_experiment("polycolor-test")
     model_id = PACKAGE["uri"].removeprefix("models:/")
-    ds = tracking.generated_dataset("val", "d1", {"generator": "test"})
+    ds = generated_dataset("val", "d1", {"generator": "test"})
     with mlflow.start_run(experiment_id=exp):
         mlflow.log_metrics({"val.net.psnr_mean": 35.0, "val.net.colour_accuracy": 0.99}, model_id=model_id, dataset=ds)
     mv = registry.register_version("polycolor", PACKAGE["uri"],
@@ -252,7 +253,7 @@ def test_promote_refuses_a_version_that_is_not_a_polycolor_package(store, capsys
         def predict(self, context, model_input):  # noqa: ARG002
             return model_input
 
-    exp = tracking.ensure_experiment("polycolor-test")
+    exp = ensure_experiment("polycolor-test")
     with mlflow.start_run(experiment_id=exp):
         planted = mlflow.pyfunc.log_model(name="planted", python_model=PlantedModel())
     capsys.readouterr()

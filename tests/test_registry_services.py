@@ -20,10 +20,11 @@ from conftest import REPO, log_evaluation, sh
 from mlflow.exceptions import MlflowException
 from test_package import EVAL, tiny_model
 
-from polycolor import tracking
 from polycolor.config import load_params
 from polycolor.nn import modelio
 from polycolor.serving import package, registry
+from polycolor.tracking.lineage import write_run_info
+from polycolor.tracking.store import configure, describe_failure, ensure_experiment
 
 NAME = "polycolor-svc-test"  # registered models of their own (NAME-<test>): the stack is shared by the session
 COLUMN = 5000  # MLflow's model_versions.description is String(5000)
@@ -59,12 +60,12 @@ def training_run(folder: Path, name: str, n_params: int = 1) -> Path:
     run.json, an evaluation run with eval.json, a tiny model and a params file naming the registered model
     `name`, all in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    tracking.configure()
-    exp = tracking.ensure_experiment("polycolor-svc-test")
+    configure()
+    exp = ensure_experiment("polycolor-svc-test")
     with mlflow.start_run(experiment_id=exp) as run:
         mlflow.log_params({f"train.option_{i:03d}": f"a value long enough to count {i}" for i in range(n_params)})
-    tracking.write_run_info(folder / "run.json", {"run_id": run.info.run_id, "experiment_id": exp,
-                                                  "run_name": run.info.run_name, "git_commit": "feedface"})
+    write_run_info(folder / "run.json", {"run_id": run.info.run_id, "experiment_id": exp,
+                                         "run_name": run.info.run_name, "git_commit": "feedface"})
     log_evaluation(run.info.run_id, folder, EVAL)
     tiny_model(folder / "model.pt")
     (folder / "params.yaml").write_text(f"mlflow: {{experiment: polycolor-svc-test, registered_model: {name}}}\n")
@@ -180,7 +181,7 @@ def test_only_the_pipelines_login_can_register_or_move_aliases(tmp_path, on_stac
         for what, attempt in attempts.items():
             with pytest.raises(MlflowException, match="401") as e:
                 attempt()
-            said = tracking.describe_failure(e.value, on_stack["MLFLOW_TRACKING_URI"])
+            said = describe_failure(e.value, on_stack["MLFLOW_TRACKING_URI"])
             assert said and "MLFLOW_TRACKING_USERNAME" in said, (who, what, said)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "polycolor")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)

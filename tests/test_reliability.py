@@ -250,12 +250,12 @@ def store(tmp_path, monkeypatch, mlflow_store):
     """A fresh sqlite store (a copy of the template) with one training run; a secret planted in the environment."""
     import mlflow
 
-    from polycolor import tracking
+    from polycolor.tracking.store import configure, ensure_experiment
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-4f1c9a")
-    tracking.configure()
-    with mlflow.start_run(experiment_id=tracking.ensure_experiment("polycolor-test")) as run:
+    configure()
+    with mlflow.start_run(experiment_id=ensure_experiment("polycolor-test")) as run:
         mlflow.log_param("train.lr", 0.003)
     return tmp_path, {"run_id": run.info.run_id, "git_commit": "feedface"}
 
@@ -313,7 +313,7 @@ def test_a_zip_source_cannot_write_outside_its_folder(tmp_path, small_source):
 def test_a_copied_checkout_refuses_a_store_that_writes_into_the_original(tmp_path, monkeypatch):
     """The experiment's artifact location is absolute: a copied checkout's runs would write into the original.
     The default sqlite store says so and what to do, instead of writing anywhere."""
-    from polycolor import tracking
+    from polycolor.tracking.store import configure, ensure_experiment
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
@@ -321,15 +321,15 @@ def test_a_copied_checkout_refuses_a_store_that_writes_into_the_original(tmp_pat
     original.mkdir()
     (original / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(original)
-    tracking.configure()
-    tracking.ensure_experiment("polycolor")
+    configure()
+    ensure_experiment("polycolor")
     shutil.copytree(original, tmp_path / "copy", symlinks=True)  # cp -a
     monkeypatch.chdir(tmp_path / "copy")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # as in a new process (set_tracking_uri sets it)
     with pytest.raises(PolycolorError) as e:
-        tracking.configure()
+        configure()
     msg = str(e.value)
     assert "\n" not in msg and str(original / "mlartifacts") in msg and "mv mlflow.db" in msg, msg
     monkeypatch.chdir(original)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.configure().endswith(f"{original}/mlflow.db"), "the original store is still fine"
+    assert configure().endswith(f"{original}/mlflow.db"), "the original store is still fine"

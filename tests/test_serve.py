@@ -79,13 +79,13 @@ def champion_store(tmp_path, monkeypatch) -> Path:
     """A sqlite store holding a training run, a packaged + registered tiny model, promoted to @champion."""
     import mlflow
 
-    from polycolor import tracking
     from polycolor.serving import package, registry
+    from polycolor.tracking.store import configure, ensure_experiment
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    tracking.configure()
-    with mlflow.start_run(experiment_id=tracking.ensure_experiment("polycolor-test")) as run:
+    configure()
+    with mlflow.start_run(experiment_id=ensure_experiment("polycolor-test")) as run:
         pass
     torch.manual_seed(0)
     model = ConditionalUNet(ModelConfig(widths=(4, 8)), ("red", "blue"), 32)

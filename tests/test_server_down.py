@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 from mlflow.exceptions import MlflowException
 
-from polycolor import tracking
+from polycolor.tracking.store import HTTP_BOUNDS, PROBE_TIMEOUT_S, configure, describe_failure
 
 HANG_LIMIT_S = 90  # a subprocess still running after this is the hang the issue reported (254 s, 600+ s)
 
@@ -101,7 +101,7 @@ def test_check_stage_fails_on_a_dead_server_before_writing(kind, stage, tmp_path
     out = tmp_path / "check.json"
     assert stage("check").main(["--params", str(p), "--out", str(out)]) == 1
     line = one_error_line(capsys.readouterr().err)
-    words = "refused the connection" if kind == "refused" else f"did not answer within {tracking.PROBE_TIMEOUT_S:g} s"
+    words = "refused the connection" if kind == "refused" else f"did not answer within {PROBE_TIMEOUT_S:g} s"
     assert uri in line and words in line, line
     assert not out.exists(), "a failed check must write nothing"
 
@@ -125,16 +125,16 @@ def test_models_command_fails_in_bounded_time_with_one_line(kind, request):
 
 
 def test_configure_bounds_mlflow_http_calls(monkeypatch, mlflow_store):
-    for key in tracking.HTTP_BOUNDS:
+    for key in HTTP_BOUNDS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # an operator's own value wins
-    tracking.configure()
+    configure()
     from mlflow.environment_variables import (MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES,
                                               MLFLOW_HTTP_REQUEST_TIMEOUT)
 
     assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 7
-    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == int(tracking.HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
-    assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == int(tracking.HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == int(HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == int(HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
 
 
 def test_describe_failure_names_the_cause(monkeypatch, mlflow_store, silent_uri):
@@ -143,13 +143,13 @@ def test_describe_failure_names_the_cause(monkeypatch, mlflow_store, silent_uri)
     for uri, words in ((refused_uri(), "refused the connection"), (silent_uri, "did not answer within 2 s")):
         with pytest.raises(MlflowException) as e:
             mlflow.MlflowClient(uri).get_run("0" * 32)
-        said = tracking.describe_failure(e.value, uri)
+        said = describe_failure(e.value, uri)
         assert said is not None and uri in said and words in said, said
     with failing_server() as uri:  # the server is up, its database is not: HTTP 500 to every call
         with pytest.raises(MlflowException) as e:
             mlflow.MlflowClient(uri).get_run("0" * 32)
-        said = tracking.describe_failure(e.value, uri)
+        said = describe_failure(e.value, uri)
         assert said is not None and uri in said and "HTTP 500" in said and "store" in said, said
     with pytest.raises(MlflowException) as e:  # a missing run in a store that works is not a server failure
         mlflow.MlflowClient(mlflow_store).get_run("0" * 32)
-    assert tracking.describe_failure(e.value, mlflow_store) is None
+    assert describe_failure(e.value, mlflow_store) is None

@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from polycolor import stack, tracking
+from polycolor import stack
 from polycolor.cli import main
 from polycolor.errors import PolycolorError
+from polycolor.tracking.store import artifact_root
 
 
 def test_artifact_root_is_local_for_sqlite_and_the_servers_own_for_http(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert tracking.artifact_root() == (tmp_path / "mlartifacts").as_uri()
+    assert artifact_root() == (tmp_path / "mlartifacts").as_uri()
     for uri in ("http://127.0.0.1:5000", "https://mlflow.internal"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        assert tracking.artifact_root() is None, f"{uri}: the server must choose (mlflow-artifacts:/)"
+        assert artifact_root() is None, f"{uri}: the server must choose (mlflow-artifacts:/)"
 
 
 def test_down_without_a_stack_is_a_one_line_error(tmp_path, capsys):

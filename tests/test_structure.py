@@ -85,16 +85,49 @@ def rel(p: Path) -> str:
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def stage_script(stage: str) -> str:
+    return re.search(r"python (stages/\S+\.py)", STAGES[stage]["cmd"]).group(1)
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_match_imports(stage: str) -> None:
     spec = STAGES[stage]
-    script = re.search(r"python (stages/\S+\.py)", spec["cmd"]).group(1)
+    script = stage_script(stage)
     extra = READ_NOT_IMPORTED.get(stage, [])
     used = {rel(f) for f in closure([ROOT / script, *(ROOT / e for e in extra)])} | set(extra)
     declared = {d for d in spec["deps"] if d.startswith("src/")}
     assert script in spec["deps"], f"{stage}: its script {script} is not a dep"
     assert not used - declared, f"{stage} imports but does not declare: {sorted(used - declared)}"
     assert not declared - used, f"{stage} declares but does not import: {sorted(declared - used)}"
+
+
+# For each stage, what its import closure must never reach (a folder ends in "/"): an edit there never reruns it. The
+# train stage stays clear of what comes after the model (serving, the post-processing, evaluation and the lookup of
+# the evaluation run), so none of them retrains; the data stages stay clear of models and MLflow.
+NEVER_REACHED = {
+    "check": ["nn/", "training/", "serving/", "painting/", "evaluation/"],
+    "ingest": ["nn/", "training/", "serving/", "painting/", "evaluation/", "tracking/"],
+    "augment": ["nn/", "training/", "serving/", "painting/", "evaluation/", "tracking/"],
+    "train": ["serving/", "painting/", "evaluation/", "tracking/eval_runs.py"],
+    "evaluate": ["training/", "serving/"],
+    "package": ["training/"],
+}
+
+
+def stage_closure(stage: str) -> set[str]:
+    """Repo-relative files the stage's script imports, directly or not."""
+    return {rel(f) for f in closure([ROOT / stage_script(stage)])}
+
+
+def test_every_stage_has_its_never_list() -> None:
+    assert sorted(NEVER_REACHED) == sorted(STAGES), "a stage without a NEVER_REACHED entry (or an entry for no stage)"
+
+
+@pytest.mark.parametrize("stage", sorted(NEVER_REACHED))
+def test_stage_never_reaches(stage: str) -> None:
+    never = [f"src/polycolor/{p}" for p in NEVER_REACHED[stage]]
+    reached = sorted(f for f in stage_closure(stage) for n in never if f == n or (n.endswith("/") and f.startswith(n)))
+    assert not reached, f"{stage} reaches modules it must never import (an edit there would rerun it): {reached}"
 
 
 def package_modules() -> list[Path]:

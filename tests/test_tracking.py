@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import mlflow
-import pytest
 import yaml
 
-from polycolor import tracking
+from polycolor.tracking.datasets import dvc_hash
+from polycolor.tracking.lineage import git_info
+from polycolor.tracking.store import EXPERIMENT_KIND_TAG, configure, ensure_experiment
 
 
 def test_dvc_hash_is_what_dvc_records(tiny_dataset, tmp_path):
@@ -23,18 +24,18 @@ def test_dvc_hash_is_what_dvc_records(tiny_dataset, tmp_path):
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "validation"], cwd=repo, check=True)
     recorded = yaml.safe_load((repo / "validation.dvc").read_text())["outs"][0]["md5"]
-    assert tracking.dvc_hash(repo / "validation") == recorded
-    assert tracking.dvc_hash(repo / "validation" / "sub" / "note.txt") != recorded
+    assert dvc_hash(repo / "validation") == recorded
+    assert dvc_hash(repo / "validation" / "sub" / "note.txt") != recorded
 
 
 def test_experiments_are_created_as_model_training(mlflow_store):
-    tracking.configure()
+    configure()
     client = mlflow.MlflowClient()
-    exp = client.get_experiment(tracking.ensure_experiment("fresh"))
-    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    exp = client.get_experiment(ensure_experiment("fresh"))
+    assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
     old = client.create_experiment("made-before")  # a store from before: the kind is added on first use
-    assert tracking.ensure_experiment("made-before") == old
-    assert client.get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert ensure_experiment("made-before") == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
 
 
 def git(root: Path, *args: str) -> None:
@@ -49,19 +50,13 @@ def test_git_dirty_counts_code_and_params_not_pipeline_outputs(tmp_path):
     git(root, "init", "-q")
     git(root, "-c", "user.email=t@t.invalid", "-c", "user.name=t", "add", "-A")
     git(root, "-c", "user.email=t@t.invalid", "-c", "user.name=t", "commit", "-qm", "one")
-    assert tracking.git_info(root)["git_dirty"] == "false"
+    assert git_info(root)["git_dirty"] == "false"
     (root / "dvc.lock").write_text("rewritten by dvc repro\n")
     (root / "metrics" / "eval.json").write_text("{}\n")
-    assert tracking.git_info(root)["git_dirty"] == "false", "the pipeline's own outputs are not what a run is made of"
+    assert git_info(root)["git_dirty"] == "false", "the pipeline's own outputs are not what a run is made of"
     (root / "params.yaml").write_text("v2\n")
-    assert tracking.git_info(root)["git_dirty"] == "true"
+    assert git_info(root)["git_dirty"] == "true"
     git(root, "checkout", "params.yaml")
     (root / "src" / "polycolor" / "new.py").write_text("# a new, untracked module\n")
-    assert tracking.git_info(root)["git_dirty"] == "true", "new code counts"
-    assert tracking.git_info(tmp_path / "nowhere") == {"git_commit": "", "git_dirty": "false"}
-
-
-@pytest.mark.parametrize("key", ["evaluate.batch_size", "promote.metric"])
-def test_training_params_leave_out_other_runs_sections(key):
-    assert key not in tracking.training_params({key: 1, "train.lr": 0.1})
-    assert tracking.training_params({"train.lr": 0.1}) == {"train.lr": "0.1"}
+    assert git_info(root)["git_dirty"] == "true", "new code counts"
+    assert git_info(tmp_path / "nowhere") == {"git_commit": "", "git_dirty": "false"}

@@ -10,11 +10,11 @@ import mlflow
 import pytest
 import torch
 
-from polycolor import tracking
 from polycolor.config import parse_config
 from polycolor.errors import PolycolorError
 from polycolor.nn.modelio import load_model
-from polycolor.training.train import run_training
+from polycolor.tracking.datasets import dvc_hash
+from polycolor.training.train import run_training, training_params
 
 TINY_PARAMS = {
     "model": {"widths": [4, 8], "embed_dim": 8},
@@ -54,7 +54,7 @@ def test_a_training_run_lands_in_mlflow(tiny_dataset, tmp_path, store, monkeypat
     assert run.data.tags["env.MKL_CBWR"] == "AVX2" and "env.ATEN_CPU_CAPABILITY" not in run.data.tags
     assert not any(k.startswith(("evaluate.", "paint.", "promote.")) for k in run.data.params), "other runs' params"
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
-    assert inputs["train"].dataset.digest == tracking.dvc_hash(tiny_dataset / "training")
+    assert inputs["train"].dataset.digest == dvc_hash(tiny_dataset / "training")
     assert inputs["val"].dataset.source_type == "dvc"
     assert {t.key: t.value for t in inputs["val"].tags}["mlflow.data.context"] == "validation"
     exp = mlflow.MlflowClient(store).get_experiment(run.info.experiment_id)
@@ -158,3 +158,9 @@ def test_a_truncated_last_checkpoint_is_refused_and_its_run_closed(tiny_dataset,
     print(f"truncated last.pt: refused {time.monotonic() - t0:.1f} s after the start: {e.value}")
     assert best.read_bytes() == best_bytes, "the intact best.pt was overwritten"
     assert [r.info.status for r in runs(store)] == ["KILLED"], "the old run is closed, no new one opened"
+
+
+@pytest.mark.parametrize("key", ["evaluate.batch_size", "promote.metric"])
+def test_training_params_leave_out_other_runs_sections(key):
+    assert key not in training_params({key: 1, "train.lr": 0.1})
+    assert training_params({"train.lr": 0.1}) == {"train.lr": "0.1"}

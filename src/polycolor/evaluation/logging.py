@@ -17,12 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from polycolor import tracking
 from polycolor.config import Config, flatten
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.names import BEHAVIOUR, VAL
 from polycolor.evaluation.sets import EvalSet
 from polycolor.paths import repo_path
+from polycolor.tracking.datasets import dvc_dataset, generated_dataset, log_datasets
+from polycolor.tracking.eval_runs import EVAL_DIGEST_TAG, file_sha256
+from polycolor.tracking.lineage import PARENT_RUN_TAG, dvc_experiment_name, git_info, read_run_info
+from polycolor.tracking.store import configure, describe_failure, run_status_for, with_retry
 
 
 def check_run(run_info_path: Path) -> str:
@@ -30,13 +33,13 @@ def check_run(run_info_path: Path) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    run_id = tracking.read_run_info(run_info_path)["run_id"]
-    uri = tracking.configure()
+    run_id = read_run_info(run_info_path)["run_id"]
+    uri = configure()
     try:
-        run = tracking.with_retry(MlflowClient().get_run, run_id)
+        run = with_retry(MlflowClient().get_run, run_id)
     except MlflowException as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PolycolorError(tracking.describe_failure(e, uri)
+        raise PolycolorError(describe_failure(e, uri)
                              or f"MLflow run {run_id} (from {run_info_path}) not found in {uri}: {first}") from None
     if run.info.lifecycle_stage == "deleted":
         raise PolycolorError(f"MLflow run {run_id} (from {run_info_path}) is deleted in {uri}")
@@ -49,16 +52,16 @@ def set_datasets(cfg: Config, data_dir: Path, sets: list[EvalSet]) -> dict[str, 
     out = {}
     for s in sets:
         if s.name == VAL:
-            out[s.name] = tracking.dvc_dataset(s.name, data_dir)
+            out[s.name] = dvc_dataset(s.name, data_dir)
         elif s.name in cfg.evaluate.extra_sets:
-            out[s.name] = tracking.dvc_dataset(s.name, repo_path(cfg.evaluate.extra_sets[s.name].path))
+            out[s.name] = dvc_dataset(s.name, repo_path(cfg.evaluate.extra_sets[s.name].path))
         else:
             h = hashlib.sha256()
             for part in (s.arrays.inputs, s.arrays.targets, "\n".join(s.arrays.colours).encode()):
                 h.update(part.tobytes() if isinstance(part, np.ndarray) else part)
             recipe = {"generator": f"polycolor.evaluation.sets ({s.name})", "seed": str(cfg.seed),
-                      "git_commit": tracking.git_info(Path.cwd())["git_commit"]}
-            out[s.name] = tracking.generated_dataset(s.name, h.hexdigest()[:32], recipe)
+                      "git_commit": git_info(Path.cwd())["git_commit"]}
+            out[s.name] = generated_dataset(s.name, h.hexdigest()[:32], recipe)
     return out
 
 
@@ -85,17 +88,17 @@ def log_to_mlflow(train_run_id: str, cfg: Config, datasets: dict[str, Any], metr
     from mlflow.entities import Metric, Param
 
     client = MlflowClient()
-    train = tracking.with_retry(client.get_run, train_run_id)
-    tags = {tracking.PARENT_RUN_TAG: train_run_id, "stage": "evaluate", **tracking.git_info(Path.cwd()),
-            "dvc_exp_name": tracking.dvc_experiment_name(),
-            tracking.EVAL_DIGEST_TAG: tracking.file_sha256(metrics_path)}
-    run = tracking.with_retry(client.create_run, train.info.experiment_id, tags=tags,
-                              run_name=f"{train.info.run_name}-eval-{time.strftime('%m%d-%H%M%S')}")
+    train = with_retry(client.get_run, train_run_id)
+    tags = {PARENT_RUN_TAG: train_run_id, "stage": "evaluate", **git_info(Path.cwd()),
+            "dvc_exp_name": dvc_experiment_name(),
+            EVAL_DIGEST_TAG: file_sha256(metrics_path)}
+    run = with_retry(client.create_run, train.info.experiment_id, tags=tags,
+                     run_name=f"{train.info.run_name}-eval-{time.strftime('%m%d-%H%M%S')}")
     run_id = run.info.run_id
     try:
         params = {"seed": cfg.seed, **flatten(cfg.evaluate, "evaluate"), **flatten(cfg.paint, "paint")}
-        tracking.with_retry(client.log_batch, run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        tracking.log_datasets(run_id, [(ds, "evaluation") for ds in datasets.values()])
+        with_retry(client.log_batch, run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        log_datasets(run_id, [(ds, "evaluation") for ds in datasets.values()])
         now = int(time.time() * 1000)
         batch = []
         for key, value in flat_metrics(metrics).items():
@@ -103,13 +106,13 @@ def log_to_mlflow(train_run_id: str, cfg: Config, datasets: dict[str, Any], metr
             batch.append(Metric(key, value, now, 0, dataset_name=ds.name if ds else None,
                                 dataset_digest=ds.digest if ds else None))
         for start in range(0, len(batch), 1000):  # log_batch takes at most 1000 metrics per call
-            tracking.with_retry(client.log_batch, run_id, metrics=batch[start:start + 1000])
+            with_retry(client.log_batch, run_id, metrics=batch[start:start + 1000])
         for path in (grid_path, metrics_path, headline_path):
             if path is not None:
-                tracking.with_retry(client.log_artifact, run_id, str(path), "eval")
-        tracking.with_retry(client.log_artifacts, run_id, str(tables_dir), "eval/tables")
+                with_retry(client.log_artifact, run_id, str(path), "eval")
+        with_retry(client.log_artifacts, run_id, str(tables_dir), "eval/tables")
     except BaseException as e:
-        tracking.with_retry(client.set_terminated, run_id, tracking.run_status_for(e))
+        with_retry(client.set_terminated, run_id, run_status_for(e))
         raise
-    tracking.with_retry(client.set_terminated, run_id, "FINISHED")
+    with_retry(client.set_terminated, run_id, "FINISHED")
     return run_id

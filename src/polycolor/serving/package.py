@@ -289,7 +289,7 @@ def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int
     import mlflow
     from mlflow.models import Model
 
-    from polycolor.tracking import with_retry
+    from polycolor.tracking.store import with_retry
 
     logged = with_retry(mlflow.initialize_logged_model, name=LOGGED_MODEL_NAME, source_run_id=run.info.run_id,
                         experiment_id=run.info.experiment_id, params=dict(run.data.params))
@@ -309,7 +309,7 @@ def link_evaluation(eval_run: Any, model_id: str) -> dict[str, float]:
     only: they score another method. Returns the linked {key: value}."""
     import mlflow
 
-    from polycolor.tracking import with_retry
+    from polycolor.tracking.store import with_retry
 
     datasets = {i.dataset.name: i.dataset for i in eval_run.inputs.dataset_inputs}
     by_set: dict[str | None, dict[str, float]] = {}
@@ -340,18 +340,19 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
     """
     import mlflow
 
-    from polycolor import tracking
+    from polycolor.tracking.eval_runs import find_evaluation_run
+    from polycolor.tracking.store import with_retry
 
     eval_metrics = read_eval_metrics(eval_path)
     payload = modelio.load_payload(model_path)
     loaded = modelio.model_from_payload(payload, str(model_path))
     run_id = str(run_info["run_id"])
     client = mlflow.MlflowClient()
-    run = tracking.with_retry(client.get_run, run_id)
+    run = with_retry(client.get_run, run_id)
     card = model_card(loaded, name=name, run_info=run_info, run_params=dict(run.data.params),
                       eval_metrics=eval_metrics, max_pixels=max_pixels, paint=paint)
     save_package(out_dir, model_path, card, loaded.image_size, max_pixels, paint)
-    eval_run = tracking.find_evaluation_run(run, eval_path)
+    eval_run = find_evaluation_run(run, eval_path)
     digest = registry.package_digest(payload, asdict(paint))
     tags = registry.lineage_tags(run_info) | {registry.EVAL_RUN_TAG: eval_run.info.run_id, registry.CONTENT_TAG: digest}
     existing = registry.find_by_content(name, digest)
@@ -360,14 +361,14 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
         logged_uri = str(existing.source)
     else:
         logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels, paint).model_uri
-        logged = tracking.with_retry(client.get_logged_model, logged_uri.removeprefix("models:/"))
+        logged = with_retry(client.get_logged_model, logged_uri.removeprefix("models:/"))
         description = card_summary(card_markdown(card), f"{logged.artifact_location}/artifacts/{CARD_MD}")
         mv = registry.register_version(name, logged_uri, tags=tags, description=description)
         if mv.source != logged_uri:  # another process registered the same content first: its version is ours
-            tracking.with_retry(client.delete_logged_model, logged_uri.removeprefix("models:/"))
+            with_retry(client.delete_logged_model, logged_uri.removeprefix("models:/"))
             logged_uri = str(mv.source)
     link_evaluation(eval_run, logged_uri.removeprefix("models:/"))
-    tracking.with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")
+    with_retry(client.set_tag, run_id, "polycolor.registered_version", f"{name}/{mv.version}")
     return PackageResult(name=name, version=str(mv.version), run_id=run_id,
                          model_uri=f"models:/{name}/{mv.version}", logged_model_uri=logged_uri)
 

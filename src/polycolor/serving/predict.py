@@ -60,11 +60,11 @@ def is_mlflow_uri(ref: str) -> bool:
 
 def champion_uri(registered_model: str) -> str | None:
     """models:/<name>@champion when the tracking store exists and has that alias, else None."""
-    from polycolor import tracking
+    from polycolor.tracking.store import configure
 
     if registry.missing_store() is not None:
         return None
-    tracking.configure()
+    configure()
     try:
         has = registry.CHAMPION in registry.aliases(registered_model)
     except PolycolorError:  # no such registered model: there is no champion
@@ -138,8 +138,8 @@ def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[Mo
                 raise PolycolorError(f"no model given, no @champion in the registry and no {pkg}: pass --model")
             ref = str(pkg)
     if is_mlflow_uri(ref):
-        from polycolor import tracking
         from polycolor.serving import registry
+        from polycolor.tracking.store import configure
 
         missing = registry.missing_store()
         if missing is not None:
@@ -147,7 +147,7 @@ def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[Mo
         import mlflow
         from mlflow.exceptions import MlflowException
 
-        tracking.configure()
+        configure()
         with tempfile.TemporaryDirectory(prefix="polycolor-model-") as tmp:
             try:
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp))

@@ -10,7 +10,7 @@ A version carries a short fixed set of tags (lineage: git_commit, data_hash, dvc
 promotion.* decision) and the model card as its description. Its metrics are those of its logged model (linked by
 the package stage from the evaluation run, per dataset); versions registered before that carry `eval.<dotted key>`
 tags or source-run `eval.*` metrics, which are still read (see version_metrics).
-Every call that writes goes through tracking.with_retry: queue workers share one sqlite store.
+Every call that writes goes through tracking.store.with_retry: queue workers share one sqlite store.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 from polycolor.config import Gate, PromoteConfig
 from polycolor.errors import PolycolorError
 from polycolor.paths import sqlite_path
-from polycolor.tracking import configure, tracking_uri, with_retry
+from polycolor.tracking.store import configure, tracking_uri, with_retry
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -56,7 +56,7 @@ def missing_store() -> Path | None:
 
 
 def connect() -> None:
-    """tracking.configure() for commands that read the registry; a missing sqlite store is a one-line error."""
+    """tracking.store.configure() for commands that read the registry; a missing sqlite store is a one-line error."""
     db = missing_store()
     if db is not None:
         raise PolycolorError(f"no MLflow store at {db} (run the pipeline first, or set MLFLOW_TRACKING_URI)")

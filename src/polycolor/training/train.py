@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polycolor import signals, tracking
+from polycolor import signals
 from polycolor.config import Config, flatten
 from polycolor.data.ayna import load_split
 from polycolor.errors import PolycolorError, one_line
@@ -20,6 +20,10 @@ from polycolor.fileio import atomic_output, folder_digest, write_json_atomic
 from polycolor.nn.colour import paintable
 from polycolor.nn.model import count_parameters
 from polycolor.nn.modelio import save_model
+from polycolor.tracking.datasets import log_training_data
+from polycolor.tracking.lineage import dvc_experiment_name, git_info, platform_info, write_run_info
+from polycolor.tracking.outage import MAX_OUTAGE_S, TrackingBuffer, quick_requests
+from polycolor.tracking.store import configure, ensure_experiment, run_status_for, with_retry
 from polycolor.training import distributed as dist
 from polycolor.training.trainer import (
     TensorData,
@@ -30,6 +34,17 @@ from polycolor.training.trainer import (
     steps_per_epoch,
     to_tensor_data,
 )
+
+
+# Params sections that are not the training run's: each evaluation run logs the evaluate.* and paint.* it ran with
+# (the package stores paint.* with the model), and promote.* is read at promotion time. Logging them on the training
+# run would show settings that go stale on re-evaluation.
+NOT_TRAINING_SECTIONS = ("evaluate", "paint", "promote")
+
+
+def training_params(flat: dict[str, Any]) -> dict[str, str]:
+    """The flattened params a training run logs: every key outside NOT_TRAINING_SECTIONS, as strings."""
+    return {k: str(v) for k, v in flat.items() if k.split(".", 1)[0] not in NOT_TRAINING_SECTIONS}
 
 
 def prepare_data(cfg: Config, train_dir: Path, val_dir: Path) -> tuple[TensorData, TensorData, tuple[str, ...], int]:
@@ -57,7 +72,7 @@ def default_run_name(cfg: Config) -> str:
 
 def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir: Path, model_path: Path,
                  metrics_path: Path, curve_path: Path, run_info_path: Path,
-                 max_outage_s: float = tracking.MAX_OUTAGE_S) -> TrainResult:
+                 max_outage_s: float = MAX_OUTAGE_S) -> TrainResult:
     """Train on every rank; on rank 0 (the only process when train.nproc is 1) inside one MLflow run: the run
     stored in a resumable checkpoint is continued (one training, one run, one unbroken curve), a run that cannot
     be continued is closed as KILLED, and the stage's outputs are written. What the run logs during and after
@@ -72,7 +87,7 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
         stored_run_id, resumed = trainer.resume()
     except UnreadableCheckpoint as e:
         if e.run_id and dist.is_main_process():  # the run of that training stops here: never leave it RUNNING
-            tracking.configure()
+            configure()
             close_if_running(e.run_id)
         raise
     if not dist.is_main_process():
@@ -81,11 +96,11 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
 
     with signals.stop_signals():  # Ctrl-C / SIGTERM land between MLflow calls, never inside one
         cwd = Path.cwd()
-        lineage = {**tracking.git_info(cwd), "dvc_exp_name": tracking.dvc_experiment_name(),
+        lineage = {**git_info(cwd), "dvc_exp_name": dvc_experiment_name(),
                    "data_hash": data_id}
         run_name = lineage["dvc_exp_name"] or default_run_name(cfg)
-        uri = tracking.configure()
-        exp_id = tracking.ensure_experiment(cfg.mlflow.experiment)
+        uri = configure()
+        exp_id = ensure_experiment(cfg.mlflow.experiment)
         description = (f"{cfg.model.conditioning} conditioning, {cfg.model.colour_encoding} colour encoding, "
                        f"{cfg.model.head} head, widths {list(cfg.model.widths)}; lr {cfg.train.lr:g}, "
                        f"batch {cfg.train.batch_size}, {cfg.train.epochs} epochs; {len(train_t)} training images "
@@ -94,18 +109,18 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
         if stored_run_id and run is None:
             close_if_running(stored_run_id)  # its training cannot go on: never leave it RUNNING
         continued = run is not None
-        run = run or tracking.with_retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name,
-                                         description=description, log_system_metrics=True)
+        run = run or with_retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name,
+                                description=description, log_system_metrics=True)
         run_id = trainer.run_id = run.info.run_id
         try:
-            tracking.with_retry(mlflow.set_tags, {
-                "git_commit": lineage["git_commit"], "git_dirty": lineage["git_dirty"],
-                "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train",
-                **tracking.platform_info()})  # which CPU kernels ran: tells two machines' figures apart
-            log_params_once(run, tracking.training_params(flatten(cfg)))
-            tracking.log_training_data(run_id, train_dir, val_dir)
+            with_retry(mlflow.set_tags, {
+       "git_commit": lineage["git_commit"], "git_dirty": lineage["git_dirty"],
+       "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train",
+       **platform_info()})  # which CPU kernels ran: tells two machines' figures apart
+            log_params_once(run, training_params(flatten(cfg)))
+            log_training_data(run_id, train_dir, val_dir)
 
-            buffer = tracking.TrackingBuffer(uri, max_outage_s)
+            buffer = TrackingBuffer(uri, max_outage_s)
 
             def log(metrics: dict[str, float], step: int) -> None:
                 # timestamped now, when measured, not when a blink of the server let them through
@@ -118,8 +133,8 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
             # The run gets every epoch the checkpoint holds that it has not logged yet: all of them for a new run of
             # a resumed checkpoint (its curves start at epoch 1 too); for a continued run, the epoch whose checkpoint
             # was written just before a kill stopped its logging (a checkpoint is saved before its epoch is logged).
-            logged = ({m.step for m in tracking.with_retry(mlflow.MlflowClient().get_metric_history, run_id,
-                                                           "val_loss")} if continued else set())
+            logged = ({m.step for m in with_retry(mlflow.MlflowClient().get_metric_history, run_id,
+                                                  "val_loss")} if continued else set())
             for row in trainer.history:
                 if int(row["epoch"]) not in logged:
                     log({k: float(v) for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
@@ -135,7 +150,7 @@ def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir:
         except BaseException as e:
             end_failed_run(run_id, e)
             raise
-        with tracking.quick_requests(), contextlib.suppress(Exception):
+        with quick_requests(), contextlib.suppress(Exception):
             mlflow.end_run("FINISHED")  # closed above; this ends the local run and its system-metrics thread
         return result
 
@@ -147,13 +162,13 @@ def end_failed_run(run_id: str, exc: BaseException) -> None:
     import mlflow
 
     try:
-        with tracking.quick_requests():  # one attempt: a server that is away already cost the training its bound
-            tracking.with_retry(mlflow.MlflowClient().set_terminated, run_id, tracking.run_status_for(exc))
+        with quick_requests():  # one attempt: a server that is away already cost the training its bound
+            with_retry(mlflow.MlflowClient().set_terminated, run_id, run_status_for(exc))
     except Exception as e:
         print(f"MLflow run {run_id} could not be closed ({one_line(e)[:160]}): the next start of this training "
               "continues or closes it", flush=True)
-    with tracking.quick_requests(), contextlib.suppress(Exception):
-        mlflow.end_run(tracking.run_status_for(exc))  # the local run and its system-metrics thread
+    with quick_requests(), contextlib.suppress(Exception):
+        mlflow.end_run(run_status_for(exc))  # the local run and its system-metrics thread
 
 
 def continue_run(run_id: str) -> Any:
@@ -165,9 +180,9 @@ def continue_run(run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
-        if tracking.with_retry(mlflow.MlflowClient().get_run, run_id).info.status == "FINISHED":
+        if with_retry(mlflow.MlflowClient().get_run, run_id).info.status == "FINISHED":
             return None
-        tracking.with_retry(mlflow.start_run, run_id=run_id, log_system_metrics=True)
+        with_retry(mlflow.start_run, run_id=run_id, log_system_metrics=True)
     except MlflowException as e:
         print(f"checkpoint's MLflow run {run_id} cannot be continued here ({e.error_code}): a new run", flush=True)
         return None
@@ -182,11 +197,11 @@ def close_if_running(run_id: str) -> None:
 
     client = mlflow.MlflowClient()
     try:
-        status = tracking.with_retry(client.get_run, run_id).info.status
+        status = with_retry(client.get_run, run_id).info.status
     except MlflowException:  # not in this store
         return
     if status == "RUNNING":
-        tracking.with_retry(client.set_terminated, run_id, status="KILLED")
+        with_retry(client.set_terminated, run_id, status="KILLED")
         print(f"MLflow run {run_id} of a training that cannot be resumed closed as KILLED", flush=True)
 
 
@@ -199,9 +214,9 @@ def log_params_once(run: Any, params: dict[str, str]) -> None:
     new = {k: v for k, v in params.items() if k not in old}
     changed = [f"{k}: {old[k]} -> {v}" for k, v in params.items() if k in old and old[k] != v]
     if new:
-        tracking.with_retry(mlflow.log_params, new)
+        with_retry(mlflow.log_params, new)
     if changed:
-        tracking.with_retry(mlflow.set_tag, "resumed_with", "; ".join(changed))
+        with_retry(mlflow.set_tag, "resumed_with", "; ".join(changed))
 
 
 def write_outputs(cfg: Config, result: TrainResult, *, vocab: tuple[str, ...], image_size: int,
@@ -227,7 +242,7 @@ def write_outputs(cfg: Config, result: TrainResult, *, vocab: tuple[str, ...], i
     write_json_atomic(metrics_path, metrics)
     with atomic_output(curve_path) as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
-    tracking.write_run_info(run_info_path, {
+    write_run_info(run_info_path, {
         "run_id": run_id, "experiment_id": exp_id, "tracking_uri": uri, "run_name": run_name,
         "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"],
         "git_commit": lineage["git_commit"],

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polycolor import signals, tracking
+from polycolor import signals
 from polycolor.config import parse_config
 from polycolor.errors import ConfigError, PolycolorError
 from polycolor.fileio import atomic_output
+from polycolor.tracking.lineage import PARENT_RUN_TAG, git_info
+from polycolor.tracking.store import configure, ensure_experiment, run_status_for, tracking_uri, with_retry
 from polycolor.tuning import dvcexp
 from polycolor.tuning.space import TuneConfig, load_yaml, with_overrides
 
@@ -110,19 +112,19 @@ def open_study_run(study: Any, cfg: TuneConfig, experiment: str, storage: str) -
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    tracking.configure()
-    exp_id = tracking.ensure_experiment(experiment)
+    configure()
+    exp_id = ensure_experiment(experiment)
     run_id = study.user_attrs.get(RUN_ATTR)
     if run_id:
         try:
-            tracking.with_retry(mlflow.start_run, run_id=run_id)
+            with_retry(mlflow.start_run, run_id=run_id)
             return run_id
         except MlflowException:
-            print(f"the study's MLflow run {run_id} is not in {tracking.tracking_uri()}: a new one", flush=True)
-    run = tracking.with_retry(mlflow.start_run, experiment_id=exp_id, run_name=f"study {cfg.study}",
-                              tags={ROLE_TAG: "study", STUDY_TAG: cfg.study},
-                              description=f"Optuna study {cfg.study}: {cfg.trials} trials, {cfg.parallel} per batch")
-    tracking.with_retry(mlflow.log_params, {
+            print(f"the study's MLflow run {run_id} is not in {tracking_uri()}: a new one", flush=True)
+    run = with_retry(mlflow.start_run, experiment_id=exp_id, run_name=f"study {cfg.study}",
+                     tags={ROLE_TAG: "study", STUDY_TAG: cfg.study},
+                     description=f"Optuna study {cfg.study}: {cfg.trials} trials, {cfg.parallel} per batch")
+    with_retry(mlflow.log_params, {
         **{f"space.{k}": v for k, v in cfg.space().items()}, "objective": cfg.objective.metric,
         "direction": cfg.objective.direction, "trials": cfg.trials, "parallel": cfg.parallel,
         "sampler": cfg.sampler, "seed": cfg.seed, "storage": storage,
@@ -138,10 +140,10 @@ def link_trial_run(exp_id: str, study_run: str, cfg: TuneConfig, number: int) ->
 
     client = mlflow.MlflowClient()
     name = experiment_name(cfg, number)
-    for run in tracking.with_retry(client.search_runs, [exp_id],
-                                   f"tags.dvc_exp_name = '{name}' and tags.stage = 'train'"):
-        for key, value in ((tracking.PARENT_RUN_TAG, study_run), (STUDY_TAG, cfg.study), (TRIAL_TAG, str(number))):
-            tracking.with_retry(client.set_tag, run.info.run_id, key, value)
+    for run in with_retry(client.search_runs, [exp_id],
+                          f"tags.dvc_exp_name = '{name}' and tags.stage = 'train'"):
+        for key, value in ((PARENT_RUN_TAG, study_run), (STUDY_TAG, cfg.study), (TRIAL_TAG, str(number))):
+            with_retry(client.set_tag, run.info.run_id, key, value)
 
 
 def log_progress(study: Any, cfg: TuneConfig, run_id: str) -> None:
@@ -153,14 +155,14 @@ def log_progress(study: Any, cfg: TuneConfig, run_id: str) -> None:
     complete = [t for t in finished if t.state.name == "COMPLETE"]
     if complete:
         best = study.best_trial
-        tracking.with_retry(client.log_metric, run_id, "best_value", best.value, step=len(finished))
+        with_retry(client.log_metric, run_id, "best_value", best.value, step=len(finished))
         tags = {"best.trial": str(best.number), "best.experiment": experiment_name(cfg, best.number),
                 **{f"best.{k}": str(v) for k, v in best.params.items()}}
         for k, v in tags.items():
-            tracking.with_retry(client.set_tag, run_id, k, v)
+            with_retry(client.set_tag, run_id, k, v)
     with tempfile.TemporaryDirectory() as d:
         for name, path in save_plots(study, Path(d)).items():
-            tracking.with_retry(client.log_artifact, run_id, str(path), "plots")
+            with_retry(client.log_artifact, run_id, str(path), "plots")
 
 
 def save_plots(study: Any, folder: Path) -> dict[str, Path]:
@@ -259,7 +261,7 @@ def run_study(cfg: TuneConfig, root: Path, storage: str, *, metric_known: bool) 
     study = open_study(cfg, storage, create=True)
     if cfg.defaults and not study.trials:  # asked first; a rerun finds it WAITING or done, never enqueues twice
         study.enqueue_trial(cfg.defaults, user_attrs={"defaults": True})
-    head = tracking.git_info(root)["git_commit"]
+    head = git_info(root)["git_commit"]
     revs = {head} | {t.user_attrs.get("baseline", head) for t in study.trials}
     taken = sorted(set(dvcexp.experiments(root, revs)) & {experiment_name(cfg, n) for n in
                                                            range(len(study.trials), len(study.trials) + cfg.trials)})
@@ -271,7 +273,7 @@ def run_study(cfg: TuneConfig, root: Path, storage: str, *, metric_known: bool) 
     print(f"study {cfg.study}: {finished} of {cfg.trials} trials finished, {running} to continue; storage {storage}",
           flush=True)
     run_id = open_study_run(study, cfg, experiment, storage)
-    exp_id = tracking.with_retry(mlflow.get_run, run_id).info.experiment_id
+    exp_id = with_retry(mlflow.get_run, run_id).info.experiment_id
     t_run, n_batches = time.perf_counter(), 0
     with signals.stop_signals():
         try:
@@ -287,9 +289,9 @@ def run_study(cfg: TuneConfig, root: Path, storage: str, *, metric_known: bool) 
                 log_progress(study, cfg, run_id)
                 print(f"batch {n_batches}: {len(batch.trials)} trial(s) in {took:.0f} s", flush=True)
         except BaseException as e:
-            tracking.with_retry(mlflow.end_run, status=tracking.run_status_for(e))
+            with_retry(mlflow.end_run, status=run_status_for(e))
             raise
-    tracking.with_retry(mlflow.end_run, status="FINISHED")
+    with_retry(mlflow.end_run, status="FINISHED")
     # Written once the batches are done: a file in the workspace while trials are queued would ride into them.
     write_record(root / RECORD_FILE, study, cfg, dvcexp.experiments(root, revs))
     print(summary(study, cfg, this_run_s=time.perf_counter() - t_run), flush=True)
