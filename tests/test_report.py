@@ -1,42 +1,120 @@
 """The committed docs and metrics agree, and the committed evaluation of the default model says what the project
-claims: its figures are the README's (polycolor report --check), it passes the default promotion gates, and the
-full painter never scores below the network alone."""
+claims: its figures are the README's (polycolor report --check against HEAD), it passes the default promotion gates,
+and where the post-processing changes the network's output it never scores below it.
+
+Everything here reads the files as committed (`git show HEAD:...`), never the workspace: a `make repro` on another
+machine rewrites metrics/ with that machine's figures, and `make test` after it must still pass."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from polycolor import report
-from polycolor.config import load_params
+from polycolor.config import parse_config
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.logging import flat_metrics
 from polycolor.serving.registry import gate_failures
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL = json.loads((REPO / "metrics" / "eval.json").read_text())
+try:
+    COMMITTED: report.Reader | None = report.git_reader(REPO, "HEAD")
+except PolycolorError:
+    COMMITTED = None  # a source tree without git history: nothing committed to check
+needs_git = pytest.mark.skipif(COMMITTED is None, reason=f"{REPO} is not a git checkout: no committed files to check")
+EVAL = json.loads(COMMITTED(report.EVAL_JSON)) if COMMITTED else {}
 
 
+def _post_processed(eval_json: dict) -> list[str]:
+    """The sets on which the painter's PSNR differs from the network's (elsewhere the painter is the network, and
+    painted >= net holds by construction)."""
+    return [k for k, v in report.scored_sets(eval_json).items()
+            if any(v["painted"][key] != v["net"][key] for key in ("psnr_mean", "psnr_min"))]
+
+
+@needs_git
 def test_committed_pages_match_committed_metrics():
-    stale = report.report(REPO, check=True)
-    assert not stale, f"{stale} disagree with metrics/: run `polycolor report` and commit"
-    readme = (REPO / "README.md").read_text()
-    assert "<!-- report:results -->" in readme, "the README's results table is generated"
+    stale = report.report(REPO, check=True, rev="HEAD")
+    assert not stale, f"{stale} disagree with metrics/ at HEAD: run `polycolor report` and commit both"
+    assert "<!-- report:results -->" in COMMITTED("README.md"), "the README's results table is generated"
+    assert "<!-- report:targets -->" in COMMITTED("docs/performance.md"), "performance.md's figures are generated"
 
 
+def test_the_check_reads_commits_not_the_workspace(tmp_path, tmp_path_factory):
+    """A page and metrics committed together pass; a workspace whose metrics a repro changed does not change it."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "train.json").write_text(json.dumps({"epochs": 5}))
+    (tmp_path / "README.md").write_text("<!-- report:train -->\n<!-- /report:train -->\n")
+    report.report(tmp_path)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pages and metrics")
+    (tmp_path / "metrics" / "train.json").write_text(json.dumps({"epochs": 7}))  # another machine's repro
+    assert report.report(tmp_path, check=True) == ["README.md"], "the workspace check sees the change"
+    assert report.report(tmp_path, check=True, rev="HEAD") == [], "the committed check does not"
+    with pytest.raises(PolycolorError, match="not a git checkout"):
+        report.git_reader(tmp_path_factory.mktemp("no_git"), "HEAD")
+
+
+@needs_git
 def test_the_committed_default_model_passes_the_default_gates():
-    gates = load_params(REPO / "params.yaml").promote.gates
+    # Only the committed promote section: the rest of params.yaml may be ahead of or behind this checkout's config.
+    gates = parse_config({"promote": yaml.safe_load(COMMITTED("params.yaml"))["promote"]}).promote.gates
     assert gates, "the default promote section has gates"
     assert gate_failures(gates, flat_metrics(EVAL)) == []
 
 
-@pytest.mark.parametrize("name", [k for k, v in EVAL.items() if "painted" in v and k != "behaviour"])
+@pytest.mark.parametrize("name", _post_processed(EVAL))
 def test_post_processing_never_costs_quality(name):
     net, painted = EVAL[name]["net"], EVAL[name]["painted"]
     for key in ("psnr_mean", "psnr_min"):
         assert painted[key] >= net[key] - 1e-9, f"{name}: painted {key} {painted[key]} < net {net[key]}"
+
+
+def test_post_processed_sets_are_those_the_painter_changed():
+    def block(net, painted):
+        return {"net": {"psnr_mean": net, "psnr_min": net, "n": 2}, "painted": {"psnr_mean": painted,
+                                                                                "psnr_min": painted, "n": 2}}
+
+    got = _post_processed({"same": block(30.0, 30.0), "worse": block(30.0, 20.0), "better": block(30.0, 40.0),
+                           "behaviour": {"net": {"n": 32, "rot_flip": 1.0}}})
+    assert got == ["worse", "better"]
+
+
+def test_targets_say_met_from_the_figures():
+    def scored(net, painted=None, flood=None):
+        return {"net": {**net, "n": 4}, "painted": painted or net, "flood_fill": flood or net}
+
+    good = {"psnr_mean": 45.0, "psnr_min": 32.0, "iou": 0.995, "colour_accuracy": 1.0}
+    evaluation = {"some_set": scored(good), "ayna_real": scored(good),  # 32 dB min: below the real pairs' 35
+                  "closed": scored(good, flood={**good, "psnr_mean": 100.0}),  # the painter misses the flood fill
+                  "skipped_set": {"skipped": "evaluate.x is 0"},
+                  "behaviour": {"net": {"rot_flip": 0.98, "colour_change": 1.0, "all_white": 1.0, "shift": 1.0}}}
+    bench = {"infer_ms_p50": 10.25, "infer_ms_p95": 11.0, "conv_ceiling_ratio": 0.85, "conv_ceiling_gflops": 50.0,
+             "conv_train_gflop_per_image": 4.0, "train_images_per_s": 10.6, "matmul_gflops": 201.0,
+             "date": "2030-01-02", "cpu": "Some CPU, AVX2"}
+    rows = {ln.split(" | ")[0].lstrip("| "): ln.rsplit(" | ", 1)[1].rstrip(" |")
+            for ln in report.targets_table(bench, {"peak_rss_mb": 3500.0}, evaluation).splitlines()
+            if ln.startswith("| ") and " | " in ln}
+    assert rows["`some_set`: net mean / min dB, IoU, colour accuracy"] == "yes"
+    assert rows["`ayna_real`: net mean / min dB, IoU, colour accuracy"] == "**no**"
+    assert rows["`skipped_set` (not scored)"] == "-"
+    assert rows["painter vs the better of net and flood fill, every set"] == "**no**"
+    assert rows["behavioural shares of the net"] == "**no**"
+    assert rows["inference p50, batch 1, 128 px"] == "**no**", "10.25 ms misses a 10 ms target"
+    assert rows["training peak RSS"] == "**no**"
+    assert rows["training throughput / conv ceiling"] == "yes"
+    assert rows["whole `make repro`"] == "not measured"
+    table = report.targets_table({**bench, "stage_wall_s": {"total": 470.0}}, {}, evaluation)
+    assert "| whole `make repro` | <= 8 min | 7.8 min (`polycolor bench --repro`) | yes |" in table
+    assert "2030-01-02 on Some CPU, AVX2" in table and "matmul 201 GFLOP/s" in table
 
 
 def test_render_replaces_only_marked_blocks(tmp_path):

@@ -12,8 +12,13 @@ Blocks: `results` (every evaluation set: net / painted / flood fill PSNR mean / 
 `behaviour` (the behavioural shares of each painter), `train` (the training's figures, from train.json), and
 `experiments` (queued experiments side by side on the net's headline figures, from experiments.json, which
 `polycolor report --experiments NAME ...` captures from `dvc exp show --json`), `tune` (every trial of the last
-`polycolor tune` study, from tune.json) and `tune_best` (its best trial beside the defaults trial on the headline
-figures).
+`polycolor tune` study, from tune.json), `tune_best` (its best trial beside the defaults trial on the headline
+figures) and `targets` (each target of docs/performance.md against its figure, "met" computed, from benchmark.json,
+train.json and eval.json, with the date, CPU and matmul rate of the bench run beside it).
+
+`polycolor report --check` compares the workspace's pages with the workspace's metrics; the test suite compares the
+committed pages with the committed metrics (`report(..., rev="HEAD")`), which a `make repro` on another machine does
+not change.
 
 A block may name its own metrics file after the block name, for a second capture of the same kind:
 
@@ -44,6 +49,7 @@ TRAIN_JSON = "metrics/train.json"
 EXPERIMENTS_JSON = "metrics/experiments.json"
 HEADLINE_JSON = "metrics/headline.json"
 TUNE_JSON = "metrics/tune.json"
+BENCH_JSON = "metrics/benchmark.json"
 BLOCK = re.compile(r"(<!-- report:(?P<name>[a-z_]+)(?: (?P<source>metrics/[\w.-]+\.json))? -->\n)(?P<body>.*?)"
                    r"(<!-- /report:(?P=name) -->)", re.S)
 # The headline figures experiments are compared on: metrics/headline.json key -> column title
@@ -69,14 +75,18 @@ def _psnr(block: dict[str, Any]) -> str:
     return f"{_f(block.get('psnr_mean'))} / {_f(block.get('psnr_min'))}"
 
 
+def scored_sets(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The evaluation sets of eval.json, whatever their names: the blocks whose net was scored on n images (not the
+    behavioural shares, a skipped set or a summary over sets)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, dict) and {"n", "psnr_mean"} <= set(v.get("net", {}))}
+
+
 def results_table(metrics: dict[str, Any]) -> str:
     """Every scored set: n, then per scorer PSNR mean / min (dB) and IoU."""
     head = ("| set | n | net mean / min | net IoU | painted mean / min | painted IoU | flood fill mean / min "
             "| flood fill IoU |")
     lines = [head, "|" + " --- |" * 8]
-    for name, block in metrics.items():
-        if name == BEHAVIOUR or "net" not in block:
-            continue
+    for name, block in scored_sets(metrics).items():
         cells = [f"`{name}`", _f(block["net"].get("n"))]
         for scorer in SCORERS:
             cells += [_psnr(block[scorer]), _f(block[scorer].get("iou"))]
@@ -165,6 +175,88 @@ def tune_best_table(tune: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The targets of docs/performance.md: the network on every evaluation set (a set may be stricter), the painter
+# against the better of the network and the flood fill, the behavioural shares, the repro, inference and training.
+SET_TARGET = {"psnr_mean": 40.0, "psnr_min": 30.0, "iou": 0.99, "colour_accuracy": 1.0}  # at least, net
+SET_TARGETS = {"ayna_real": {**SET_TARGET, "psnr_min": 35.0}}  # the real validation pairs: min 35 dB
+PAINTER_SLACK_DB = 0.1  # painted >= max(net, flood fill) - this, mean and min, on every set
+REPRO_S_TARGET = 8 * 60  # whole `make repro`, at most
+P50_MS_TARGET = 10.0  # paint one 128 px image at batch 1, at most
+RSS_MB_TARGET = 3 * 1024  # peak RSS of training, at most
+CONV_SHARE_TARGET = 0.8  # training throughput as a share of the convolution ceiling, at least
+
+
+def _met(ok: bool | None) -> str:
+    return "not measured" if ok is None else "yes" if ok else "**no**"
+
+
+def _set_row(name: str, net: dict[str, Any]) -> str:
+    target = SET_TARGETS.get(name, SET_TARGET)
+    ok = all(net.get(k, float("-inf")) >= v for k, v in target.items())
+    want = (f">= {_f(target['psnr_mean'])} / {_f(target['psnr_min'])}, IoU >= {_f(target['iou'])}, colour "
+            f"{_f(target['colour_accuracy'])}")
+    got = f"{_psnr(net)}, IoU {_f(net.get('iou'))}, colour {_f(net.get('colour_accuracy'), 3)}"
+    return f"| `{name}`: net mean / min dB, IoU, colour accuracy | {want} | {got} | {_met(ok)} |"
+
+
+def _painter_row(sets: dict[str, dict[str, Any]]) -> str:
+    short = []
+    for name, block in sets.items():
+        for key in ("psnr_mean", "psnr_min"):
+            better = max(block["net"][key], block["flood_fill"][key])
+            if block["painted"][key] < better - PAINTER_SLACK_DB:
+                short.append(f"`{name}` {key.removeprefix('psnr_')} {_f(block['painted'][key])} < {_f(better)}")
+    return (f"| painter vs the better of net and flood fill, every set | >= it - {PAINTER_SLACK_DB} dB, mean and "
+            f"min | {'; '.join(short) or 'none below'} | {_met(not short)} |")
+
+
+def targets_table(bench: dict[str, Any], train: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    """Each target beside its figure and whether the figure meets it; speed figures dated with the bench run's
+    machine and matmul rate."""
+    sets = scored_sets(evaluation)
+    lines = ["| target | wanted | figure | met |", "| --- | --- | --- | --- |"]
+    lines += [_set_row(name, block["net"]) for name, block in sets.items()]
+    lines += [f"| `{k}` (not scored) | | {v['skipped']} | - |" for k, v in evaluation.items()
+              if isinstance(v, dict) and "skipped" in v]
+    lines.append(_painter_row({k: v for k, v in sets.items() if all(s in v for s in SCORERS)}))
+    shares = evaluation.get(BEHAVIOUR, {}).get("net")
+    if shares:
+        got = ", ".join(f"{k} {_f(shares[k])}" for k in BEHAVIOURS)
+        met = _met(all(shares[k] >= 1 for k in BEHAVIOURS))
+        lines.append(f"| behavioural shares of the net | 1 each | {got} | {met} |")
+    repro = bench.get("stage_wall_s", {}).get("total")
+    lines.append(f"| whole `make repro` | <= {REPRO_S_TARGET // 60} min | "
+                 + (f"{repro / 60:.1f} min (`polycolor bench --repro`)" if repro else "not in benchmark.json "
+                    "(`polycolor bench --repro`)") + f" | {_met(None if repro is None else repro <= REPRO_S_TARGET)} |")
+    p50 = bench.get("infer_ms_p50")
+    sizes = ", ".join(f"{k.removeprefix('infer_ms_p50_')} {_f(v, 3)} ms" for k, v in bench.items()
+                      if k.startswith("infer_ms_p50_"))
+    met = _met(None if p50 is None else p50 <= P50_MS_TARGET)
+    lines.append(f"| inference p50, batch 1, 128 px | <= {_f(P50_MS_TARGET)} ms | {_f(p50, 3)} ms (p95 "
+                 f"{_f(bench.get('infer_ms_p95'), 3)}; {sizes}) | {met} |")
+    rss = train.get("peak_rss_mb")
+    lines.append(f"| training peak RSS | <= {RSS_MB_TARGET:,} MB | {_f(rss)} MB | "
+                 f"{_met(None if rss is None else rss <= RSS_MB_TARGET)} |")
+    share = bench.get("conv_ceiling_ratio")
+    conv = (f"{_f(share, 3)} ({_f(bench.get('conv_train_gflop_per_image'), 3)} GFLOP/image x "
+            f"{_f(bench.get('train_images_per_s'), 3)} images/s / {_f(bench.get('conv_ceiling_gflops'), 3)} GFLOP/s)"
+            if share is not None else "not in benchmark.json (a `polycolor bench` before the conv ceiling)")
+    lines.append(f"| training throughput / conv ceiling | >= {CONV_SHARE_TARGET} | {conv} | "
+                 f"{_met(None if share is None else share >= CONV_SHARE_TARGET)} |")
+    lines.append(f"| training throughput / matmul rate | (reported) | {_f(bench.get('train_ceiling_ratio'), 3)} | - |")
+    lines.append(f"| training in the pipeline | (reported) | {_f(train.get('images_per_s'), 3)} images/s, "
+                 f"{_f(train.get('train_wall_s'))} s | - |")
+    rates = ", ".join(f"{k} {_f(v, 3)}" for k, v in bench.get("infer_images_per_s", {}).items())
+    lines.append(f"| paint throughput, images/s by batch | (reported) | {rates} | - |")
+    lines.append(f"| parameters / model file | (reported) | {_f(bench.get('parameters'))} / "
+                 f"{_f(bench.get('model_file_mb'), 3)} MB | - |")
+    lines += ["", f"Speed figures: `polycolor bench` of {bench.get('date', 'an undated run')} on "
+                  f"{bench.get('cpu', 'an unnamed CPU')}, {bench.get('cpu_count')} cores, torch {bench.get('torch')}, "
+                  f"{bench.get('torch_threads')} threads, matmul {_f(bench.get('matmul_gflops'), 3)} GFLOP/s. Quality "
+                  f"from eval.json (the network's own figures), training from train.json."]
+    return "\n".join(lines)
+
+
 def capture_experiments(names: Iterable[str], show: dict | list) -> dict[str, Any]:
     """From `dvc exp show --json` output: each named experiment's headline figures and the params in which it
     differs from the first named one (the baseline)."""
@@ -195,27 +287,54 @@ def capture_experiments(names: Iterable[str], show: dict | list) -> dict[str, An
 
 
 HOW_TO_MAKE = {EXPERIMENTS_JSON: "`polycolor report --experiments NAME ...`",  # else the pipeline writes it
-               TUNE_JSON: "`polycolor tune`"}
-RENDERERS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
-    "results": (EVAL_JSON, results_table),
-    "behaviour": (EVAL_JSON, behaviour_table),
-    "train": (TRAIN_JSON, train_table),
-    "experiments": (EXPERIMENTS_JSON, experiments_table),
-    "tune": (TUNE_JSON, tune_table),
-    "tune_best": (TUNE_JSON, tune_best_table),
+               TUNE_JSON: "`polycolor tune`", BENCH_JSON: "`polycolor bench`"}
+# block name -> (the metrics files it reads, the renderer taking their contents in that order); a one-file block
+# may name another file of the same kind in its marker
+RENDERERS: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
+    "results": ((EVAL_JSON,), results_table),
+    "behaviour": ((EVAL_JSON,), behaviour_table),
+    "train": ((TRAIN_JSON,), train_table),
+    "experiments": ((EXPERIMENTS_JSON,), experiments_table),
+    "tune": ((TUNE_JSON,), tune_table),
+    "tune_best": ((TUNE_JSON,), tune_best_table),
+    "targets": ((BENCH_JSON, TRAIN_JSON, EVAL_JSON), targets_table),
 }
+Reader = Callable[[str], str]  # a repo-relative path -> its text; FileNotFoundError when there is none
 
 
-def render_page(text: str, root: Path) -> str:
-    """`text` with every marked block re-rendered from the metrics files under `root`."""
+def workspace_reader(root: Path) -> Reader:
+    return lambda rel: (root / rel).read_text()
+
+
+def git_reader(root: Path, rev: str) -> Reader:
+    """Files as committed at `rev` (e.g. HEAD), not as the workspace has them."""
+    inside = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root,
+                            capture_output=True, text=True)
+    if inside.returncode != 0:
+        raise PolycolorError(f"{root} is not a git checkout with a commit {rev!r}")
+
+    def read(rel: str) -> str:
+        p = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=root, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise FileNotFoundError(rel)
+        return p.stdout
+
+    return read
+
+
+def render_page(text: str, root: Path, read: Reader | None = None) -> str:
+    """`text` with every marked block re-rendered from the metrics files that `read` gives (by default those under
+    `root`)."""
+    read = read or workspace_reader(root)
+    known = {r for sources, _ in RENDERERS.values() for r in sources}
     cache: dict[str, dict[str, Any]] = {}
 
     def load(rel: str) -> dict[str, Any]:
         if rel not in cache:
             try:
-                cache[rel] = json.loads((root / rel).read_text())
+                cache[rel] = json.loads(read(rel))
             except FileNotFoundError:
-                how = HOW_TO_MAKE.get(rel, "the pipeline (make repro)" if rel in {r for r, _ in RENDERERS.values()}
+                how = HOW_TO_MAKE.get(rel, "the pipeline (make repro)" if rel in known
                                       else f"`polycolor report --experiments NAME ... --into {rel}`")
                 raise PolycolorError(f"{rel} not found: run {how} first") from None
         return cache[rel]
@@ -224,23 +343,31 @@ def render_page(text: str, root: Path) -> str:
         name = m.group("name")
         if name not in RENDERERS:
             raise PolycolorError(f"unknown report block {name!r} (known: {', '.join(RENDERERS)})")
-        source, render = RENDERERS[name]
-        source = m.group("source") or source
-        stamp = f"<!-- generated by `polycolor report` from {source} -->"
-        return f"{m.group(1)}{render(load(source))}\n{stamp}\n{m.group(5)}"
+        sources, render = RENDERERS[name]
+        if m.group("source"):
+            if len(sources) != 1:
+                raise PolycolorError(f"report block {name!r} reads {', '.join(sources)}: it cannot name a file")
+            sources = (m.group("source"),)
+        stamp = f"<!-- generated by `polycolor report` from {', '.join(sources)} -->"
+        return f"{m.group(1)}{render(*(load(s) for s in sources))}\n{stamp}\n{m.group(5)}"
 
     return BLOCK.sub(block, text)
 
 
-def report(root: Path, check: bool = False) -> list[str]:
-    """Render every page's blocks; with `check`, write nothing. Every page is rendered before any is written, so
-    a missing metrics file changes no page. Returns the pages that changed (or would)."""
+def report(root: Path, check: bool = False, rev: str | None = None) -> list[str]:
+    """Render every page's blocks; with `check`, write nothing. With `rev` (check only), the pages and the metrics
+    are both read as committed at that revision. Every page is rendered before any is written, so a missing
+    metrics file changes no page. Returns the pages that changed (or would)."""
+    if rev is not None and not check:
+        raise ValueError("report(rev=...) only checks: it cannot write a commit's pages")
+    read = git_reader(root, rev) if rev is not None else workspace_reader(root)
     rendered = {}
     for rel in PAGES:
-        page = root / rel
-        if page.is_file():
-            text = page.read_text()
-            rendered[rel] = (text, render_page(text, root))
+        try:
+            text = read(rel)
+        except FileNotFoundError:
+            continue
+        rendered[rel] = (text, render_page(text, root, read))
     stale = [rel for rel, (old, new) in rendered.items() if new != old]
     if not check:
         for rel in stale:
