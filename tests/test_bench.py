@@ -57,13 +57,27 @@ def test_conv_shapes_and_flops_match_torch_counter(conditioning):
     assert sum(conv_flops(s) for s in shapes) == counted, "forward + backward conv FLOPs as torch counts them"
 
 
-def test_conv_shapes_follow_a_work_size():
-    """With a native head, the UNet's convs run at work_size and the head's at the input's size."""
-    cfg = parse_config({**TINY_PARAMS, "ingest": {**TINY_PARAMS["ingest"], "image_size": 64},
-                        "model": {**TINY_PARAMS["model"], "work_size": 32, "native_width": 4}})
-    model, (x, _, idx, rgb) = _training_setup(cfg)
-    sizes = [s.input_shape[2] for s in conv_shapes(model, x, idx, rgb)]
-    assert sizes[0] == 32 and sizes[-1] == 64 and 16 in sizes, sizes
+def test_conv_shapes_follow_where_each_conv_runs():
+    """A model that runs its body at a smaller work size and a head at the input's size (as model.work_size with
+    model.native_width does): each conv is recorded at the size it really sees, in the memory format given."""
+
+    class WorkSize(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4 + 3, 1, 1)
+
+        def forward(self, x):
+            h = self.body(torch.nn.functional.interpolate(x, scale_factor=0.5))  # (B, 4, H/2, W/2)
+            return self.head(torch.cat([torch.nn.functional.interpolate(h, size=x.shape[-2:]), x], dim=1))
+
+    model = WorkSize()
+    x = torch.randn(2, 3, 64, 48).contiguous(memory_format=torch.channels_last)
+    shapes = conv_shapes(model, x)
+    assert [(s.conv, s.input_shape, s.input_grad) for s in shapes] == [
+        (model.body, (2, 3, 32, 24), False), (model.head, (2, 7, 64, 48), True)]
+    # body: 2 x (2*4*32*24) x 3*3*3 forward, weight gradient only; head: 2 x (2*1*64*48) x 7, three passes
+    assert [conv_flops(s) for s in shapes] == [2 * 2 * 4 * 32 * 24 * 27 * 2, 2 * 2 * 64 * 48 * 7 * 3]
+    assert not any(h for m in model.modules() for h in m._forward_pre_hooks.values()), "hooks are removed"
 
 
 def test_inference_figures_and_table():

@@ -210,9 +210,10 @@ def _bench_images(loaded: LoadedModel, cfg: Config, size: int, n: int, seed: int
 
 
 def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30, runs: int = 5) -> dict[str, Any]:
-    """Batch-1 latency of paint with the params' paint section (p50, p95 over `repeats` calls, after a warm-up) at each LATENCY_SCALES, and the
-    throughput of painting BATCH_IMAGES images of the model's size at each BATCH_SIZES: the median of `runs` warm
-    runs (one unmeasured run first), so one slow call on a shared machine does not decide it."""
+    """Batch-1 latency of paint with the params' paint section (p50, p95 over `repeats` calls, after a warm-up) at
+    each LATENCY_SCALES, and the throughput of painting BATCH_IMAGES images of the model's size at each BATCH_SIZES:
+    the median of `runs` warm runs (one unmeasured run first), so one slow call on a shared machine does not decide
+    it."""
     out: dict[str, Any] = {}
     for size in (scale * loaded.image_size for scale in LATENCY_SCALES):
         inputs, colours = _bench_images(loaded, cfg, size, min(repeats, 16), size)
