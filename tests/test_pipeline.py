@@ -7,11 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +15,9 @@ import mlflow
 import pytest
 import yaml
 from conftest import AYNA_VAL, REPO, fail_or_skip, new_project, run_queue, sh
+from services import mlflow_server_cmd, running
 
+from polycolor.stack import free_port
 from polycolor.tracking.store import EXPERIMENT_KIND_TAG
 
 pytestmark = pytest.mark.slow
@@ -121,33 +119,10 @@ def test_promote_then_predict_with_the_champion(project, tmp_path):
 def mlflow_server(root: Path, log: Path):
     """`mlflow server` on the project's sqlite store at a free 127.0.0.1 port; yields its URL once /health answers
     and stops it by PID. Its log goes to `log`."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{root / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"mlflow server did not answer on {url} (exit {proc.poll()}); log: {log}")
-            time.sleep(1)
+    with running(mlflow_server_cmd(root / "mlflow.db", port), url + "/health", log, cwd=root):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         out.close()
 
 

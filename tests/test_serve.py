@@ -6,11 +6,7 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,19 +18,15 @@ import pytest
 import torch
 from conftest import log_evaluation
 from PIL import Image
+from services import running
 
 from polycolor.config import ModelConfig, PromoteConfig
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet
+from polycolor.stack import free_port
 
 STARTUP_TIMEOUT_S = 120  # importing mlflow + torch and loading the model on a busy 2-core machine
 REQUEST_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post_json(url: str, payload: dict) -> dict:
@@ -42,36 +34,6 @@ def post_json(url: str, payload: dict) -> dict:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
         return json.loads(resp.read())
-
-
-def wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"the server did not answer {url} within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its workers (their own process group); escalate to SIGKILL after 10 s."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    try:  # workers can outlive a leader that exited on its own
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture
@@ -109,14 +71,8 @@ def serving(store: Path) -> Iterator[str]:
     log = store / "serve.log"
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/polycolor@champion",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    with open(log, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=store,
-                                start_new_session=True)
-    try:
-        wait_until_up(proc, f"http://127.0.0.1:{port}/ping", log)
+    with running(cmd, f"http://127.0.0.1:{port}/ping", log, cwd=store, env=env, timeout=STARTUP_TIMEOUT_S):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
 
 
 @pytest.mark.slow

@@ -9,22 +9,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
-from conftest import fail_or_skip
+from services import launch, mlflow_server_cmd, wait_until_answers
 
 from polycolor.config import parse_config
 from polycolor.errors import run_guarded
 from polycolor.nn import modelio
+from polycolor.stack import free_port
 from polycolor.training.train import run_training
 
 TINY_PARAMS = {
@@ -137,32 +135,17 @@ class Server:
     def __init__(self, root: Path, empty_db: Path):
         self.root = root
         shutil.copy(empty_db, root / "mlflow.db")  # the schema made once per session: the server starts faster
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = root / "mlflow-server.log"
 
     def start(self, timeout: float = 180) -> None:
-        with self.log.open("a") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server",
-                 "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", "1"],
-                cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server did not answer on {self.uri}; log: {self.log}")
-            time.sleep(0.5)
+        cmd = mlflow_server_cmd(self.root / "mlflow.db", self.port,
+                                "--artifacts-destination", str(self.root / "artifacts"))
+        self.proc = launch(cmd, self.log, cwd=self.root,
+                           env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        wait_until_answers(self.proc, self.uri + "/health", self.log, timeout)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
