@@ -26,12 +26,27 @@ AYNA_VAL = AYNA_DIR / "validation"
 TINY_PRESET = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())  # presets/tiny.yaml as a dict
 
 
+def real_ayna(split: str | None = None) -> Path:
+    """The real Ayna dataset beside the checkout (56 training + 5 validation pairs), or one split of it; read it,
+    never write to it. Absent: the test skips here, and fails under CI=true, where it must be (fail_or_skip)."""
+    splits = [split] if split else ["training", "validation"]
+    missing = [s for s in splits if not (AYNA_DIR / s / "data.json").is_file()]
+    if missing:
+        fail_or_skip(f"the real Ayna dataset is not at {AYNA_DIR} (no {', '.join(missing)}/data.json); CI has it "
+                     f"beside the checkout")
+    return AYNA_DIR / split if split else AYNA_DIR
+
+
 @pytest.fixture(scope="session")
 def ayna_dir() -> Path:
-    """The real Ayna dataset (56 training + 5 validation pairs); read it, never write to it."""
-    if not (AYNA_DIR / "training" / "data.json").is_file():
-        fail_or_skip(f"the real Ayna dataset is not at {AYNA_DIR} (CI has it beside the checkout)")
-    return AYNA_DIR
+    """The real Ayna dataset (real_ayna)."""
+    return real_ayna()
+
+
+@pytest.fixture(scope="session")
+def ayna_val() -> Path:
+    """The real Ayna validation split (real_ayna)."""
+    return real_ayna("validation")
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -113,17 +128,18 @@ def deep_update(base: dict, over: dict) -> dict:
 def new_project(root: Path, *, tiny: bool = True, ayna: bool = True, overrides: dict | None = None) -> dict[str, str]:
     """A git repo at `root` holding the project's files (tracked and new, as git sees them, no outputs), with the
     tiny preset written into params.yaml when `tiny`, then `overrides`, and the real Ayna validation split as an
-    absolute extra set when `ayna` and it is beside this checkout. Returns the environment to run its pipeline in (polycolor.bench.pipeline_env:
-    no MLFLOW_/DVC_ settings, so its stores are its own)."""
+    absolute extra set when `ayna` (real_ayna: without it the test skips, or fails under CI=true). Returns the
+    environment to run its pipeline in (polycolor.bench.pipeline_env: no MLFLOW_/DVC_ settings, so its stores are its
+    own)."""
     from polycolor.bench import copy_project, pipeline_env
 
+    extra_sets = {"ayna_real": {"path": str(real_ayna("validation")), "required": True}} if ayna else {}
     copy_project(REPO, root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     if tiny:
         params = deep_update(params, TINY_PRESET)
     params = deep_update(params, overrides or {})
-    params["evaluate"]["extra_sets"] = (
-        {"ayna_real": {"path": str(AYNA_VAL), "required": True}} if ayna and AYNA_VAL.is_dir() else {})
+    params["evaluate"]["extra_sets"] = extra_sets
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = pipeline_env()
     # A local identity: DVC commits experiments to hidden refs, and CI machines may have no global git config.

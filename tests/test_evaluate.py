@@ -13,7 +13,6 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import AYNA_VAL
 
 from polycolor.config import IngestConfig, ModelConfig, PaintConfig, parse_config
 from polycolor.data.ayna import write_split
@@ -33,7 +32,6 @@ from polycolor.tracking.lineage import write_run_info
 from polycolor.tracking.store import configure
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_VAL = AYNA_VAL
 BLOCK_KEYS = {*M.SUMMARY_KEYS, "latency_ms_p50", "n"}
 
 
@@ -86,8 +84,6 @@ def project(tmp_path, store, monkeypatch) -> dict:
     names = [f"{i:02d}_{s}.png" for i, s in enumerate(val.shapes)]
     write_split(tmp_path / "validation", val.inputs, val.targets, val.colours, names, names)
     extra = {"missing_one": {"path": str(tmp_path / "nowhere"), "required": False}}
-    if REAL_VAL.is_dir():
-        extra["ayna_real"] = {"path": str(REAL_VAL), "required": False}
     params = {"seed": 7, "evaluate": {"extra_sets": extra, "ood_samples": 3, "ood_scale": [0.15, 0.48],
                                       "ood_offset": 0.2, "unseen_colour_samples": 2, "grid_samples": 2, "batch_size": 4,
                                       "robust_samples": 2, "native_size": 64, "gappy_sizes": [64],
@@ -106,26 +102,26 @@ def argv(d: Path, **over: str) -> list[str]:
     return [x for k, v in paths.items() for x in (f"--{k}", str(v))]
 
 
-def test_end_to_end(project, store, capsys):
+def test_end_to_end(project, store, ayna_val, capsys):
     import mlflow
 
     d = project["dir"]
+    params = project["params"]
+    params["evaluate"]["extra_sets"]["ayna_real"] = {"path": str(ayna_val), "required": False}
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
     assert load_stage().main(argv(d)) == 0
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "missing_one" in warnings[0], err
 
     result = json.loads((d / "out" / "eval.json").read_text())
-    sets = ["val", "ood", "unseen_colours", *S.SAME_SIZE_SETS[2:], "native_64", "gappy_64"]
-    if REAL_VAL.is_dir():
-        sets.append("ayna_real")
+    sets = ["val", "ood", "unseen_colours", *S.SAME_SIZE_SETS[2:], "native_64", "gappy_64", "ayna_real"]
     for name in sets:
         assert set(result[name]) == {"net", "painted", "flood_fill"}, name
         for scorer, block in result[name].items():
             assert set(block) == BLOCK_KEYS, f"{name}.{scorer}: {sorted(block)}"
     for name in ("val", "ood", "unseen_colours", "ayna_real"):  # closed outlines: the flood fill is exact
-        if name in result:
-            assert result[name]["flood_fill"]["psnr_min"] == M.PSNR_CAP, name
+        assert result[name]["flood_fill"]["psnr_min"] == M.PSNR_CAP, name
     assert result["missing_one"] == {"skipped": f"{d / 'nowhere'} does not exist"}
     assert result["val"]["net"]["n"] == 6 and result["ood"]["painted"]["n"] == 3
     assert all(result[name]["net"]["n"] == 2 for name in sets if name not in ("val", "ood", "ayna_real"))
@@ -141,7 +137,7 @@ def test_end_to_end(project, store, capsys):
     assert headline["net"]["val"] == round(result["val"]["net"]["psnr_mean"], 4)
     assert headline["painted"]["gappy_min"] == round(result["gappy"]["painted"]["psnr_min"], 4)
     assert headline["behaviour"] == round(min(result["behaviour"]["net"][k] for k in BEHAVIOURS), 4)
-    assert ("ayna" in headline["net"]) == REAL_VAL.is_dir()
+    assert "ayna" in headline["net"]
     assert len(L.flat_metrics(headline)) <= 10, "headline.json stays ten columns of dvc exp show"
 
     tables = d / "out" / "eval"
@@ -157,8 +153,8 @@ def test_end_to_end(project, store, capsys):
 
     grid = np.asarray(Image.open(d / "out" / "eval_grid.png"))
     # grid_samples of val, then of the real Ayna set, then 2 of each generated set the grid shows
-    rows = 2 + (2 if REAL_VAL.is_dir() else 0) + 2 * len(E.GRID_SETS)
-    cell = 128 if REAL_VAL.is_dir() else 32  # the largest image: the real data is 128 px
+    rows = 2 + 2 + 2 * len(E.GRID_SETS)
+    cell = 128  # the largest image: the real data is 128 px
     assert grid.shape == (12 + rows * (12 + cell + 2) + 2, len(G.COLUMNS) * (cell + 2) + 2, 3)
 
     # the evaluation is its own run under the training run, with its params, datasets and dataset-linked metrics
@@ -175,8 +171,7 @@ def test_end_to_end(project, store, capsys):
     assert logged["val.painted.iou"] == pytest.approx(result["val"]["painted"]["iou"])
     assert logged["val.flood_fill.iou"] == 1.0
     assert logged["behaviour.net.rot_flip"] == pytest.approx(result["behaviour"]["net"]["rot_flip"])
-    if REAL_VAL.is_dir():
-        assert logged["ayna_real.net.iou"] == pytest.approx(result["ayna_real"]["net"]["iou"])
+    assert logged["ayna_real.net.iou"] == pytest.approx(result["ayna_real"]["net"]["iou"])
     assert not any(k.startswith("missing_one") for k in logged)
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
     assert {"val", "ood", "unseen_colours"} <= set(inputs)

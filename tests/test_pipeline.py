@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import AYNA_VAL, REPO, fail_or_skip, new_project, run_queue, sh
+from conftest import REPO, new_project, real_ayna, run_queue, sh
 from services import mlflow_server_cmd, running
 
 from polycolor.stack import free_port
@@ -107,11 +107,9 @@ def test_promote_then_predict_with_the_champion(project, tmp_path):
     root, env = project
     promoted = sh([sys.executable, "-m", "polycolor.cli", "promote", "--force"], root, env)
     assert "champion" in promoted.stdout
-    if not AYNA_VAL.is_dir():
-        fail_or_skip(f"the real Ayna validation split is not at {AYNA_VAL}")
     out = tmp_path / "pred"
     sh([sys.executable, "-m", "polycolor.cli", "predict", "--model", "models:/polycolor@champion",
-        "--data", str(AYNA_VAL), "--output", str(out)], root, env)
+        "--data", str(real_ayna("validation")), "--output", str(out)], root, env)
     assert len(list(out.glob("*.png"))) == 5
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AYNA_VAL
 import torch
 from PIL import Image, ImageDraw
 
@@ -63,16 +62,15 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> N
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 
 
-@pytest.mark.skipif(not (AYNA_VAL / "data.json").is_file(), reason="no real Ayna validation split beside the repo")
-def test_predict_real_ayna_validation_split(model_file, work):
+def test_predict_real_ayna_validation_split(model_file, work, ayna_val):
     out = work / "painted"
-    proc = run_cli("--model", str(model_file), "--data", str(AYNA_VAL), "--output", str(out), cwd=work)
+    proc = run_cli("--model", str(model_file), "--data", str(ayna_val), "--output", str(out), cwd=work)
     assert proc.returncode == 0, proc.stderr
-    entries = json.loads((AYNA_VAL / "data.json").read_text())
+    entries = json.loads((ayna_val / "data.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == sorted(e["output_image"] for e in entries), \
         "one PNG per entry, named as its output_image, and no temporary files left"
     for e in entries:
-        with Image.open(AYNA_VAL / "inputs" / e["input_polygon"]) as src, Image.open(out / e["output_image"]) as res:
+        with Image.open(ayna_val / "inputs" / e["input_polygon"]) as src, Image.open(out / e["output_image"]) as res:
             assert res.format == "PNG" and res.size == src.size, (e, res.size, src.size)
         painted = colours_of(out / e["output_image"])
         assert painted <= {WHITE, resolve_colour(e["colour"])} and resolve_colour(e["colour"]) in painted, (e, painted)

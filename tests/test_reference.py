@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import AYNA_VAL
 
 from polycolor.config import IngestConfig
 from polycolor.data.ayna import load_split
@@ -15,8 +12,6 @@ from polycolor.errors import PolycolorError
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.reference import enclosed_mask, reference_fill
 from polycolor.images import painted_mask
-
-REAL_VAL = AYNA_VAL
 
 
 def outline_square(size: int = 24, x0: int = 5, side: int = 12, gap: bool = False) -> np.ndarray:
@@ -65,9 +60,8 @@ def test_exact_on_synthetic_pairs():
     np.testing.assert_array_equal(preds, arrays.targets)
 
 
-@pytest.mark.skipif(not REAL_VAL.is_dir(), reason="the real Ayna dataset is not beside this checkout")
-def test_scores_perfectly_on_real_ayna_validation():
-    arrays = load_split(REAL_VAL, None)
+def test_scores_perfectly_on_real_ayna_validation(ayna_val):
+    arrays = load_split(ayna_val, None)
     rows = M.score(arrays.targets, reference_fill(arrays.inputs, arrays.colours), arrays.colours, arrays.shapes)
     s = M.summarise(rows)
     assert s["psnr_mean"] == s["psnr_min"] == M.PSNR_CAP
