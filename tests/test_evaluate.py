@@ -86,7 +86,7 @@ def project(tmp_path, store, monkeypatch) -> dict:
     extra = {"missing_one": {"path": str(tmp_path / "nowhere"), "required": False}}
     params = {"seed": 7, "evaluate": {"extra_sets": extra, "ood_samples": 3, "ood_scale": [0.15, 0.48],
                                       "ood_offset": 0.2, "unseen_colour_samples": 2, "grid_samples": 2, "batch_size": 4,
-                                      "robust_samples": 2, "native_size": 64, "gappy_sizes": [64],
+                                      "robust_samples": 2, "native_sizes": [64], "gappy_sizes": [64],
                                       "behaviour_samples": 3}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_run_info(tmp_path / "run.json", {"run_id": store["run_id"], "experiment_id": store["exp_id"]})
@@ -134,8 +134,12 @@ def test_end_to_end(project, store, ayna_val, capsys):
     assert all(v == 1.0 for v in result["behaviour"]["flood_fill"].values() if v != 3), "the flood fill is exact"
 
     headline = json.loads((d / "out" / "headline.json").read_text())
+    generated = [n for n in sets if n != "ayna_real"]  # val and the generated sets: what `worst` is taken over
     assert headline["net"]["val"] == round(result["val"]["net"]["psnr_mean"], 4)
-    assert headline["painted"]["gappy_min"] == round(result["gappy"]["painted"]["psnr_min"], 4)
+    assert headline["painted"]["worst_min"] == round(min(result[n]["painted"]["psnr_min"] for n in generated), 4)
+    worst = result["worst"]["net"]
+    assert worst["psnr_mean"] == min(result[n]["net"]["psnr_mean"] for n in generated)
+    assert result[worst["psnr_min_set"]]["net"]["psnr_min"] == worst["psnr_min"]
     assert headline["behaviour"] == round(min(result["behaviour"]["net"][k] for k in BEHAVIOURS), 4)
     assert "ayna" in headline["net"]
     assert len(L.flat_metrics(headline)) <= 10, "headline.json stays ten columns of dvc exp show"

@@ -12,7 +12,8 @@ from polycolor.data.synth import generate
 from polycolor.images import images_to_tensor, painted_mask
 from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import LoadedModel
-from polycolor.painting.painter import paint, to_model_size
+from polycolor.nn.model import to_size as to_model_size
+from polycolor.painting.painter import paint
 from polycolor.painting.snap import gap_px_at, ink_mask, snap_to_outline
 
 

@@ -21,7 +21,8 @@ from polycolor.nn.colour import encode_colours
 from polycolor.nn.model import ConditionalUNet, composite
 from polycolor.nn.modelio import LoadedModel
 from polycolor.painting.canonical import canonicalise
-from polycolor.painting.painter import PAINTERS, paint, paint_net, painter, to_model_size
+from polycolor.nn.model import to_size as to_model_size
+from polycolor.painting.painter import PAINTERS, paint, paint_net, painter
 from polycolor.painting.snap import ink_mask, snap_to_outline
 
 
@@ -56,7 +57,7 @@ def test_paint_net_is_the_network_resized_back_and_thresholded(loaded: LoadedMod
 
 
 def test_paint_with_every_step_off_is_paint_net(loaded: LoadedModel):
-    off = PaintConfig(canonical="off", snap="off")
+    off = PaintConfig(canonical="off", snap="off", flood_fill="off")
     for size in (32, 64):
         x, colours = drawings(size)
         assert np.array_equal(paint(loaded, x, colours, off), paint_net(loaded, x, colours)), size
@@ -153,3 +154,25 @@ def test_anti_aliased_edge_pixels_go_with_the_side_that_holds_most_of_them():
                 assert np.array_equal(snap_to_outline(net, ink_mask(x, cfg.ink_threshold), 4, True, cfg), target)
                 halo = snap_to_outline(net, ink_mask(x, 240), 4, True, cfg) & ~target
                 assert halo.sum() > 20, "the data's threshold paints the outer grey halo"
+
+
+def test_the_flood_fill_replaces_the_net_only_on_clean_closed_outlines_it_agrees_with():
+    from polycolor.painting.floodfill import enclosed_mask, flood_fill_wins
+
+    a = generate(IngestConfig(image_size=128), 1, 5)
+    image, target = a.inputs[0], painted_mask(a.targets[0])
+    assert np.array_equal(enclosed_mask(image), target), "the generator's closed outline: the flood fill is exact"
+    cfg = PaintConfig()
+    off_by_one = target.copy()  # a net that paints a dozen pixels beside the outline
+    ring = np.argwhere(ndimage.binary_dilation(target) & ~target)[:12]
+    off_by_one[ring[:, 0], ring[:, 1]] = True
+    assert np.array_equal(flood_fill_wins(image, off_by_one, cfg), target), "agrees: the flood fill's mask"
+    assert flood_fill_wins(image, np.zeros_like(target), cfg) is None, "the net disagrees: the net's mask stays"
+    assert flood_fill_wins(image, off_by_one, dataclasses.replace(cfg, flood_fill="off")) is None
+    noisy = image.copy()
+    noisy[::3, ::3] = np.minimum(noisy[::3, ::3], 250)  # a JPEG-like haze of near-white pixels
+    assert flood_fill_wins(noisy, off_by_one, cfg) is None, "not clean: the net's mask stays"
+    gappy = image.copy()
+    ink_rows = np.flatnonzero(painted_mask(image).any(axis=1))
+    gappy[ink_rows[0]:ink_rows[-1] + 1, :] = 255  # no outline left to enclose anything
+    assert flood_fill_wins(gappy, off_by_one, cfg) is None, "open: the net's mask stays"

@@ -23,6 +23,8 @@ from polycolor.paths import repo_path
 CONDITIONINGS = ("bottleneck", "input", "film")
 COLOUR_ENCODINGS = ("embedding", "rgb")
 HEADS = ("tanh", "composite")
+FLOOD_FILL_MODES = ("off", "clean")  # paint.flood_fill
+RESCALE_FACTORS = (0.5, 1.0, 2.0)  # train.rescale: a batch min-pooled to half, as is, or grown to twice its size
 IMAGE_LOSS_TERMS = ("l1", "l2", "perceptual")  # loss terms on the painted image; `mask` needs the composite head
 
 
@@ -127,9 +129,19 @@ class ModelConfig:
     embed_dim: int = 128  # size of the colour embedding
     attention: bool = False  # self-attention at the bottleneck
     head: str = "composite"  # tanh: free RGB; composite: a mask painted with the requested colour over white
+    work_size: int = 0  # px the UNet runs at (inputs min-pooled or grown to it); 0 = the data's image size
+    native_width: int = 0  # channels of the head at the input's own size (0: none, the mask comes at work_size)
+    fill: bool = False  # the fill layer (nn/fill.py): regions the mask encloses are painted too
+    fill_grad_steps: int = 16  # path steps the fill layer's backward gathers
 
     def validate(self) -> None:
         _check(len(self.widths) >= 2, "model.widths", self.widths, "needs at least 2 levels")
+        _check(self.work_size >= 0 and self.work_size % 2 ** (len(self.widths) - 1) == 0, "model.work_size",
+               self.work_size, f"must be 0 or a multiple of 2**{len(self.widths) - 1} (the UNet's levels)")
+        _check(self.native_width >= 0, "model.native_width", self.native_width, "must be >= 0")
+        _check(self.fill_grad_steps >= 0, "model.fill_grad_steps", self.fill_grad_steps, "must be >= 0")
+        _check(self.head == "composite" or (not self.fill and not self.native_width), "model.head", self.head,
+               "must be composite with model.fill or model.native_width (both work on the mask)")
         for w in self.widths:
             _check(w >= 1, "model.widths", self.widths, "must all be >= 1")
         _check(self.conditioning in CONDITIONINGS, "model.conditioning", self.conditioning,
@@ -148,8 +160,12 @@ class LossConfig:
     perceptual_net: str = "ssim"  # ssim (no weights) | vgg16 (weights from vgg16_weights)
     vgg16_weights: str = ""  # local path to torchvision VGG16 weights, used only with perceptual_net: vgg16
     mask: float = 1.0  # weight of the mask BCE term (composite head only)
+    wall: float = 0.0  # weight of BCE on the mask before the fill layer (model.fill only)
+    boundary: float = 0.0  # the mask BCE weighs the target's boundary pixels 1 + this
 
     def validate(self) -> None:
+        _check(self.wall >= 0.0, "loss.wall", self.wall, "must be >= 0")
+        _check(self.boundary >= 0.0, "loss.boundary", self.boundary, "must be >= 0")
         weights = {k: getattr(self, k) for k in (*IMAGE_LOSS_TERMS, "mask")}
         for key, v in weights.items():
             _check(v >= 0.0, f"loss.{key}", v, "must be >= 0")
@@ -183,9 +199,12 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format: about 1.4x faster convolutions on these CPUs
     grid_samples: int = 4  # rows of the per-epoch sample grid logged to MLflow
     nproc: int = 1  # training processes per node; > 1 launches DDP ranks with torchrun (docs/scaling.md)
+    rescale: tuple[float, ...] = (1.0,)  # each batch drawn at one of these factors (0.5: min-pooled, 2: grown)
 
     def validate(self) -> None:
         _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        _check(len(self.rescale) >= 1 and all(f in RESCALE_FACTORS for f in self.rescale), "train.rescale",
+               self.rescale, f"must be a non-empty list of {', '.join(map(str, RESCALE_FACTORS))}")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         _check(self.nproc >= 1, "train.nproc", self.nproc, "must be >= 1")
         _check(self.batch_size % self.nproc == 0, "train.batch_size", self.batch_size,
@@ -219,7 +238,7 @@ class EvaluateConfig:
     unseen_colour_samples: int = 64  # fresh polygons painted random #rrggbb colours no training sample had; 0 disables
     robust_samples: int = 64  # per generated robustness set (gappy, jpeg, native_*, ...: evaluation/sets.py); 0 = none
     thick_thin_width: tuple[int, int] = (1, 6)  # thick_thin: half the outlines this thin (px), half this thick
-    native_size: int = 256  # the native_<size> set: the training geometry drawn at this size, widths scaled with it
+    native_sizes: tuple[int, ...] = (64, 256, 512)  # the native_<size> sets: the training geometry drawn at each size
     gappy_sizes: tuple[int, ...] = (256, 512)  # the gappy_<size> sets: gappy outlines drawn at these sizes
     jpeg_quality: int = 80  # the jpeg set: inputs JPEG-compressed at this quality
     behaviour_samples: int = 32  # validation samples the behavioural (invariance) shares are measured on; 0 disables
@@ -232,7 +251,8 @@ class EvaluateConfig:
                "must be >= 0")
         _check(self.robust_samples >= 0, "evaluate.robust_samples", self.robust_samples, "must be >= 0")
         _range(self.thick_thin_width, "evaluate.thick_thin_width", 1, 16)
-        _check(self.native_size >= 16, "evaluate.native_size", self.native_size, "must be >= 16")
+        for size in self.native_sizes:
+            _check(16 <= size <= 4096, "evaluate.native_sizes", list(self.native_sizes), "must each be in [16, 4096]")
         for size in self.gappy_sizes:
             _check(16 <= size <= 4096, "evaluate.gappy_sizes", list(self.gappy_sizes), "must each be in [16, 4096]")
         _check(1 <= self.jpeg_quality <= 100, "evaluate.jpeg_quality", self.jpeg_quality, "must be in [1, 100]")
@@ -264,13 +284,16 @@ class PaintConfig:
     clear_share: float = 0.03  # a whole region is cleared only when the net paints at most this share of it
     snap_share: float = 0.25  # a region the net paints on <= this share is cleared, on >= 1 - this filled
     enclosed_share: float = 0.75  # a painted blob whose border is at least this much outline is an interior
+    flood_fill: str = "clean"  # off | clean: on a clean, closed outline the net agrees with, paint the flood fill
+    agree_iou: float = 0.98  # the least IoU of the net's mask and the flood fill's for the flood fill to be used
+    noise_share: float = 0.005  # an input with more near-white (noisy) pixels than this share is not clean
 
     def __post_init__(self) -> None:
         # YAML reads an unquoted `off` as false (and `on` as true), which _coerce hands over as "false" / "true":
-        # for these two switches that is the mode the user wrote, off or always.
-        for key in ("canonical", "snap"):
+        # for these switches that is the mode the user wrote: off, or the one mode that is on.
+        for key, on in (("canonical", "always"), ("snap", "always"), ("flood_fill", "clean")):
             if getattr(self, key) in ("true", "false"):
-                object.__setattr__(self, key, "always" if getattr(self, key) == "true" else "off")
+                object.__setattr__(self, key, on if getattr(self, key) == "true" else "off")
 
     def validate(self) -> None:
         _check(self.canonical in STEP_MODES, "paint.canonical", self.canonical,
@@ -284,6 +307,10 @@ class PaintConfig:
                f"must be in [0, paint.snap_share = {self.snap_share}]")
         _check(0.5 <= self.enclosed_share <= 1.0, "paint.enclosed_share", self.enclosed_share,
                "must be in [0.5, 1] (stray paint beside an outline is bordered by it about half way)")
+        _check(self.flood_fill in FLOOD_FILL_MODES, "paint.flood_fill", self.flood_fill,
+               f"must be one of {', '.join(FLOOD_FILL_MODES)}")
+        _check(0.0 <= self.agree_iou <= 1.0, "paint.agree_iou", self.agree_iou, "must be in [0, 1]")
+        _check(0.0 <= self.noise_share <= 1.0, "paint.noise_share", self.noise_share, "must be in [0, 1]")
 
 
 @dataclass(frozen=True)

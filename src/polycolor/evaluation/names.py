@@ -4,6 +4,7 @@ importing the scoring code."""
 
 VAL = "val"  # the validation split
 BEHAVIOUR = "behaviour"  # the behavioural shares, measured on the first evaluate.behaviour_samples of val
+WORST = "worst"  # per scorer, the lowest psnr_mean and the lowest psnr_min over val and the generated sets
 NET, PAINTED, FLOOD_FILL = "net", "painted", "flood_fill"
 SCORERS = (NET, PAINTED, FLOOD_FILL)  # the network alone, the full painter, the classical reference
 MODEL_SCORERS = (NET, PAINTED)  # the model's own figures: these reach the logged model and so the registry

@@ -1,8 +1,7 @@
 """The classical reference: fill the region an outline encloses with the requested colour, no learning.
 
-Background = the white pixels connected to the image border (4-connected, so paint cannot leak out through a
-diagonal gap in the outline); everything else (the outline and all it encloses) is painted the requested colour,
-the rest stays white. It is scored by the same code as the model (polycolor.evaluation.metrics) and shows where the ceiling
+The enclosed mask (painting.floodfill.enclosed_mask: the outline and all it encloses) is painted the requested
+colour, the rest stays white. It is scored by the same code as the model (polycolor.evaluation.metrics) and shows where the ceiling
 is: on the real Ayna data it reproduces the targets exactly.
 """
 
@@ -11,20 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from polycolor.colours import resolve_colour
 from polycolor.errors import PolycolorError
-from polycolor.images import WHITE, painted_mask
-
-
-def enclosed_mask(outline: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 outline image -> (H, W) bool: pixels not reachable from the border through white pixels."""
-    white = ~painted_mask(outline)  # (H, W)
-    labels, _ = ndimage.label(white)  # default structure: 4-connectivity
-    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    background = np.isin(labels, np.unique(edge[edge > 0]))
-    return ~background
+from polycolor.images import WHITE
+from polycolor.painting.floodfill import enclosed_mask
 
 
 def reference_fill(inputs: np.ndarray, colours: Sequence[str]) -> np.ndarray:

@@ -13,7 +13,7 @@ another is added), each the plain training geometry (plain_geometry) with one th
   novel_shapes    every shape one of synth.NOVEL_KINDS (N-gons, stars, random polygons, crosses, arrows);
   jpeg            every input JPEG-compressed at evaluate.jpeg_quality (the target stays two-valued);
   antialiased     every outline drawn with grey anti-aliased edges;
-  native_<size>   drawn at evaluate.native_size px, widths scaled with the size (not resized);
+  native_<size>   drawn at each of evaluate.native_sizes px, widths scaled with the size (not resized);
   gappy_<size>    gappy, drawn at each of evaluate.gappy_sizes px, widths and gap lengths scaled with the size.
 
 Pure: params and folders in, arrays out (no model, no MLflow).
@@ -65,9 +65,9 @@ def concat(parts: list[SplitArrays]) -> SplitArrays:
                        shapes=[s for p in parts for s in p.shapes])
 
 
-def native_name(e: EvaluateConfig) -> str:
-    """The block of the native-size set: native_256 for evaluate.native_size 256."""
-    return f"native_{e.native_size}"
+def native_names(e: EvaluateConfig) -> tuple[str, ...]:
+    """The blocks of the native-size sets: native_64, native_256 for evaluate.native_sizes [64, 256]."""
+    return tuple(f"native_{s}" for s in e.native_sizes)
 
 
 def gappy_names(e: EvaluateConfig) -> tuple[str, ...]:
@@ -77,7 +77,7 @@ def gappy_names(e: EvaluateConfig) -> tuple[str, ...]:
 
 def generated_names(e: EvaluateConfig) -> tuple[str, ...]:
     """Names of the sets evaluate generates itself (not on disk), in scoring order."""
-    return (*SAME_SIZE_SETS, native_name(e), *gappy_names(e))
+    return (*SAME_SIZE_SETS, *native_names(e), *gappy_names(e))
 
 
 def generated_sets(cfg: Config, image_size: int) -> dict[str, SplitArrays]:
@@ -107,7 +107,9 @@ def generated_sets(cfg: Config, image_size: int) -> dict[str, SplitArrays]:
     counts = {"ood": e.ood_samples, "unseen_colours": e.unseen_colour_samples}
     out = {name: recipe() for name, recipe in recipes.items() if counts.get(name, n) > 0}
     if n > 0:
-        out[native_name(e)] = generate(at_image_size(plain, e.native_size), n, rng("native"))
+        for size, name in zip(e.native_sizes, native_names(e)):
+            sized_rng = np.random.default_rng([cfg.seed, SEED_STREAMS["native"], size])
+            out[name] = generate(at_image_size(plain, size), n, sized_rng)
         for size, name in zip(e.gappy_sizes, gappy_names(e)):
             sized_rng = np.random.default_rng([cfg.seed, SEED_STREAMS["gappy_sized"], size])
             out[name] = generate(at_image_size(gappy, size), n, sized_rng)

@@ -10,6 +10,12 @@ Two output heads (`model.head`):
   tanh:      a free RGB image, Tanh into [-1, 1];
   composite: a one-channel mask logit map; the image is the requested colour over white through the mask
              (white * (1 - m) + colour * m), so colour is exact by construction and the net only learns where to paint.
+Two options make the net paint an input of any size at that size (docs/performance.md has the experiments):
+  native_width > 0: the UNet runs at `work_size` (the input min-pooled down or grown to it, so outlines stay
+             unbroken); its last features are resized to the input's own size and a small head there, which also
+             sees the input's own pixels, gives the mask logits at the input's size;
+  fill:      the fill layer (nn/fill.py) paints whatever the mask encloses, however far from the outline, so
+             the inside of a large shape needs no receptive field that wide.
 """
 
 from __future__ import annotations
@@ -21,13 +27,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from polycolor.config import ModelConfig
+from polycolor.nn.fill import fill
 
 INPUT_COND_CHANNELS = 8  # channels the `input` conditioning adds to the 3 image channels
+FILL_EPS = 1e-6  # the fill's probabilities are clamped to [eps, 1 - eps] before they become logits
 
 
 class UNetOutput(NamedTuple):
     image: torch.Tensor  # (B, 3, H, W) in [-1, 1]
     mask_logits: torch.Tensor | None  # (B, 1, H, W) for the composite head, else None
+    wall_logits: torch.Tensor | None = None  # with model.fill: the mask logits before the fill layer, (B, 1, H, W)
+
+
+def to_size(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, size, size). Shrinking takes the darkest pixel of each window (a min pool), so a thin
+    outline stays unbroken instead of losing the pixels nearest sampling skips; growing is nearest."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if h >= size and w >= size:
+        return -F.adaptive_max_pool2d(-x, (size, size))
+    return F.interpolate(x, size=(size, size), mode="nearest")
 
 
 class ColourEncoder(nn.Module):
@@ -91,7 +111,8 @@ class BottleneckAttention(nn.Module):
 
 
 class ConditionalUNet(nn.Module):
-    """UNet over `len(cfg.widths)` levels; the map size at the bottleneck is image_size / 2**(levels - 1)."""
+    """UNet over `len(cfg.widths)` levels at work_size (the data's image_size unless model.work_size is set); the map
+    size at the bottleneck is work_size / 2**(levels - 1)."""
 
     def __init__(self, cfg: ModelConfig, vocab: tuple[str, ...], image_size: int):
         super().__init__()
@@ -102,7 +123,8 @@ class ConditionalUNet(nn.Module):
         if cfg.colour_encoding == "embedding" and not vocab:
             raise ValueError("the embedding colour encoding needs a non-empty colour vocabulary")
         self.cfg, self.vocab, self.image_size = cfg, tuple(vocab), image_size
-        self.bottleneck_size = image_size // 2 ** (levels - 1)
+        self.work_size = cfg.work_size or image_size
+        self.bottleneck_size = self.work_size // 2 ** (levels - 1)
         w, d = cfg.widths, cfg.embed_dim
         film_dim = d if cfg.conditioning == "film" else None
 
@@ -122,11 +144,26 @@ class ConditionalUNet(nn.Module):
         self.up = nn.ModuleList(
             [Block(w[i] + w[i - 1], w[i - 1], cond_dim=film_dim) for i in range(levels - 1, 0, -1)]
         )
-        self.out = nn.Conv2d(w[0], 1 if cfg.head == "composite" else 3, 1)
+        self.native = None
+        if cfg.native_width:  # at the input's size: the UNet's features and the input's own pixels in
+            nw = cfg.native_width
+            self.native = nn.Sequential(
+                nn.Conv2d(w[0] + 3, nw, 3, padding=1, bias=False), nn.BatchNorm2d(nw), nn.ReLU(),
+                nn.Conv2d(nw, nw, 3, padding=1, bias=False), nn.BatchNorm2d(nw), nn.ReLU())
+        self.out = nn.Conv2d(cfg.native_width or w[0], 1 if cfg.head == "composite" else 3, 1)
+
+    @property
+    def paints_at_input_size(self) -> bool:
+        """True when forward takes an image of any size and paints it at that size (model.native_width)."""
+        return self.native is not None
 
     def forward(self, x: torch.Tensor, colour_idx: torch.Tensor, colour_rgb: torch.Tensor) -> UNetOutput:
-        """x (B, 3, H, W) in [-1, 1]; colour_idx (B,) long; colour_rgb (B, 3) in [0, 1]."""
+        """x (B, 3, H, W) in [-1, 1]; colour_idx (B,) long; colour_rgb (B, 3) in [0, 1]. Without a native head
+        the output is at x's size, which should be the work size; with one, any H and W."""
         c = self.colour(colour_idx, colour_rgb)  # (B, D)
+        x_in = x
+        if self.native is not None:
+            x = to_size(x, self.work_size)  # (B, 3, work, work)
         film = c if self.cfg.conditioning == "film" else None
         if self.cfg.conditioning == "input":
             cmap = self.to_input(c)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])  # (B, 8, H, W)
@@ -153,10 +190,17 @@ class ConditionalUNet(nn.Module):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], dim=1), film)
 
+        if self.native is not None:
+            if h.shape[-2:] != x_in.shape[-2:]:
+                h = F.interpolate(h, size=x_in.shape[-2:], mode="bilinear", align_corners=False)
+            h = self.native(torch.cat([h, x_in.to(h.dtype)], dim=1))  # (B, native_width, H, W)
         y = self.out(h)
         if self.cfg.head == "tanh":
             return UNetOutput(torch.tanh(y), None)
-        return UNetOutput(composite(torch.sigmoid(y), colour_rgb), y)
+        if not self.cfg.fill:
+            return UNetOutput(composite(torch.sigmoid(y), colour_rgb), y)
+        p = fill(torch.sigmoid(y.float()), self.cfg.fill_grad_steps).clamp(FILL_EPS, 1 - FILL_EPS)  # (B, 1, H, W)
+        return UNetOutput(composite(p, colour_rgb), torch.logit(p), y)
 
 
 def composite(mask: torch.Tensor, colour_rgb: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ def canonicalise(image: np.ndarray, model_size: int, cfg: PaintConfig = PaintCon
     same image ("canonicalisation", Kaba et al. 2023). Pixels outside the crop are read as white.
     The canvas is the model's own (model_size, model_size) whenever the crop and its margin fit in it, so a small
     drawing, in an image of any size, is painted at its own scale with no resizing at all; a larger one goes on a
-    canvas of the input's size (turned with it), which paint resizes to the model's (to_model_size).
+    canvas of the input's size (turned with it), which paint gives the net as painter.net_input says.
     cfg gives the ink threshold and the gap (the margin carried back is two gaps).
     """
     ink = ink_mask(image, cfg.ink_threshold)  # (H, W)

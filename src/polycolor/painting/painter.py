@@ -16,36 +16,51 @@ from polycolor.config import PAINTERS, PaintConfig
 from polycolor.errors import PolycolorError
 from polycolor.images import Predictor, images_to_tensor, tensor_to_images
 from polycolor.nn.colour import encode_colours
-from polycolor.nn.model import composite
+from polycolor.nn.model import composite, to_size
 from polycolor.nn.modelio import LoadedModel
 from polycolor.painting.canonical import canonicalise, restore
+from polycolor.painting.floodfill import flood_fill_wins
 from polycolor.painting.snap import gap_px_at, ink_mask, snap_to_outline
 
 # Images per forward pass: `polycolor bench` found 4 at least as fast per image as 1 and 8, and larger batches
 # slower (their activations outgrow the CPU caches); figures in docs/performance.md items 13 and 18.
 BATCH_SIZE = 4
-NET_ONLY = PaintConfig(canonical="off", snap="off")  # paint with every post-processing step off is the `net` painter
+NET_ONLY = PaintConfig(canonical="off", snap="off", flood_fill="off")  # every step off: the `net` painter
 
 
-def to_model_size(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, h, w) in [-1, 1] -> (B, 3, size, size). Shrinking takes the darkest pixel of each window (a min pool),
-    so a thin outline stays unbroken instead of losing the pixels nearest sampling skips; growing is nearest."""
+# A net that paints at the input's size (model.native_width) is given at most this side: larger inputs are min-pooled
+# to it and the logits resized back, so the head's activations stay within memory at serving's max_pixels.
+MAX_NATIVE_SIDE = 1024
+
+
+def net_input(x: torch.Tensor, model: torch.nn.Module, image_size: int) -> torch.Tensor:
+    """What the net is given for x (b, 3, h, w): x itself for a net that paints at any size (min-pooled to
+    MAX_NATIVE_SIDE when a side is longer), else x at the model's image size (nn.model.to_size)."""
+    if not getattr(model, "paints_at_input_size", False):
+        return to_size(x, image_size)
     h, w = x.shape[-2:]
-    if (h, w) == (size, size):
+    if max(h, w) <= MAX_NATIVE_SIDE:
         return x
-    if h >= size and w >= size:
-        return -F.adaptive_max_pool2d(-x, (size, size))
-    return F.interpolate(x, size=(size, size), mode="nearest")
+    f = max(h, w) / MAX_NATIVE_SIDE
+    return -F.adaptive_max_pool2d(-x, (max(1, round(h / f)), max(1, round(w / f))))
+
+
+def runs_resized(loaded: LoadedModel, h: int, w: int) -> bool:
+    """Whether the net paints an (h, w) input at another size than its own (net_input), the case the `resized`
+    post-processing modes are for."""
+    if getattr(loaded.model, "paints_at_input_size", False):
+        return max(h, w) > MAX_NATIVE_SIDE
+    return (h, w) != (loaded.image_size, loaded.image_size)
 
 
 def _net(loaded: LoadedModel, batch: np.ndarray, idx: torch.Tensor, rgb: torch.Tensor) -> np.ndarray:
-    """The net on one batch of same-size images uint8 (b, h, w, 3), run at its own size (to_model_size): for the
-    composite head its masks (b, h, w) bool (logits resized back bilinearly, thresholded at 0, i.e. sigmoid 0.5),
-    for the tanh head its images uint8 (b, h, w, 3) (resized back, nearest)."""
+    """The net on one batch of same-size images uint8 (b, h, w, 3) (net_input): for the composite head its masks
+    (b, h, w) bool (logits resized back bilinearly where the net ran at another size, thresholded at 0, i.e.
+    sigmoid 0.5), for the tanh head its images uint8 (b, h, w, 3) (resized back, nearest)."""
     model = loaded.model
     device = next(model.parameters()).device
     h, w = batch.shape[1:3]
-    x = to_model_size(images_to_tensor(batch).to(device), loaded.image_size)  # (b, 3, size, size)
+    x = net_input(images_to_tensor(batch).to(device), model, loaded.image_size)  # (b, 3, h', w')
     pred = model(x.contiguous(memory_format=torch.channels_last), idx.to(device), rgb.to(device))
     if pred.mask_logits is None:
         image = pred.image if pred.image.shape[-2:] == (h, w) else F.interpolate(pred.image, size=(h, w),
@@ -57,15 +72,15 @@ def _net(loaded: LoadedModel, batch: np.ndarray, idx: torch.Tensor, rgb: torch.T
     return (logits[:, 0] > 0).cpu().numpy()  # (b, h, w)
 
 
-def _snapped(masks: np.ndarray, batch: np.ndarray, model_size: int, cfg: PaintConfig) -> np.ndarray:
+def _snapped(masks: np.ndarray, batch: np.ndarray, loaded: LoadedModel, cfg: PaintConfig) -> np.ndarray:
     """The net's masks (b, h, w) bool snapped to the outlines of `batch` uint8 (b, h, w, 3) as cfg.snap says:
     always, only when the net ran at another size than the batch's (`resized`), or never."""
     h, w = batch.shape[1:3]
-    resized = (h, w) != (model_size, model_size)
+    resized = runs_resized(loaded, h, w)
     if cfg.snap == "off" or (cfg.snap == "resized" and not resized):
         return masks
     ink = ink_mask(batch, cfg.ink_threshold)  # (b, h, w)
-    gap_px = gap_px_at(h, w, model_size, cfg.gap_px)
+    gap_px = gap_px_at(h, w, loaded.image_size, cfg.gap_px)
     return np.stack([snap_to_outline(m, k, gap_px, resized, cfg) for m, k in zip(masks, ink)])
 
 
@@ -75,13 +90,15 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
     """Fill each outline with its colour: the `painted` painter.
 
     inputs: uint8 (N, H, W, 3) RGB outlines, any H, W; colours: N colour strings. Returns uint8 (N, H, W, 3).
-    The net runs at its own image size (_net). As cfg says:
-    - canonical ("always", or "resized": only when the input is not at the model's size): each image is painted
+    The net runs as net_input says (_net). As cfg says:
+    - canonical ("always", or "resized": only when the net paints the input at another size, runs_resized): each image is painted
       in its canonical form (canonicalise) and the paint carried back (restore),
       so turning, flipping or shifting an input turns, flips or shifts its paint exactly, and only the ink's
       surroundings are painted;
     - snap: the composite head's masks are snapped to the input's own outline (snap_to_outline), which makes a
-      mask resized from the model's size exact at the input's; the tanh head's images are never snapped.
+      mask resized from the model's size exact at the input's; the tanh head's images are never snapped;
+    - flood_fill ("clean"): on a clean, closed outline that the net's mask agrees with, the flood fill's exact mask
+      replaces the net's (floodfill.flood_fill_wins); elsewhere the net's stays.
     With both off this is paint_net. The composite head's output is two-valued, white and the colour.
     """
     if inputs.ndim != 4 or inputs.shape[-1] != 3:
@@ -91,8 +108,7 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
     loaded.model.eval()
     idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
     n, h, w, _ = inputs.shape
-    at_model_size = (h, w) == (loaded.image_size, loaded.image_size)
-    use_canonical = cfg.canonical == "always" or (cfg.canonical == "resized" and not at_model_size)
+    use_canonical = cfg.canonical == "always" or (cfg.canonical == "resized" and runs_resized(loaded, h, w))
     canon = [canonicalise(x, loaded.image_size, cfg) for x in inputs] if use_canonical else None
     images = [c.image for c in canon] if canon is not None else list(inputs)  # what the net is shown
     composite_head = loaded.config.head == "composite"
@@ -106,7 +122,7 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
             batch = np.stack([images[i] for i in chunk])  # (b, h', w', 3)
             painted = _net(loaded, batch, idx[chunk], rgb[chunk])
             if composite_head:
-                painted = _snapped(painted, batch, loaded.image_size, cfg)
+                painted = _snapped(painted, batch, loaded, cfg)
             for j, i in enumerate(chunk):
                 back = painted[j] if canon is None else restore(painted[j], canon[i], (h, w),
                                                                 False if composite_head else 255)
@@ -115,6 +131,10 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
                 else:
                     out[i] = back
     if composite_head:
+        for i in range(n):
+            ff = flood_fill_wins(inputs[i], masks[i], cfg)
+            if ff is not None:
+                masks[i] = ff
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             out[sl] = tensor_to_images(composite(torch.from_numpy(masks[sl])[:, None].float(), rgb[sl]))
@@ -122,8 +142,7 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
 
 
 def paint_net(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """The `net` painter: the network at its own size and nothing else. The input is resized to the model's size
-    (to_model_size); the composite head's mask logits are resized back bilinearly and thresholded at 0, the tanh
+    """The `net` painter: the network and nothing else. The input is given as net_input says; the composite head's mask logits are resized back bilinearly and thresholded at 0, the tanh
     head's image resized back (nearest). uint8 (N, H, W, 3) in, uint8 (N, H, W, 3) out."""
     return paint(loaded, inputs, colours, NET_ONLY, batch_size)
 

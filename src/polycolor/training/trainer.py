@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -113,6 +114,26 @@ def make_loader(data: TensorData, batch_size: int, seed: int, epoch: int, num_wo
                         num_workers=num_workers)
     # The sampler pads the permutation to a multiple of world: stop before any padded (repeated) item.
     return islice(loader, steps_per_epoch(len(data), batch_size))
+
+
+def rescale_factor(factors: tuple[float, ...], seed: int, epoch: int, step: int) -> float:
+    """The train.rescale factor of one global batch: drawn from (seed, epoch, step) alone, so every rank and a
+    resumed run draw the same."""
+    if len(factors) == 1:
+        return factors[0]
+    return factors[int(np.random.default_rng([seed, epoch, step]).integers(len(factors)))]
+
+
+def rescaled(x: torch.Tensor, y: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of inputs and targets (B, 3, H, W) in [-1, 1] at `factor` times their size. 2: each pixel a 2x2 block
+    (nearest); 0.5: each 2x2 block its darkest value per channel (a min pool), which keeps a thin outline unbroken
+    and paints a target pixel wherever any of its block was painted (painted colours are darker than white in
+    some channel, and one image has one colour)."""
+    if factor == 2.0:
+        return (F.interpolate(x, scale_factor=2, mode="nearest"), F.interpolate(y, scale_factor=2, mode="nearest"))
+    if factor == 0.5:
+        return -F.max_pool2d(-x, 2), -F.max_pool2d(-y, 2)
+    return x, y
 
 
 def resolve_device(name: str) -> torch.device:
@@ -307,6 +328,7 @@ class Trainer:
         n_seen, t0 = 0, time.perf_counter()
         for step, batch in enumerate(_progress(loader, f"epoch {self.epoch + 1}/{self.tcfg.epochs}")):
             x, y, idx, rgb = self._batch(batch)
+            x, y = rescaled(x, y, rescale_factor(self.tcfg.rescale, self.tcfg.seed, self.epoch, step))
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 pred = self.net(x, idx, rgb)
                 loss, terms = self.objective(pred, y)
