@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from polycolor.config import load_params
+from polycolor.config.data import DataParams
 from polycolor.data.augment import augment_dataset
 from polycolor.data.ayna import write_png
 from polycolor.errors import run_guarded
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_params(args.params)
+    cfg = DataParams.load(args.params)
     start = time.perf_counter()
     # Both outputs replace the old ones only when everything has been written.
     with atomic_output(Path(args.out)) as tmp_out, atomic_output(Path(args.grid)) as tmp_grid:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from polycolor.config import load_params
+from polycolor.config.params import load_params
 from polycolor.data.ingest import check_source
 from polycolor.errors import ConfigError, run_guarded
 from polycolor.fileio import write_json_atomic

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from polycolor.config import load_params
+from polycolor.config.params import load_params
 from polycolor.errors import run_guarded
 from polycolor.evaluation.evaluate import run_evaluation
 

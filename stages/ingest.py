@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from polycolor.config import load_params
+from polycolor.config.data import DataParams
 from polycolor.data.ingest import ingest
 from polycolor.errors import run_guarded
 from polycolor.fileio import atomic_output
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_params(args.params)
+    cfg = DataParams.load(args.params)
     start = time.perf_counter()
     with atomic_output(Path(args.out)) as tmp:  # a failure leaves the previous dataset untouched
         manifest = ingest(cfg.ingest, cfg.seed, tmp)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from polycolor.config import load_params
+from polycolor.config.params import load_params
 from polycolor.errors import run_guarded
 from polycolor.fileio import atomic_output, write_json_atomic
 from polycolor.serving.package import package_model, read_eval_metrics

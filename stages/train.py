@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from polycolor import signals
-from polycolor.config import load_params
+from polycolor.config.training import TrainingParams
 from polycolor.errors import run_guarded
 from polycolor.training import distributed
 from polycolor.training.train import run_training
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> None:
-    cfg = load_params(args.params)
+    cfg = TrainingParams.load(args.params)
     # Never outlive DVC (or, for a rank, the launcher): a signal or a vanished parent stops training with the last
     # checkpoint kept and the MLflow run closed as KILLED.
     with distributed.exit_with_parent(), signals.stop_signals():

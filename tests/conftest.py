@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-from polycolor.config import IngestConfig
+from polycolor.config.data import IngestConfig
 from polycolor.data.ingest import ingest
 
 REPO = Path(__file__).parents[1]
@@ -252,7 +252,7 @@ def log_evaluation(train_run_id: str, folder: Path, metrics: dict) -> Path:
     training run, every block's set a dataset (the package stage links exactly this run). Returns eval.json's path."""
     import json
 
-    from polycolor.config import load_params
+    from polycolor.config.params import load_params
     from polycolor.evaluation import logging
     from polycolor.tracking.datasets import generated_dataset
 

@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, tree_digest
 from helpers import format_problems
 
-from polycolor.config import AugmentConfig, IngestConfig
+from polycolor.config.data import AugmentConfig, IngestConfig
 from polycolor.data import augment, ayna, synth
 from polycolor.images import painted_mask
 

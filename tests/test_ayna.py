@@ -12,7 +12,7 @@ from PIL import Image
 
 from polycolor import fileio
 from polycolor.colours import AYNA_COLOURS
-from polycolor.config import IngestConfig
+from polycolor.config.data import IngestConfig
 from polycolor.data import ayna, synth
 from polycolor.errors import PolycolorError
 

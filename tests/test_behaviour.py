@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from polycolor.config import IngestConfig
+from polycolor.config.data import IngestConfig
 from polycolor.data.synth import generate
 from polycolor.evaluation.behaviour import (
     BEHAVIOURS,
@@ -68,7 +68,9 @@ def test_an_untrained_network_fails_the_default_behaviour_gates():
     form holds turns and the blank input by construction, so gates on the painter could not fail there."""
     import torch
 
-    from polycolor.config import ModelConfig, PaintConfig, load_params
+    from polycolor.config.paint import PaintConfig
+    from polycolor.config.params import load_params
+    from polycolor.config.training import ModelConfig
     from polycolor.evaluation.logging import flat_metrics
     from polycolor.images import images_to_tensor
     from polycolor.nn.colour import encode_colours

@@ -19,7 +19,7 @@ from polycolor.bench import (
     training_figures,
 )
 from polycolor.cli import main
-from polycolor.config import parse_config
+from polycolor.config.params import parse_config
 from polycolor.nn.model import ConditionalUNet
 from polycolor.nn.modelio import LoadedModel
 

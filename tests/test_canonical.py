@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from polycolor.config import IngestConfig, ModelConfig, PaintConfig
+from polycolor.config.data import IngestConfig
+from polycolor.config.paint import PaintConfig
+from polycolor.config.training import ModelConfig
 from polycolor.data.synth import generate
 from polycolor.images import images_to_tensor, painted_mask
 from polycolor.nn.colour import encode_colours

@@ -14,7 +14,9 @@ from polycolor.colours import (
     resolve_colour,
     rgb_to_hex,
 )
-from polycolor.config import IngestConfig, load_params, parse_config
+from polycolor.config.data import DataParams, IngestConfig
+from polycolor.config.params import load_params, parse_config
+from polycolor.config.training import TrainingParams
 from polycolor.errors import ConfigError, PolycolorError
 
 REPO = Path(__file__).parents[1]
@@ -144,6 +146,37 @@ def test_yaml_inf_and_a_size_the_unet_cannot_halve_fail_at_validation(tmp_path):
     p.write_text("ingest:\n  image_size: 44\nmodel:\n  widths: [4, 8, 16, 32]\n")
     with pytest.raises(ConfigError, match="divisible by 8"):
         load_params(p)
+
+
+@pytest.mark.parametrize("stage_params, params, key, value", [
+    (TrainingParams, {"train": {"lr": -1.0}}, "train.lr", "-1.0"),
+    (TrainingParams, {"loss": {"l1": 0, "l2": 0, "perceptual": 0}, "model": {"head": "tanh"}}, "loss", "'l1': 0"),
+    (TrainingParams, {"model": {"widht": 3}}, "model.widht", "known"),
+    (DataParams, {"seed": -1}, "seed", "-1"),
+    (DataParams, {"augment": {"hflip": 2.0}}, "augment.hflip", "2.0"),
+])
+def test_a_stages_params_give_the_same_one_line_errors(stage_params, params, key, value):
+    """A stage that reads only its sections refuses a bad value in them with the message the whole Config gives."""
+    for parse in (stage_params.parse, parse_config):
+        with pytest.raises(ConfigError) as e:
+            parse(params)
+        msg = str(e.value)
+        assert "\n" not in msg and key in msg and value in msg, msg
+
+
+def test_a_stages_params_leave_the_other_sections_to_their_stages(tmp_path):
+    """The train stage reads model, loss, train and mlflow, the data stages seed, ingest and augment: a bad value
+    elsewhere is not theirs to refuse (the check stage refuses it before any stage runs)."""
+    p = tmp_path / "params.yaml"
+    p.write_text("seed: 7\ntrain:\n  lr: 0.01\ningest:\n  image_size: 64\npaint:\n  snap: sometimes\n")
+    train, data = TrainingParams.load(p), DataParams.load(p)
+    assert train.train.lr == 0.01 and not hasattr(train, "ingest") and not hasattr(train, "paint")
+    assert data.seed == 7 and data.ingest.image_size == 64 and not hasattr(data, "train")
+    with pytest.raises(ConfigError, match="paint.snap must be one of"):
+        load_params(p)
+    full = load_params(REPO / "params.yaml")
+    assert TrainingParams.load(REPO / "params.yaml").model == full.model
+    assert DataParams.load(REPO / "params.yaml").augment == full.augment
 
 
 def test_repo_params_are_valid():

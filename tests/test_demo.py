@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from polycolor.config import IngestConfig, ModelConfig
+from polycolor.config.data import IngestConfig
+from polycolor.config.training import ModelConfig
 from polycolor.data.ayna import load_image, read_split
 from polycolor.errors import PolycolorError
 from polycolor.nn import modelio

@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from polycolor.config import parse_config
+from polycolor.config.params import parse_config
+from polycolor.config.training import TrainingParams
 from polycolor.errors import ConfigError
 from polycolor.training.distributed import torchrun_args
 from polycolor.training.train import run_training
@@ -76,7 +77,7 @@ def test_two_ranks_train_like_one_process_and_resume_exactly(tiny_dataset, tmp_p
     assert sorted(p.name for p in straight["checkpoint_dir"].iterdir()) == ["best.pt", "last.pt"]
     two = pd.read_csv(straight["curve_path"])["val_loss"].iloc[-1]
 
-    cfg = parse_config({**PARAMS, "train": {**PARAMS["train"], "nproc": 1}})
+    cfg = TrainingParams.parse({**PARAMS, "train": {**PARAMS["train"], "nproc": 1}})
     set_torch_globals(cfg.train)
     one = run_training(cfg, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation",
                        **outputs(tmp_path / "one")).history[-1]["val_loss"]

@@ -14,7 +14,10 @@ import yaml
 from PIL import Image
 
 
-from polycolor.config import IngestConfig, ModelConfig, PaintConfig, parse_config
+from polycolor.config.data import IngestConfig
+from polycolor.config.paint import PaintConfig
+from polycolor.config.params import parse_config
+from polycolor.config.training import ModelConfig
 from polycolor.data.ayna import write_split
 from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from polycolor.config import ModelConfig
+from polycolor.config.training import ModelConfig
 from polycolor.nn import fill as fill_mod
 from polycolor.nn.fill import fill
 from polycolor.nn.model import ConditionalUNet, to_size

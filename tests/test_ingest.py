@@ -18,7 +18,7 @@ from conftest import REPO, TINY, tree_digest
 from helpers import format_problems
 from PIL import Image
 
-from polycolor.config import IngestConfig
+from polycolor.config.data import IngestConfig
 from polycolor.data import ayna
 from polycolor.data.ingest import ingest
 from polycolor.errors import PolycolorError

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from polycolor.config import LossConfig, ModelConfig
+from polycolor.config.training import LossConfig, ModelConfig
 from polycolor.errors import PolycolorError
 from polycolor.nn.losses import Objective, ssim
 from polycolor.nn.model import ConditionalUNet

@@ -16,7 +16,9 @@ import torch
 from conftest import log_evaluation
 from PIL import Image
 
-from polycolor.config import ModelConfig, PaintConfig, load_params
+from polycolor.config.paint import PaintConfig
+from polycolor.config.params import load_params
+from polycolor.config.training import ModelConfig
 from polycolor.errors import PolycolorError
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet

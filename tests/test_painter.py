@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from polycolor.config import IngestConfig, ModelConfig, PaintConfig
+from polycolor.config.data import IngestConfig
+from polycolor.config.paint import PaintConfig
+from polycolor.config.training import ModelConfig
 from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.images import images_to_tensor, painted_mask, tensor_to_images

@@ -75,7 +75,7 @@ def test_default_gates_read_metrics_the_pipeline_records(project, tmp_path, monk
     """`polycolor promote` with the project's default `promote` section after a real pipeline run: every metric a
     default gate names reaches the registered version, so a refusal can only be a threshold the tiny model misses
     (it is 1 epoch of a 2-level net at 32 px); the default model passes them (test_readme_figures)."""
-    from polycolor.config import load_params
+    from polycolor.config.params import load_params
     from polycolor.serving import registry
 
     root, env = project

@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from polycolor.colours import resolve_colour
-from polycolor.config import ModelConfig, PaintConfig
+from polycolor.config.paint import PaintConfig
+from polycolor.config.training import ModelConfig
 from polycolor.errors import PolycolorError
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet

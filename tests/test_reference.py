@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from polycolor.config import IngestConfig
+from polycolor.config.data import IngestConfig
 from polycolor.data.ayna import load_split
 from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from polycolor.cli import REFUSED_EXIT, main
-from polycolor.config import Gate, PaintConfig, PromoteConfig
+from polycolor.config.paint import PaintConfig
+from polycolor.config.serving import Gate, PromoteConfig
 from polycolor.serving import registry
 from polycolor.tracking.datasets import generated_dataset
 from polycolor.tracking.store import configure, ensure_experiment

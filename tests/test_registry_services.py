@@ -20,7 +20,7 @@ from conftest import REPO, log_evaluation, sh
 from mlflow.exceptions import MlflowException
 from test_package import EVAL, tiny_model
 
-from polycolor.config import load_params
+from polycolor.config.params import load_params
 from polycolor.nn import modelio
 from polycolor.serving import package, registry
 from polycolor.tracking.lineage import write_run_info

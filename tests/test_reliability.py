@@ -21,7 +21,8 @@ import torch
 from conftest import log_evaluation
 from PIL import Image
 
-from polycolor.config import ModelConfig, parse_config
+from polycolor.config.params import parse_config
+from polycolor.config.training import ModelConfig
 from polycolor.data.ayna import ImageTooLarge, load_image
 from polycolor.data.ingest import ingest
 from polycolor.errors import PolycolorError

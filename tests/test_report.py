@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from polycolor import report
-from polycolor.config import parse_config
+from polycolor.config.params import parse_config
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.logging import flat_metrics
 from polycolor.serving.registry import gate_failures

@@ -20,7 +20,8 @@ from conftest import log_evaluation
 from PIL import Image
 from services import running
 
-from polycolor.config import ModelConfig, PromoteConfig
+from polycolor.config.serving import PromoteConfig
+from polycolor.config.training import ModelConfig
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet
 from polycolor.stack import free_port

@@ -10,7 +10,7 @@ import pytest
 from helpers import format_problems
 
 from polycolor.colours import AYNA_COLOURS, SHAPES
-from polycolor.config import IngestConfig
+from polycolor.config.data import IngestConfig
 from polycolor.data import ayna, synth
 from polycolor.images import painted_mask
 
@@ -197,7 +197,7 @@ def test_wide_poses_reach_small_large_and_the_border():
                                         ("downscale_fraction", 1.1), ("downscale_factors", [1, 2]),
                                         ("downscale_factors", []), ("outline_width", [1, 17])])
 def test_bad_variation_params_are_one_line_errors(key, value):
-    from polycolor.config import parse_config
+    from polycolor.config.params import parse_config
     from polycolor.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"ingest.{key}"):
@@ -206,7 +206,7 @@ def test_bad_variation_params_are_one_line_errors(key, value):
 
 def test_pixel_limits_grow_with_the_image_size():
     """A 512 px set may scale the 128 px widths and gaps by 4; a factor that would draw past 2048 px is refused."""
-    from polycolor.config import parse_config
+    from polycolor.config.params import parse_config
     from polycolor.errors import ConfigError
 
     parse_config({"ingest": {"image_size": 512, "outline_width": [4, 24], "gap_length": [4, 96],
@@ -377,7 +377,7 @@ def test_jpeg_bytes_do_not_depend_on_libjpeg_turbos_simd_code(tmp_path):
     import subprocess
     import sys
 
-    code = ("import hashlib, numpy as np; from polycolor.config import IngestConfig; from polycolor.data import synth;"
+    code = ("import hashlib, numpy as np; from polycolor.config.data import IngestConfig; from polycolor.data import synth;"
             "a = synth.generate(IngestConfig(image_size=64, jpeg_fraction=1.0, antialias_fraction=0.5), 16, 0);"
             "print(hashlib.md5(a.inputs.tobytes()).hexdigest())")
     digests = set()
@@ -401,3 +401,27 @@ def test_only_and_at_image_size():
     big.validate()
     a = synth.generate(synth.only(big, gap_fraction=1.0), 2, 0)
     assert a.inputs.shape == (2, 512, 512, 3)
+
+
+def test_pens_and_paper_change_the_input_only_and_repeat_exactly():
+    from dataclasses import replace as _replace
+
+    from polycolor.data.synth import generate, on_paper
+
+    grey = np.full((8, 8), 255, dtype=np.uint8)
+    grey[2:5, 3] = 0
+    assert np.array_equal(on_paper(grey, (0, 0, 0), 0), np.repeat(grey[..., None], 3, axis=2)), "white page, black pen"
+    cfg = IngestConfig(image_size=64)
+    plain = generate(cfg, 6, 11)
+    for share in ("pen_fraction", "paper_fraction"):
+        varied = generate(_replace(cfg, **{share: 1.0}), 6, 11)
+        again = generate(_replace(cfg, **{share: 1.0}), 6, 11)
+        assert np.array_equal(varied.inputs, again.inputs), f"{share}: same config and seed, same bytes"
+        assert np.array_equal(varied.targets, plain.targets), f"{share}: the target is the plain polygon's"
+        assert not np.array_equal(varied.inputs, plain.inputs), share
+    paper = generate(_replace(cfg, paper_fraction=1.0), 6, 11)
+    corners = paper.inputs[:, :2, :2].reshape(6, -1)
+    assert (corners < 255).any(axis=1).all() and (corners > 150).all(), "a tinted, lit page, not white, not ink"
+    pens = generate(_replace(cfg, pen_fraction=1.0), 6, 11)
+    ink = pens.inputs[plain.inputs.min(axis=-1) == 0]
+    assert ink.max() <= 110 and (ink.max(axis=-1) != ink.min(axis=-1)).any(), "dark pens of some hue"

@@ -19,7 +19,7 @@ import pytest
 import torch
 from services import launch, mlflow_server_cmd, wait_until_answers
 
-from polycolor.config import parse_config
+from polycolor.config.training import TrainingParams
 from polycolor.errors import run_guarded
 from polycolor.nn import modelio
 from polycolor.stack import free_port
@@ -33,7 +33,7 @@ TINY_PARAMS = {
 
 
 def tiny(epochs: int = 2, **train):
-    return parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": epochs, **train}})
+    return TrainingParams.parse({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": epochs, **train}})
 
 
 def outputs(root: Path, ck: Path) -> dict[str, Path]:

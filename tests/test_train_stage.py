@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import torch
 
-from polycolor.config import parse_config
+from polycolor.config.training import TrainingParams
 from polycolor.errors import PolycolorError
 from polycolor.nn.modelio import load_model
 from polycolor.tracking.datasets import dvc_hash
@@ -38,7 +38,7 @@ def test_a_training_run_lands_in_mlflow(tiny_dataset, tmp_path, store, monkeypat
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
     monkeypatch.setenv("MKL_CBWR", "AVX2")  # recorded as set (MKL has read it already: no effect here)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
-    cfg = parse_config(TINY_PARAMS)
+    cfg = TrainingParams.parse(TINY_PARAMS)
     out = outputs(tmp_path)
     run_training(cfg, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
 
@@ -77,14 +77,14 @@ def test_an_exception_leaves_the_run_failed(tiny_dataset, tmp_path, store):
     out = outputs(tmp_path)
     (tmp_path / "models").write_text("a file where the model's folder should be")  # writing the model fails
     with pytest.raises(OSError):
-        run_training(parse_config(TINY_PARAMS), train_dir=tiny_dataset / "training",
+        run_training(TrainingParams.parse(TINY_PARAMS), train_dir=tiny_dataset / "training",
                      val_dir=tiny_dataset / "validation", **out)
     assert [r.info.status for r in runs(store)] == ["FAILED"]
 
 
 def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(tiny_dataset, tmp_path, store):
     """A real SIGINT in the middle of training (once epoch 1's best.pt exists)."""
-    cfg = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 200}})
+    cfg = TrainingParams.parse({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 200}})
     out = outputs(tmp_path)
 
     def interrupt_after_epoch_1():
@@ -104,11 +104,11 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(tiny_dataset, tmp_
 
 def test_a_run_whose_checkpoint_cannot_be_resumed_is_not_left_running(tiny_dataset, tmp_path, store):
     out = outputs(tmp_path)
-    run_training(parse_config(TINY_PARAMS), train_dir=tiny_dataset / "training",
+    run_training(TrainingParams.parse(TINY_PARAMS), train_dir=tiny_dataset / "training",
                  val_dir=tiny_dataset / "validation", **out)
     [killed] = runs(store)
     mlflow.MlflowClient(store).update_run(killed.info.run_id, "RUNNING")  # as a SIGKILL leaves it
-    other = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 1e-3}})  # not resumable
+    other = TrainingParams.parse({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 1e-3}})  # not resumable
     run_training(other, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
     status = {r.info.run_id: r.info.status for r in runs(store)}
     assert status.pop(killed.info.run_id) == "KILLED"
@@ -128,11 +128,11 @@ def test_a_resumed_run_logs_the_epoch_a_kill_left_unlogged(tiny_dataset, tmp_pat
 
     monkeypatch.setattr(mlflow, "log_metrics", killed_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        run_training(parse_config(TINY_PARAMS), train_dir=tiny_dataset / "training",
+        run_training(TrainingParams.parse(TINY_PARAMS), train_dir=tiny_dataset / "training",
                      val_dir=tiny_dataset / "validation", **out)
     monkeypatch.setattr(mlflow, "log_metrics", real_log_metrics)
     assert torch.load(out["checkpoint_dir"] / "last.pt", weights_only=True)["epoch"] == 2
-    three = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 3}})
+    three = TrainingParams.parse({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 3}})
     run_training(three, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)
     [run] = runs(store)
     steps = sorted(m.step for m in mlflow.MlflowClient(store).get_metric_history(run.info.run_id, "val_loss"))
@@ -143,14 +143,14 @@ def test_a_truncated_last_checkpoint_is_refused_and_its_run_closed(tiny_dataset,
     """A cut checkpoints/last.pt beside an intact best.pt of a run a SIGKILL left RUNNING: the stage refuses in one
     line naming both ways on (best.pt's epoch, or delete the folder), best.pt is untouched and the run is closed."""
     out = outputs(tmp_path)
-    run_training(parse_config(TINY_PARAMS), train_dir=tiny_dataset / "training",
+    run_training(TrainingParams.parse(TINY_PARAMS), train_dir=tiny_dataset / "training",
                  val_dir=tiny_dataset / "validation", **out)
     [run] = runs(store)
     mlflow.MlflowClient(store).update_run(run.info.run_id, "RUNNING")  # as a SIGKILL leaves it
     last, best = out["checkpoint_dir"] / "last.pt", out["checkpoint_dir"] / "best.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     best_bytes = best.read_bytes()
-    three = parse_config({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 3}})
+    three = TrainingParams.parse({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 3}})
     t0 = time.monotonic()
     with pytest.raises(PolycolorError, match=r"last\.pt is unreadable.*best\.pt \(epoch \d\).*delete") as e:
         run_training(three, train_dir=tiny_dataset / "training", val_dir=tiny_dataset / "validation", **out)

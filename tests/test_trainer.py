@@ -6,7 +6,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from polycolor.config import IngestConfig, LossConfig, ModelConfig, TrainConfig
+from polycolor.config.data import IngestConfig
+from polycolor.config.training import LossConfig, ModelConfig, TrainConfig
 from polycolor.data.synth import generate
 from polycolor.errors import PolycolorError
 from polycolor.training.trainer import (

@@ -18,7 +18,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from polycolor.config import IngestConfig
+from polycolor.config.data import IngestConfig
 from polycolor.data.synth import generate
 from polycolor.painting.snap import ink_mask, snap_to_outline
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from polycolor.config import load_params
+from polycolor.config.params import load_params
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.sets import load_sets, subset
 from polycolor.nn.modelio import load_model

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from polycolor.colours import resolve_colour
-from polycolor.config import PAINTERS, load_params
+from polycolor.config.paint import PAINTERS
+from polycolor.config.params import load_params
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.reference import reference_fill
 from polycolor.nn.modelio import load_model

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polycolor.config import PaintConfig, load_params
+from polycolor.config.paint import PaintConfig
+from polycolor.config.params import load_params
 from polycolor.data.synth import generate
 from polycolor.evaluation import metrics as M
 from polycolor.evaluation.evaluate import plain_geometry

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polycolor.config import Config
+from polycolor.config.params import Config
 from polycolor.data.synth import generate
 from polycolor.images import images_to_tensor
 from polycolor.nn.colour import encode_colours, paintable

@@ -22,7 +22,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from polycolor.config import PAINTERS, Config, PaintConfig, flatten, load_params, parse_config
+from polycolor.config.base import flatten
+from polycolor.config.paint import PAINTERS, PaintConfig
+from polycolor.config.params import Config, load_params, parse_config
 from polycolor.errors import PolycolorError, run_guarded
 from polycolor.paths import repo_root
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from polycolor.config import flatten
+from polycolor.config.base import flatten
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.behaviour import BEHAVIOURS
 from polycolor.evaluation.names import BEHAVIOUR, SCORERS

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from skimage.measure import label
 
-from polycolor.config import AugmentConfig
+from polycolor.config.data import AugmentConfig
 from polycolor.data import ayna
 from polycolor.data.coords import nearest_pixel, rotate, snap
 from polycolor.images import WHITE, painted_mask

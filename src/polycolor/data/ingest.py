@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from polycolor.config import IngestConfig
+from polycolor.config.data import IngestConfig
 from polycolor.data import ayna, synth
 from polycolor.errors import PolycolorError
 

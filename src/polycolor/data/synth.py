@@ -26,8 +26,11 @@ Inputs as people feed a painter (render_varied; the target stays two-valued, the
 - anti-aliased outlines: drawn SUPERSAMPLE x larger and box-averaged in exact integers, so edge pixels are grey;
 - downscaled pairs: drawn at a factor x the size with every length scaled and brought down the way the painter
   brings a large drawing to the model's size (the darkest pixel of each factor x factor block);
+- pens: the outline in a dark colour of any hue instead of black;
+- paper: the drawing as a scan or a phone photo of paper shows it: an off-white, tinted page, lit unevenly (a
+  linear gradient), the pen in a dark colour, softened by a binomial blur and grainy with noise;
 - JPEG: the input compressed and decoded with PIL (libjpeg-turbo's integer DCT, the same bytes with or without its
-  SIMD code).
+  SIMD code), last.
 Every step is numpy integer or element-wise float64 arithmetic or PIL, never torch or BLAS, so the bytes do not
 depend on the CPU.
 """
@@ -49,7 +52,7 @@ from polycolor.colours import (
     resolve_colour,
     rgb_to_hex,
 )
-from polycolor.config import IngestConfig
+from polycolor.config.data import IngestConfig
 from polycolor.data.ayna import SplitArrays
 from polycolor.data.coords import rotate
 
@@ -137,6 +140,8 @@ class PolygonSpec:
     antialias: bool = False  # outline drawn anti-aliased: grey edge pixels (render_varied)
     downscale: int = 1  # drawn at downscale x the size, every length scaled, then pooled back (render_varied); 1 = off
     jpeg_quality: int = 0  # the input JPEG-compressed at this quality and decoded again; 0 = off
+    pen: tuple[int, int, int] = (0, 0, 0)  # the outline's colour (render_varied when not black)
+    paper_seed: int = 0  # seeds the page's look (paper): tone, light, blur, grain; 0 = a white page
 
 
 def vertices(spec: PolygonSpec) -> np.ndarray:
@@ -203,7 +208,7 @@ def render(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     A gap removes outline pixels from the input only: the target is the polygon as if its outline were closed.
     A spec with anti-aliasing, downscaling or JPEG is drawn by render_varied (the input then holds grey values).
     """
-    if spec.antialias or spec.downscale > 1 or spec.jpeg_quality:
+    if spec.antialias or spec.downscale > 1 or spec.jpeg_quality or spec.pen != (0, 0, 0) or spec.paper_seed:
         return render_varied(spec, image_size)
     drawn, filled = draw_masks(spec, image_size)
     inp = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
@@ -330,6 +335,57 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
         return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
+PAPER_TONE = (200, 252)  # the page's brightest channel, before the light falls off
+PAPER_TINT = 14  # the other channels up to this much below it (yellowish, bluish, grey paper)
+PAPER_LIGHT = 0.25  # the light falls off by up to this share across the page
+PAPER_GRAIN = 8  # noise up to +- this (the sum of two uniform draws, so mostly smaller)
+PEN_DARKEST = 110  # a pen colour's brightest channel is at most this: dark enough to read as ink on any page
+
+
+def pen_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A dark colour of any hue (blue, red, green, brown, grey ink): every channel <= PEN_DARKEST."""
+    return tuple(int(v) for v in rng.integers(0, PEN_DARKEST + 1, 3))
+
+
+def _binomial_blur(img: np.ndarray, times: int) -> np.ndarray:
+    """(H, W, C) int64 smoothed `times` times by the [1, 2, 1] kernel along each axis (edges repeated), exact
+    integers (x16 per pass, divided back with rounding)."""
+    for _ in range(times):
+        p = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        v = p[:-2] + 2 * p[1:-1] + p[2:]
+        img = (v[:, :-2] + 2 * v[:, 1:-1] + v[:, 2:] + 8) // 16
+    return img
+
+
+def on_paper(ink: np.ndarray, pen: tuple[int, int, int], paper_seed: int) -> np.ndarray:
+    """An ink coverage (H, W) uint8, 0 = full ink, 255 = none, as a pen of colour `pen` on a page: uint8 (H, W, 3).
+    paper_seed 0 is a white page, unlit, sharp and clean; otherwise the page's tone, tint, light gradient, blur
+    (0-2 binomial passes) and grain are drawn from it. Integer arithmetic only, so the bytes are the same on any
+    CPU."""
+    h, w = ink.shape
+    cover = 255 - ink.astype(np.int64)  # (H, W) in [0, 255]: how much of the pixel the pen covers
+    page = np.full((h, w, 3), 255, dtype=np.int64)
+    rng = np.random.default_rng(paper_seed) if paper_seed else None
+    if rng is not None:
+        top = int(rng.integers(PAPER_TONE[0], PAPER_TONE[1] + 1))
+        tone = np.array([top - int(rng.integers(0, PAPER_TINT + 1)) for _ in range(3)], dtype=np.int64)
+        # light: 1000ths of the tone kept, falling linearly along a random direction
+        dy, dx = (int(v) for v in rng.integers(-1000, 1001, 2))
+        fall = int(rng.integers(0, int(PAPER_LIGHT * 1000) + 1))
+        yy, xx = np.mgrid[0:h, 0:w]
+        ramp = (yy * dy + xx * dx) - min(0, dy) * (h - 1) - min(0, dx) * (w - 1)  # >= 0
+        span = max(1, abs(dy) * (h - 1) + abs(dx) * (w - 1))
+        light = 1000 - fall * ramp // span  # (H, W) in [1000 - fall, 1000]
+        page = tone[None, None, :] * light[..., None] // 1000
+    pen_a = np.asarray(pen, dtype=np.int64)
+    img = (page * (255 - cover[..., None]) + pen_a[None, None, :] * cover[..., None] + 127) // 255
+    if rng is not None:
+        img = _binomial_blur(img, int(rng.integers(0, 3)))
+        grain = rng.integers(-PAPER_GRAIN // 2, PAPER_GRAIN // 2 + 1, (2, h, w, 3)).sum(axis=0)
+        img = img + grain
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def render_varied(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw one pair with the spec's anti-aliasing, downscaling and JPEG: (input, target), uint8 (H, W, 3).
 
@@ -338,6 +394,7 @@ def render_varied(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.nd
     - anti-aliasing: input = box_grey of the outline over SUPERSAMPLE x SUPERSAMPLE blocks;
     - downscaling: input = min_pool over downscale x downscale blocks, the darkest pixel, as the painter brings a
       large drawing to the model's size;
+    - pen and paper: input = on_paper(input, pen, paper_seed), the ink in the pen's colour on the page;
     - JPEG, last: input = jpeg(input).
     The target is painted where its block of the large fill holds any filled pixel (any_pool, for both reductions).
     The large fill covers the large outline, so the target covers every pixel with ink in the input and its outer edge
@@ -353,7 +410,10 @@ def render_varied(spec: PolygonSpec, image_size: int) -> tuple[np.ndarray, np.nd
     filled = any_pool(filled, k) if k > 1 else filled
     if spec.downscale > 1:
         grey, filled = min_pool(grey, spec.downscale), any_pool(filled, spec.downscale)
-    inp = np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3)
+    if spec.pen != (0, 0, 0) or spec.paper_seed:
+        inp = on_paper(grey, spec.pen, spec.paper_seed)  # (H, W, 3)
+    else:
+        inp = np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3)
     if spec.jpeg_quality:
         inp = jpeg(inp, spec.jpeg_quality)
     tgt = np.full((image_size, image_size, 3), 255, dtype=np.uint8)
@@ -414,6 +474,11 @@ def sample_specs(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> 
     factor = np.asarray(cfg.downscale_factors, dtype=np.int64)[rng.integers(0, len(cfg.downscale_factors), n)]
     is_jpeg = rng.random(n) < cfg.jpeg_fraction
     quality = rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1, n)
+    # Pens and paper, drawn last of all for the same reason.
+    is_pen = rng.random(n) < cfg.pen_fraction
+    is_paper = rng.random(n) < cfg.paper_fraction
+    pen_seed = rng.integers(0, 2**63, n)
+    paper_seed = rng.integers(1, 2**31, n)
 
     half = image_size / 2.0
     specs = []
@@ -454,7 +519,10 @@ def sample_specs(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> 
                                  int(width[i]), unit, wobble, int(own.integers(0, 2**31)), gaps, vertex_gaps,
                                  antialias=bool(is_antialiased[i]),
                                  downscale=int(factor[i]) if is_downscaled[i] else 1,
-                                 jpeg_quality=int(quality[i]) if is_jpeg[i] else 0))
+                                 jpeg_quality=int(quality[i]) if is_jpeg[i] else 0,
+                                 pen=pen_colour(np.random.default_rng(int(pen_seed[i]))) if is_pen[i] or is_paper[i]
+                                 else (0, 0, 0),
+                                 paper_seed=int(paper_seed[i]) if is_paper[i] else 0))
     return specs
 
 
@@ -479,7 +547,7 @@ def generate(cfg: IngestConfig, n: int, seed: int | np.random.Generator) -> Spli
 
 # IngestConfig's variation shares: each turns one kind of sample on for a share of the pairs (0 = off).
 SHARES = ("gap_fraction", "wobble_fraction", "novel_shape_fraction", "wide_pose_fraction", "vertex_gap_fraction",
-          "antialias_fraction", "downscale_fraction", "jpeg_fraction")
+          "antialias_fraction", "downscale_fraction", "jpeg_fraction", "pen_fraction", "paper_fraction")
 
 
 def only(cfg: IngestConfig, **shares: float) -> IngestConfig:

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polycolor.config import Config, EvaluateConfig, PaintConfig
+from polycolor.config.evaluation import EvaluateConfig
+from polycolor.config.paint import PaintConfig
+from polycolor.config.params import Config
 from polycolor.data.ayna import write_png
 from polycolor.evaluation import logging
 from polycolor.evaluation import metrics as M
@@ -43,7 +45,7 @@ from polycolor.nn.modelio import LoadedModel, load_model
 from polycolor.painting.painter import painter
 
 HEADLINE_NAMES = {"ayna_real": "ayna"}  # shorter column names in headline.json
-GRID_SETS = ("gappy", "vertex_gaps", "jpeg", "antialiased", "hand_drawn")  # generated sets shown in the grid
+GRID_SETS = ("gappy", "vertex_gaps", "jpeg", "antialiased", "hand_drawn", "paper")  # generated sets shown in the grid
 GRID_ROWS_GENERATED = 2  # grid rows per generated set
 BEHAVIOUR_SEED_STREAM = 0xBE  # draws the shifts of the behavioural test
 LATENCY_SAMPLES = 5  # images timed one by one for latency_ms_p50

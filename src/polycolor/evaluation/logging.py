@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from polycolor.config import Config, flatten
+from polycolor.config.base import flatten
+from polycolor.config.params import Config
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.names import BEHAVIOUR, VAL
 from polycolor.evaluation.sets import EvalSet

@@ -13,6 +13,8 @@ another is added), each the plain training geometry (plain_geometry) with one th
   novel_shapes    every shape one of synth.NOVEL_KINDS (N-gons, stars, random polygons, crosses, arrows);
   jpeg            every input JPEG-compressed at evaluate.jpeg_quality (the target stays two-valued);
   antialiased     every outline drawn with grey anti-aliased edges;
+  pens            every outline in a dark pen colour of any hue;
+  paper           every drawing as a scan or a photo of paper shows it (tinted page, uneven light, blur, grain);
   native_<size>   drawn at each of evaluate.native_sizes px, widths scaled with the size (not resized);
   gappy_<size>    gappy, drawn at each of evaluate.gappy_sizes px, widths and gap lengths scaled with the size.
 
@@ -28,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from polycolor.config import Config, EvaluateConfig, IngestConfig
+from polycolor.config.data import IngestConfig
+from polycolor.config.evaluation import EvaluateConfig
+from polycolor.config.params import Config
 from polycolor.data.ayna import SplitArrays, load_split
 from polycolor.data.synth import at_image_size, generate, only
 from polycolor.errors import PolycolorError
@@ -39,10 +43,10 @@ SET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # Each generated set's own random stream under `seed`, apart from ingest's draws and from each other.
 SEED_STREAMS = {"ood": 0x00D, "unseen_colours": 0x0C0, "gappy": 0x6A9, "hand_drawn": 0x4D0, "thick_thin": 0x771,
                 "novel_shapes": 0x5E7, "native": 0x256, "vertex_gaps": 0x7E6, "jpeg": 0x1F6, "antialiased": 0xA1A,
-                "gappy_sized": 0x6A5}
+                "gappy_sized": 0x6A5, "pens": 0x9E5, "paper": 0x9A9}
 # The sets drawn at the validation size, in the order they are scored (native_* and gappy_* follow).
 SAME_SIZE_SETS = ("ood", "unseen_colours", "gappy", "vertex_gaps", "hand_drawn", "thick_thin", "novel_shapes",
-                  "jpeg", "antialiased")
+                  "jpeg", "antialiased", "pens", "paper")
 
 
 @dataclass
@@ -103,6 +107,8 @@ def generated_sets(cfg: Config, image_size: int) -> dict[str, SplitArrays]:
         "jpeg": lambda: generate(replace(only(plain, jpeg_fraction=1.0), jpeg_quality=(e.jpeg_quality,) * 2), n,
                                  rng("jpeg")),
         "antialiased": lambda: generate(only(plain, antialias_fraction=1.0), n, rng("antialiased")),
+        "pens": lambda: generate(only(plain, pen_fraction=1.0), n, rng("pens")),
+        "paper": lambda: generate(only(plain, paper_fraction=1.0), n, rng("paper")),
     }
     counts = {"ood": e.ood_samples, "unseen_colours": e.unseen_colour_samples}
     out = {name: recipe() for name, recipe in recipes.items() if counts.get(name, n) > 0}

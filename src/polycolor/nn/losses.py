@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polycolor.config import LossConfig
+from polycolor.config.training import LossConfig
 from polycolor.errors import PolycolorError
 from polycolor.images import painted_mask
 from polycolor.nn.model import UNetOutput

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polycolor.config import ModelConfig
+from polycolor.config.training import ModelConfig
 from polycolor.nn.fill import fill
 
 INPUT_COND_CHANNELS = 8  # channels the `input` conditioning adds to the 3 image channels

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from polycolor import signals
-from polycolor.config import ModelConfig, _build
+from polycolor.config.base import _build
+from polycolor.config.training import ModelConfig
 from polycolor.errors import ConfigError, PolycolorError
 from polycolor.fileio import atomic_output
 from polycolor.nn.model import ConditionalUNet

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polycolor.config import PaintConfig
+from polycolor.config.paint import PaintConfig
 from polycolor.painting.snap import gap_px_at, ink_mask
 
 # The dihedral group of the square as (quarter turns k, flip left-right first): the 8 ways to turn or flip an image

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from polycolor.config import PaintConfig
+from polycolor.config.paint import PaintConfig
 from polycolor.images import WHITE_MIN, painted_mask
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polycolor.config import PAINTERS, PaintConfig
+from polycolor.config.paint import PAINTERS, PaintConfig
 from polycolor.errors import PolycolorError
 from polycolor.images import Predictor, images_to_tensor, tensor_to_images
 from polycolor.nn.colour import encode_colours

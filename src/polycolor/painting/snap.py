@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from polycolor.config import PaintConfig
+from polycolor.config.paint import PaintConfig
 
 FOUR = ndimage.generate_binary_structure(2, 1)  # white regions are 4-connected (paint cannot leak diagonally)
 EIGHT = ndimage.generate_binary_structure(2, 2)  # an outline is one piece through diagonal steps too

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from polycolor.colours import AYNA_COLOURS, resolve_colour, rgb_to_hex
-from polycolor.config import PaintConfig, ServingConfig
+from polycolor.config.paint import PaintConfig
+from polycolor.config.serving import ServingConfig
 from polycolor.data.ayna import ImageTooLarge, load_image, read_split
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.reference import reference_fill

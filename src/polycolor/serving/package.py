@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polycolor.config import PAINTERS, PaintConfig
+from polycolor.config.paint import PAINTERS, PaintConfig
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.names import BEHAVIOUR, MODEL_SCORERS, VAL
 from polycolor.nn import modelio

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from polycolor.config import PaintConfig, parse_paint
+from polycolor.config.paint import PaintConfig, parse_paint
 from polycolor.data.ayna import OUTPUTS, load_image, read_split, write_png
 from polycolor.errors import ConfigError, PolycolorError
 from polycolor.fileio import atomic_output

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from polycolor.config import PaintConfig, ServingConfig
+from polycolor.config.paint import PaintConfig
+from polycolor.config.serving import ServingConfig
 from polycolor.data.ayna import ImageTooLarge, load_image
 from polycolor.errors import PolycolorError, one_line
 from polycolor.nn import modelio

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from polycolor.config import Gate, PromoteConfig
+from polycolor.config.serving import Gate, PromoteConfig
 from polycolor.errors import PolycolorError
 from polycolor.paths import sqlite_path
 from polycolor.tracking.store import configure, tracking_uri, with_retry

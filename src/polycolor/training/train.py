@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from polycolor import signals
-from polycolor.config import Config, flatten
+from polycolor.config.base import flatten
+from polycolor.config.training import TrainingParams
 from polycolor.data.ayna import load_split
 from polycolor.errors import PolycolorError, one_line
 from polycolor.fileio import atomic_output, folder_digest, write_json_atomic
@@ -47,7 +48,8 @@ def training_params(flat: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in flat.items() if k.split(".", 1)[0] not in NOT_TRAINING_SECTIONS}
 
 
-def prepare_data(cfg: Config, train_dir: Path, val_dir: Path) -> tuple[TensorData, TensorData, tuple[str, ...], int]:
+def prepare_data(cfg: TrainingParams, train_dir: Path,
+                 val_dir: Path) -> tuple[TensorData, TensorData, tuple[str, ...], int]:
     train = load_split(train_dir, None)
     val = load_split(val_dir, train.inputs.shape[1])
     size = train.inputs.shape[1]
@@ -65,12 +67,12 @@ def prepare_data(cfg: Config, train_dir: Path, val_dir: Path) -> tuple[TensorDat
     return train_t, val_t, vocab, size
 
 
-def default_run_name(cfg: Config) -> str:
+def default_run_name(cfg: TrainingParams) -> str:
     m = cfg.model
     return f"{m.conditioning}-{m.colour_encoding}-{m.head}-lr{cfg.train.lr:g}-{time.strftime('%m%d-%H%M%S')}"
 
 
-def run_training(cfg: Config, *, train_dir: Path, val_dir: Path, checkpoint_dir: Path, model_path: Path,
+def run_training(cfg: TrainingParams, *, train_dir: Path, val_dir: Path, checkpoint_dir: Path, model_path: Path,
                  metrics_path: Path, curve_path: Path, run_info_path: Path,
                  max_outage_s: float = MAX_OUTAGE_S) -> TrainResult:
     """Train on every rank; on rank 0 (the only process when train.nproc is 1) inside one MLflow run: the run
@@ -219,7 +221,7 @@ def log_params_once(run: Any, params: dict[str, str]) -> None:
         with_retry(mlflow.set_tag, "resumed_with", "; ".join(changed))
 
 
-def write_outputs(cfg: Config, result: TrainResult, *, vocab: tuple[str, ...], image_size: int,
+def write_outputs(cfg: TrainingParams, result: TrainResult, *, vocab: tuple[str, ...], image_size: int,
                   lineage: dict[str, str], run_id: str, exp_id: str, uri: str, run_name: str, model_path: Path,
                   metrics_path: Path, curve_path: Path, run_info_path: Path) -> None:
     last = result.history[-1] if result.history else {}

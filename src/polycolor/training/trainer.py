@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from polycolor.colours import canonical_colour
-from polycolor.config import LossConfig, ModelConfig, TrainConfig
+from polycolor.config.training import LossConfig, ModelConfig, TrainConfig
 from polycolor.errors import PolycolorError
 from polycolor.images import to_signed, to_uint8
 from polycolor.nn.colour import encode_colours, hard_image

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polycolor.config import flatten
+from polycolor.config.base import flatten
 from polycolor.errors import PolycolorError
 
 FINAL_STATES = ("success", "failed")

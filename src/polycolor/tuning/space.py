@@ -14,7 +14,8 @@
 
 Everything that can be refused before a trial is queued is refused here, in one line (ConfigError): an unknown key,
 an empty range, an objective that no metrics file holds, and a space whose corner values params.yaml's rules
-(polycolor.config.parse_config, what the check stage runs) would refuse. Optuna is imported only by distribution().
+(polycolor.config.params.parse_config, what the check stage runs) would refuse. Optuna is imported only by
+distribution().
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from polycolor.config import flatten, parse_config
+from polycolor.config.base import flatten
+from polycolor.config.params import parse_config
 from polycolor.errors import ConfigError
 
 DIRECTIONS = ("maximize", "minimize")

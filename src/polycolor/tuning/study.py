@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from polycolor import signals
-from polycolor.config import parse_config
+from polycolor.config.params import parse_config
 from polycolor.errors import ConfigError, PolycolorError
 from polycolor.fileio import atomic_output
 from polycolor.tracking.lineage import PARENT_RUN_TAG, git_info
