@@ -165,7 +165,7 @@ def test_tune_tables_show_every_trial_and_the_best_beside_the_defaults():
     def trial(n, lr, value, defaults=False, state="COMPLETE", error=None):
         return {"number": n, "experiment": f"t-{n}", "state": state, "params": {"train.lr": lr}, "value": value,
                 "wall_s": 120.0, "error": error, "defaults": defaults,
-                "metrics": {"net.val": value, "net.gappy": 30.0} if value else {}}
+                "metrics": {"net.val": value, "net.worst": 30.0} if value else {}}
 
     tune = {"study": "t", "objective": "net.val", "direction": "maximize", "space": {"train.lr": "float[0.001, 0.01]"},
             "fixed": {"train.epochs": 2}, "sampler": "tpe", "seed": 0, "parallel": 2, "wall_s": 360.0, "best": 1,
@@ -177,5 +177,15 @@ def test_tune_tables_show_every_trial_and_the_best_beside_the_defaults():
     assert "| t-2 | 0.5 | - | 2 | FAIL: error: train.lr too high |" in table
     assert "every trial ran with `train.epochs=2`; the study's batches took 6 min" in table
     best = report.tune_best_table(tune)
-    assert "| val net (`net.val`) | 40 | 45.5 | +5.5 |" in best and "| gappy net (`net.gappy`) | 30 | 30 | +0 |" in best
+    assert "| val net (`net.val`) | 40 | 45.5 | +5.5 |" in best and "| worst set net (`net.worst`) | 30 | 30 | +0 |" in best
     assert "no comparison" in report.tune_best_table({**tune, "trials": tune["trials"][1:]})
+
+
+def test_the_seed_spread_is_the_sample_sd_of_each_figure():
+    runs = {"experiments": [{"name": f"s{i}", "params": {"train.seed": i} if i else {},
+                             "metrics": {"net.val": v, "net.worst": w}}
+                            for i, (v, w) in enumerate(((60.0, 30.0), (62.0, 31.0), (64.0, 35.0)))]}
+    table = report.seeds_table(runs)
+    assert "| `net.val` | 60 | 62 | 64 | 62 +- 2 | 4 |" in table, table
+    assert "| `net.worst` | 30 | 31 | 35 | 32 +- 2.65 | 5 |" in table, table
+    assert "fewer than two" in report.seeds_table({"experiments": runs["experiments"][:1]})

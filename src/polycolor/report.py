@@ -12,8 +12,9 @@ Blocks: `results` (every evaluation set: net / painted / flood fill PSNR mean / 
 `behaviour` (the behavioural shares of each painter), `train` (the training's figures, from train.json), and
 `experiments` (queued experiments side by side on the net's headline figures, from experiments.json, which
 `polycolor report --experiments NAME ...` captures from `dvc exp show --json`), `tune` (every trial of the last
-`polycolor tune` study, from tune.json), `tune_best` (its best trial beside the defaults trial on the headline
-figures) and `targets` (each target of docs/performance.md against its figure, "met" computed, from benchmark.json,
+`polycolor tune` study, from tune.json), `seeds` (runs that differ only in their seed: mean +- sd of each
+headline figure, from seeds.json, captured like experiments.json), `tune_best` (its best trial beside the defaults
+trial on the headline figures) and `targets` (each target of docs/performance.md against its figure, "met" computed, from benchmark.json,
 train.json and eval.json, with the date, CPU and matmul rate of the bench run beside it).
 
 `polycolor report --check` compares the workspace's pages with the workspace's metrics; the test suite compares the
@@ -53,9 +54,9 @@ BENCH_JSON = "metrics/benchmark.json"
 BLOCK = re.compile(r"(<!-- report:(?P<name>[a-z_]+)(?: (?P<source>metrics/[\w.-]+\.json))? -->\n)(?P<body>.*?)"
                    r"(<!-- /report:(?P=name) -->)", re.S)
 # The headline figures experiments are compared on: metrics/headline.json key -> column title
-FIGURES = (("net.val", "val net"), ("net.val_min", "val net min"), ("net.gappy", "gappy net"),
-           ("net.gappy_min", "gappy net min"), ("net.ayna", "Ayna net"), ("colour_acc", "colour acc."),
-           ("behaviour", "behaviour"), ("painted.gappy", "gappy painted"))
+FIGURES = (("net.val", "val net"), ("net.val_min", "val net min"), ("net.worst", "worst set net"),
+           ("net.worst_min", "worst set net min"), ("net.ayna", "Ayna net"), ("colour_acc", "colour acc."),
+           ("behaviour", "behaviour"), ("painted.worst", "worst set painted"))
 
 
 def _f(v: Any, digits: int = 4) -> str:
@@ -128,6 +129,29 @@ def experiments_table(experiments: dict[str, Any]) -> str:
         changed = _assignments(row["params"]) or "(the baseline)"
         lines.append(f"| {row['name']} | {changed} | " + " | ".join(_f(row["metrics"].get(k)) for k, _ in FIGURES)
                      + " |")
+    return "\n".join(lines)
+
+
+def seeds_table(experiments: dict[str, Any]) -> str:
+    """The spread between runs that differ only in their seed: mean +- sample sd of every headline figure over the
+    captured experiments (`polycolor report --experiments s0 s1 s2 --into metrics/seeds.json`), and the largest
+    gap between two of them. A difference between two models smaller than about 2 sd is not told from luck."""
+    rows = experiments.get("experiments", [])
+    if len(rows) < 2:
+        return "(fewer than two runs captured: `polycolor report --experiments NAME NAME ... --into FILE`)"
+    keys = sorted({k for r in rows for k in r["metrics"]})
+    lines = ["| figure | " + " | ".join(r["name"] for r in rows) + " | mean +- sd | max - min |",
+             "|" + " --- |" * (len(rows) + 3)]
+    for k in keys:
+        vals = [r["metrics"].get(k) for r in rows]
+        nums = [v for v in vals if isinstance(v, (int, float))]
+        mean = sum(nums) / len(nums) if nums else None
+        sd = (sum((v - mean) ** 2 for v in nums) / (len(nums) - 1)) ** 0.5 if len(nums) > 1 else None
+        spread = f"{_f(mean)} +- {_f(sd, 3)}" if sd is not None else "-"
+        gap = _f(max(nums) - min(nums), 3) if len(nums) > 1 else "-"
+        lines.append(f"| `{k}` | " + " | ".join(_f(v) for v in vals) + f" | {spread} | {gap} |")
+    seeds = "; ".join(f"{r['name']}: {_assignments(r['params']) or '(the baseline)'}" for r in rows)
+    lines += ["", f"Runs: {seeds}."]
     return "\n".join(lines)
 
 
@@ -295,6 +319,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "behaviour": ((EVAL_JSON,), behaviour_table),
     "train": ((TRAIN_JSON,), train_table),
     "experiments": ((EXPERIMENTS_JSON,), experiments_table),
+    "seeds": (("metrics/seeds.json",), seeds_table),
     "tune": ((TUNE_JSON,), tune_table),
     "tune_best": ((TUNE_JSON,), tune_best_table),
     "targets": ((BENCH_JSON, TRAIN_JSON, EVAL_JSON), targets_table),
