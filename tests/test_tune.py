@@ -187,3 +187,27 @@ def test_the_team_stack_holds_the_study_in_its_own_postgres_database(team_stack,
     assert len(again.trials) == 2
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # another server: the default file
     assert study_storage(tmp_path, None) == f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def test_a_corrupt_or_locked_study_storage_is_one_line(tmp_path, capsys):
+    """Issue 28: `polycolor tune` on a corrupt or a locked optuna.db says so in one line with the way back."""
+    import sqlite3
+
+    from polycolor.cli import main
+
+    corrupt = tmp_path / "optuna.db"
+    corrupt.write_bytes(b"this is not sqlite" * 100)
+    assert main(["tune", "--best", "--storage", f"sqlite:///{corrupt}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(corrupt) in err and "move it aside" in err, err
+
+    locked = tmp_path / "locked.db"
+    optuna.create_study(study_name="tune", storage=f"sqlite:///{locked}")
+    holder = sqlite3.connect(locked, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        assert main(["tune", "--best", "--storage", f"sqlite:///{locked}?timeout=0.2"]) == 1
+    finally:
+        holder.close()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(locked) in err and "wait for the other" in err, err

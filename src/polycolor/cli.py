@@ -240,15 +240,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     names = None if args.best else dvcexp.workspace_metric_names(root)
     cfg = load_tune(root / args.config, root / "params.yaml", names)
     storage = study.study_storage(root, args.storage)
-    if args.best:
-        print(study.best_report(study.open_study(cfg, storage, create=False), cfg))
-        return 0
-    if names is None:
-        print(f"note: no metrics file in the workspace yet: {cfg.objective.metric} is checked on the first trial")
-    try:
-        study.run_study(cfg, root, storage, metric_known=names is not None)
-    except signals.Terminated as e:  # reported like Ctrl-C: "error: interrupted", exit 130
-        raise KeyboardInterrupt from e
+    with study.storage_errors(storage):
+        if args.best:
+            print(study.best_report(study.open_study(cfg, storage, create=False), cfg))
+            return 0
+        if names is None:
+            print(f"note: no metrics file in the workspace yet: {cfg.objective.metric} is checked on the first trial")
+        try:
+            study.run_study(cfg, root, storage, metric_known=names is not None)
+        except signals.Terminated as e:  # reported like Ctrl-C: "error: interrupted", exit 130
+            raise KeyboardInterrupt from e
     return 0
 
 

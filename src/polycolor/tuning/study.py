@@ -19,6 +19,8 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,26 @@ def stack_storage(team: Any) -> str:
     finally:
         engine.dispose()
     return f"{base}/optuna"
+
+
+@contextmanager
+def storage_errors(storage: str) -> Iterator[None]:
+    """A corrupt or locked study storage as one PolycolorError line that names it and the way back, not
+    SQLAlchemy's traceback (OperationalError, "database is locked", is a DatabaseError too)."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except sqlalchemy.exc.DatabaseError as e:
+        where = storage.removeprefix("sqlite:///").split("?")[0]
+        said = str(getattr(e, "orig", None) or e).splitlines()[0]
+        if "locked" in said:
+            raise PolycolorError(f"study storage {where} is locked ({said}): wait for the other polycolor tune to "
+                                 f"finish, or stop it; if none runs, remove the stale lock ({where}-journal)") from None
+        if "not a database" in said or "malformed" in said:
+            raise PolycolorError(f"study storage {where} is corrupt ({said}): move it aside (mv {where} "
+                                 f"{where}.bad) and run polycolor tune again to start the study afresh") from None
+        raise PolycolorError(f"study storage {where} failed: {said}") from None
 
 
 def open_study(cfg: TuneConfig, storage: str, *, create: bool) -> Any:
