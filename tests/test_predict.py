@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from polycolor.config.training import ModelConfig
 from polycolor.errors import PolycolorError
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet
-from polycolor.serving import predict
+from polycolor.serving import predict, registry
 
 WHITE = (255, 255, 255)
 
@@ -108,6 +109,9 @@ def test_predict_from_package_folder_and_default(model_file, work):
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("--input", str(src), "--colour", "blue", "--output", "b.png", cwd=work)  # no store: package/
     assert proc.returncode == 0, proc.stderr
+    digest = registry.package_digest(modelio.load_payload(model_file), dataclasses.asdict(PaintConfig()))
+    assert f"model: {work / 'package'} (content_sha256 {digest})" in proc.stderr.splitlines(), \
+        "without --model, predict names the model it uses: its path and content hash (issue 28)"
     assert (work / "a.png").read_bytes() == (work / "b.png").read_bytes()
     assert colours_of(work / "a.png") == {(0, 0, 255)}
 

@@ -276,3 +276,19 @@ def test_promote_refuses_a_version_that_is_not_a_polycolor_package(store, capsys
         assert champion() == good, f"{what}: a version that is not a polycolor package became champion"
         assert "promotion.decision" not in version_tags(version)
     assert pyfunc.MODEL_ARTIFACT  # the package's weights travel as this artifact, checked by verify_package
+
+
+def test_predict_without_model_names_the_champion_version_and_hash(store, capsys):
+    """Issue 28: `predict` without --model says on stderr which model it paints with: the champion's URI, its
+    version and its content_sha256."""
+    from PIL import Image
+
+    from polycolor.serving import package
+
+    v1 = add_version(31.0)
+    assert cli("promote") == 0 and champion() == v1
+    Image.fromarray(package.example_outline(32)).save(store / "in.png")
+    capsys.readouterr()
+    assert cli("predict", "--input", str(store / "in.png"), "--colour", "red", "--output", str(store / "o.png")) == 0
+    said = capsys.readouterr().err
+    assert f"model: models:/polycolor@champion (version {v1}, content_sha256 {PACKAGE['digest']})" in said, said

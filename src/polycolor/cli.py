@@ -68,7 +68,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         read_split(args.data)
     from polycolor.serving import predict
 
-    loaded, stored = predict.load_with_paint(args.model, name)
+    loaded, stored, origin = predict.load_with_paint(args.model, name)
+    if args.model is None:
+        print(f"model: {origin}", file=sys.stderr)
     paint, source = _paint_section(args, cfg, stored)
     if args.data is not None:
         written = predict.predict_split(loaded, Path(args.data), Path(args.output), max_pixels, paint, args.painter)
@@ -204,7 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     name, cfg = _model_name(args, params_required=False)
     label = args.model or predict.champion_uri(name) or predict.DEFAULT_PACKAGE
-    loaded, stored = predict.load_with_paint(args.model, name)
+    loaded, stored, _ = predict.load_with_paint(args.model, name)
     paint, source = _paint_section(args, cfg, stored)
     split = demo.DEFAULT_EXAMPLES if args.examples is None else args.examples
     examples = demo.examples_from(repo_path(split) if split else None)

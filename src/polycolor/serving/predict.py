@@ -79,6 +79,7 @@ class ModelSource:
 
     path: Path
     paint: PaintConfig | None
+    origin: str = ""  # what was resolved, as `predict` without --model names it: path or URI, version, content hash
 
 
 def _mlmodel(folder: Path) -> dict:
@@ -138,7 +139,6 @@ def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[Mo
                 raise PolycolorError(f"no model given, no @champion in the registry and no {pkg}: pass --model")
             ref = str(pkg)
     if is_mlflow_uri(ref):
-        from polycolor.serving import registry
         from polycolor.tracking.store import configure
 
         missing = registry.missing_store()
@@ -153,27 +153,48 @@ def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[Mo
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp))
             except MlflowException as e:
                 raise PolycolorError(f"cannot resolve {ref}: {_first_line(e)}") from None
+            version = registered_version(ref)
+            origin = ref if version is None else (f"{ref} (version {version.version}, {registry.CONTENT_TAG} "
+                                                  f"{(version.tags or {}).get(registry.CONTENT_TAG, 'not recorded')})")
             if local.is_file():
-                yield ModelSource(local, None)
+                yield ModelSource(local, None, origin)
             else:
-                yield ModelSource(model_file_in_package(local), stored_paint(local))
+                yield ModelSource(model_file_in_package(local), stored_paint(local), origin)
         return
     path = Path(ref)
     if path.is_dir():
-        yield ModelSource(model_file_in_package(path), stored_paint(path))
+        model = model_file_in_package(path)
+        digest = registry.package_digest(modelio.load_payload(model), _mlmodel(path).get("config", {}).get(
+            registry.PAINT_KEY) or {})
+        yield ModelSource(model, stored_paint(path), f"{path.resolve()} ({registry.CONTENT_TAG} {digest})")
     elif path.is_file():
-        yield ModelSource(path, None)
+        yield ModelSource(path, None, str(path.resolve()))
     else:
         raise PolycolorError(f"model not found: {ref} (a package folder, a .pt file or a models:/ URI)")
 
 
+def registered_version(ref: str) -> Any | None:
+    """The registered version a models:/NAME/VERSION or models:/NAME@ALIAS reference names (a one-line
+    PolycolorError when it has none); None for any other reference (runs:/..., a logged model's models:/m-...)."""
+    import re
+
+    m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([^/]+))", ref)
+    if m is None or m.group(1).startswith("m-"):
+        return None
+    from polycolor.tracking.store import configure
+
+    configure()
+    return registry.get_version(m.group(1), m.group(2), m.group(3) or registry.CANDIDATE)
+
+
 def load_with_paint(ref: str | None, registered_model: str = "polycolor") -> tuple[modelio.LoadedModel,
-                                                                                 PaintConfig | None]:
+                                                                                 PaintConfig | None, str]:
     """Resolve `ref` (see resolve) and load the model on the CPU, with the paint section stored with it: a
-    package's or a registered model's own, None for a bare model file (the caller falls back to its params)."""
+    package's or a registered model's own, None for a bare model file (the caller falls back to its params); and
+    the source's origin (ModelSource.origin)."""
     with resolve(ref, registered_model) as source:
         loaded = modelio.load_model(source.path)
-    return loaded, source.paint
+    return loaded, source.paint, source.origin
 
 
 def _first_line(e: BaseException) -> str:
