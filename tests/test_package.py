@@ -268,3 +268,20 @@ def test_the_pyfunc_paints_with_its_stored_paint_section_or_as_the_net(tmp_path)
     assert 0 < painted_red["default", "painted"] < everything, "the stored default paints around the ink only"
     assert mlflow.models.get_model_info(str(tmp_path / "default")).signature.params.to_dict() == [
         {"name": "painter", "type": "string", "default": "painted", "shape": None}]
+
+
+def test_pyfunc_caps_rows_and_pixels_per_request(tmp_path):
+    """Issue 28: the scoring server refuses (400: MlflowException INVALID_PARAMETER_VALUE) a request over
+    MAX_ROWS rows or over max_pixels pixels summed over its rows, in one line naming the cap."""
+    from mlflow.exceptions import MlflowException
+
+    model = pyfunc.PolycolorModel()
+    model.loaded, model.max_pixels, model.paint = modelio.load_model(tiny_model(tmp_path / "m.pt")), 3000, PaintConfig()
+    small = b64_png(Image.new("RGB", (32, 32), "white"))  # 1024 pixels
+    too_many = pd.DataFrame({"image": [small] * (pyfunc.MAX_ROWS + 1), "colour": ["red"] * (pyfunc.MAX_ROWS + 1)})
+    too_big = pd.DataFrame({"image": [small] * 3, "colour": ["red"] * 3})  # 3072 pixels, each under 3000
+    for frame, cap in ((too_many, f"cap of {pyfunc.MAX_ROWS} rows"), (too_big, "cap of 3000 pixels per request")):
+        with pytest.raises(MlflowException, match=cap) as e:
+            model.predict(None, frame)
+        assert e.value.error_code == "INVALID_PARAMETER_VALUE" and "\n" not in e.value.message
+    assert len(model.predict(None, too_big.iloc[:2])) == 2, "a request within both caps paints"

@@ -39,6 +39,7 @@ INPUT_COLUMNS = ("image", "colour")
 MAX_PIXELS_KEY = "max_pixels"  # the package's model_config key holding serving.max_pixels
 MAX_PIXELS_DEFAULT = ServingConfig().max_pixels  # for packages saved without it
 OUTPUT_COLUMN = "image"
+MAX_ROWS = 16  # images per request: a request's memory grows with its rows (issue 28: 6 rows of 2048^2 took 1 GB)
 PAINTER_PARAM = "painter"  # the predict param naming the painter (config.PAINTERS)
 DEFAULT_PAINTER = "painted"
 
@@ -77,14 +78,25 @@ def predict_frame(loaded: modelio.LoadedModel, frame: pd.DataFrame, max_pixels: 
                   cfg: PaintConfig = PaintConfig(), painter_name: str = DEFAULT_PAINTER) -> pd.DataFrame:
     """Paint every row of `frame` (columns image, colour) with the painter `painter_name` ("painted" paints as
     `cfg` says); returns a DataFrame with column image, same row order. Every image is checked against
-    `max_pixels` before any is decoded in full."""
+    `max_pixels` before it is decoded in full; a request holds at most MAX_ROWS rows and `max_pixels` pixels
+    over all its rows, so its memory is bounded as one image at the limit."""
     missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
     if missing:
         raise PolycolorError(f"input needs columns {', '.join(INPUT_COLUMNS)}; missing {', '.join(missing)}")
+    if len(frame) > MAX_ROWS:
+        raise PolycolorError(f"request has {len(frame)} rows, over the cap of {MAX_ROWS} rows per request: "
+                             "send fewer images per request")
     colours = [str(c) for c in frame["colour"].tolist()]
+    images: list[np.ndarray] = []
+    total = 0
     with tempfile.TemporaryDirectory(prefix="polycolor-pyfunc-") as scratch:
-        texts = frame["image"].tolist()
-        images = [decode_png(t, Path(scratch), f"row {i}", max_pixels) for i, t in enumerate(texts)]
+        for i, text in enumerate(frame["image"].tolist()):
+            images.append(decode_png(text, Path(scratch), f"row {i}", max_pixels))
+            total += images[-1].shape[0] * images[-1].shape[1]
+            if total > max_pixels:  # before any painting, which is what takes the memory
+                raise PolycolorError(f"request has over {total} pixels by row {i}, over the cap of {max_pixels} "
+                                     "pixels per request (serving.max_pixels, summed over rows): send fewer or "
+                                     "smaller images per request")
     painted = paint_images(loaded, images, colours, cfg, painter_name)  # each (H_i, W_i, 3), the input's size
     out = [encode_png(im) for im in painted]
     return pd.DataFrame({OUTPUT_COLUMN: out})
