@@ -13,7 +13,7 @@ Two output heads (`model.head`):
 Two options make the net paint an input of any size at that size (docs/performance.md has the experiments):
   native_width > 0: the UNet runs at `work_size` (the input min-pooled down or grown to it, so outlines stay
              unbroken); its last features are resized to the input's own size and a small head there, which also
-             sees the input's own pixels and which of them are not white, gives the mask logits at that size;
+             sees the input's own pixels, gives the mask logits at that size;
   fill:      the fill layer (nn/fill.py) paints whatever the mask encloses, however far from the outline, so
              the inside of a large shape needs no receptive field that wide.
 """
@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from polycolor.config.training import ModelConfig
-from polycolor.images import painted_mask
 from polycolor.nn.fill import fill
 
 INPUT_COND_CHANNELS = 8  # channels the `input` conditioning adds to the 3 image channels
@@ -146,10 +145,10 @@ class ConditionalUNet(nn.Module):
             [Block(w[i] + w[i - 1], w[i - 1], cond_dim=film_dim) for i in range(levels - 1, 0, -1)]
         )
         self.native = None
-        if cfg.native_width:  # at the input's size: the UNet's features, the input's pixels and its non-white map
+        if cfg.native_width:  # at the input's size: the UNet's features and the input's own pixels in
             nw = cfg.native_width
             self.native = nn.Sequential(
-                nn.Conv2d(w[0] + 4, nw, 3, padding=1, bias=False), nn.BatchNorm2d(nw), nn.ReLU(),
+                nn.Conv2d(w[0] + 3, nw, 3, padding=1, bias=False), nn.BatchNorm2d(nw), nn.ReLU(),
                 nn.Conv2d(nw, nw, 3, padding=1, bias=False), nn.BatchNorm2d(nw), nn.ReLU())
         self.out = nn.Conv2d(cfg.native_width or w[0], 1 if cfg.head == "composite" else 3, 1)
 
@@ -194,10 +193,7 @@ class ConditionalUNet(nn.Module):
         if self.native is not None:
             if h.shape[-2:] != x_in.shape[-2:]:
                 h = F.interpolate(h, size=x_in.shape[-2:], mode="bilinear", align_corners=False)
-            # which pixels are not white by the data's own definition (images.painted_mask): the targets paint
-            # every such outline pixel, and a threshold at 240 of 255 is slow for a conv to learn from the values
-            ink = painted_mask(x_in, channel_axis=1)[:, None].to(h.dtype)  # (B, 1, H, W)
-            h = self.native(torch.cat([h, x_in.to(h.dtype), ink], dim=1))  # (B, native_width, H, W)
+            h = self.native(torch.cat([h, x_in.to(h.dtype)], dim=1))  # (B, native_width, H, W)
         y = self.out(h)
         if self.cfg.head == "tanh":
             return UNetOutput(torch.tanh(y), None)
