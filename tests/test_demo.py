@@ -180,3 +180,40 @@ def test_a_huge_or_non_image_upload_is_one_line_and_no_traceback(page_url, tmp_p
     assert "Traceback" not in log.err + log.out, log.err[-3000:]
     print(f"demo: huge upload refused {said['huge.png'][1]:.2f} s after the call, a text file "
           f"{said['notes.png'][1]:.2f} s")
+
+
+def test_uploads_are_capped_same_origin_only_and_deleted_when_the_demo_stops(model, tmp_path):
+    """Issue 28: an upload over the cap is refused (413) and a cross-origin one (403), neither stored; a
+    same-origin upload is stored in the demo's own folder, which is gone once the demo stops."""
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    def upload(url: str, data: bytes, origin: str | None) -> int:
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        if origin is not None:
+            headers["Origin"] = origin
+        req = urllib.request.Request(f"{url}gradio_api/upload", data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), "white").save(png, format="PNG")
+    with demo.upload_folder() as folder:
+        app = demo.build_app(model, examples=[], model_label="tiny")
+        demo.launch(app, port=0, block=False, max_upload_bytes=10_000)
+        try:
+            url = app.local_url
+            assert upload(url, b"\0" * 20_000, None) == 413, "an upload over max_upload_bytes is refused"
+            assert upload(url, png.getvalue(), "http://evil.example") == 403, "a cross-origin upload is refused"
+            assert upload(url, png.getvalue(), url.rstrip("/")) == 200, "the page's own upload is taken"
+            assert any(p.is_file() for p in folder.rglob("*")), "uploads go into the demo's own folder"
+        finally:
+            app.close()
+    assert not folder.exists(), "the demo's uploads are deleted when it stops"

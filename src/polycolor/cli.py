@@ -211,8 +211,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     split = demo.DEFAULT_EXAMPLES if args.examples is None else args.examples
     examples = demo.examples_from(repo_path(split) if split else None)
     print(f"polycolor demo on http://127.0.0.1:{args.port} (model {label}, painting with {source}; Ctrl-C stops it)")
-    demo.launch(demo.build_app(loaded, examples=examples, model_label=label, paint=paint,
-                               max_pixels=cfg.serving.max_pixels), port=args.port)
+    with demo.upload_folder():  # the uploads go when the demo stops
+        demo.launch(demo.build_app(loaded, examples=examples, model_label=label, paint=paint,
+                                   max_pixels=cfg.serving.max_pixels), port=args.port)
     return 0
 
 

@@ -13,6 +13,10 @@ refuses an image over serving.max_pixels from its header: gr.Image would decode 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ from polycolor.painting.snap import ink_mask
 from polycolor.serving.predict import paint_images
 
 UPLOAD, DRAW = "upload", "draw"
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # Gradio's max_file_size: a larger upload is refused (413) before it is stored
 CANVAS = 256  # px, the drawing canvas (the model resizes any input to its own size and back)
 MAX_EXAMPLES = 8
 DEFAULT_EXAMPLES = "../shared/ayna-dataset/validation"  # the real Ayna validation split, beside the checkout
@@ -181,8 +186,49 @@ def theme() -> Any:
                              font_mono=["ui-monospace", "monospace"])
 
 
-def launch(app: Any, *, port: int, block: bool = True) -> Any:
-    """Serve `app` on 127.0.0.1:`port` (0: a free port); returns the app once it answers when not `block`."""
+@contextmanager
+def upload_folder() -> Iterator[Path]:
+    """A folder of this demo's own for Gradio's uploads and cache (GRADIO_TEMP_DIR, read when the app is built
+    and launched), deleted with all it holds when the demo stops."""
+    folder = Path(tempfile.mkdtemp(prefix="polycolor-demo-"))
+    before = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = before
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class SameOriginOnly:
+    """ASGI middleware: a request that a browser sent from another origin (an Origin header that is not this
+    server's own Host) is refused with 403 before Gradio reads it. Gradio's strict_cors only withholds the CORS
+    response headers, so a cross-origin form POST to /gradio_api/upload would still be stored."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            origin = headers.get("origin")
+            if origin is not None and origin.split("://", 1)[-1].rstrip("/") != headers.get("host", ""):
+                from starlette.responses import PlainTextResponse
+
+                await PlainTextResponse("cross-origin request refused", status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def launch(app: Any, *, port: int, block: bool = True, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Any:
+    """Serve `app` on 127.0.0.1:`port` (0: a free port); returns the app once it answers when not `block`.
+    Uploads over `max_upload_bytes` and cross-origin requests (SameOriginOnly) are refused; run it inside
+    upload_folder() so that its uploads are deleted when it stops."""
+    from starlette.middleware import Middleware
+
     if port == 0:
         import socket
 
@@ -190,5 +236,7 @@ def launch(app: Any, *, port: int, block: bool = True) -> Any:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     app.launch(server_name="127.0.0.1", server_port=port, share=False, inbrowser=False, show_error=False,
-               prevent_thread_lock=not block, quiet=not block, theme=theme(), footer_links=[])
+               prevent_thread_lock=not block, quiet=not block, theme=theme(), footer_links=[],
+               max_file_size=max_upload_bytes, strict_cors=True,
+               app_kwargs={"middleware": [Middleware(SameOriginOnly)]})
     return app
