@@ -211,3 +211,20 @@ def test_a_corrupt_or_locked_study_storage_is_one_line(tmp_path, capsys):
         holder.close()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(locked) in err and "wait for the other" in err, err
+
+
+def test_the_best_trial_is_called_better_than_the_defaults_only_beyond_min_delta():
+
+
+    from polycolor.tuning import study as S
+
+    for min_delta, verdict in ((0.5, "beyond"), (2.0, "within")):
+        cfg = parse_tune({**GOOD, "objective": {**GOOD["objective"], "min_delta": min_delta}}, BASE, METRICS)
+        st = optuna.create_study(direction="maximize")
+        st.enqueue_trial({"train.lr": 0.003}, user_attrs={"defaults": True})
+        st.optimize(lambda t: 40.0 if t.user_attrs.get("defaults") else (t.suggest_float("train.lr", 1e-3, 1e-2),
+                                                                            41.0)[1], n_trials=2)
+        text = S.best_report(st, cfg)
+        assert f"against the defaults trial 0: +1, {verdict} objective.min_delta {min_delta:g}" in text, text
+    with pytest.raises(ConfigError, match="objective.min_delta"):
+        parse_tune({**GOOD, "objective": {**GOOD["objective"], "min_delta": -1}}, BASE, METRICS)

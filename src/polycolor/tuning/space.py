@@ -88,6 +88,7 @@ class Param:
 class Objective:
     metric: str = "net.val"  # a key of a declared DVC metrics file (dotted, e.g. net.val of headline.json)
     direction: str = "maximize"    # maximize | minimize
+    min_delta: float = 0.0  # a trial beats the defaults trial only by more than this (the seed spread, docs)
 
 
 @dataclass(frozen=True)
@@ -201,13 +202,15 @@ def parse_tune(data: Any, base: dict, metric_names: set[str] | None) -> TuneConf
     _need(isinstance(study, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study or "") is not None, "study",
           "must be a name of letters, digits, '-', '_' or '.' (it names the DVC experiments)", study)
     obj = data.get("objective") or {}
-    _need(isinstance(obj, dict) and set(obj) <= {"metric", "direction"}, "objective",
-          "must be a mapping {metric: ..., direction: maximize|minimize}", obj)
+    _need(isinstance(obj, dict) and set(obj) <= {"metric", "direction", "min_delta"}, "objective",
+          "must be a mapping {metric: ..., direction: maximize|minimize, min_delta: >= 0}", obj)
     objective = Objective(**obj)
     _need(isinstance(objective.metric, str) and "." in objective.metric, "objective.metric",
           "must be a metrics key like net.val", objective.metric)
     _need(objective.direction in DIRECTIONS, "objective.direction", "must be maximize or minimize",
           objective.direction)
+    _need(isinstance(objective.min_delta, (int, float)) and not isinstance(objective.min_delta, bool)
+          and objective.min_delta >= 0, "objective.min_delta", "must be a number >= 0", objective.min_delta)
     if metric_names is not None:
         _need(objective.metric in metric_names, "objective.metric", "is not in any DVC metrics file "
               f"(e.g. {', '.join(sorted(metric_names)[:6])})", objective.metric)

@@ -388,6 +388,13 @@ def best_report(study: Any, cfg: TuneConfig) -> str:
     lines += [f"  {k}: {v}" for k, v in best.params.items()]
     lines += [f"  {k}: {v} (fixed)" for k, v in cfg.fixed.items()]
     lines.append(f"experiment {name}: restore it with `dvc exp apply {name}`")
+    base = next((t for t in study.trials if t.user_attrs.get("defaults") and t.value is not None), None)
+    if base is not None and base.number != best.number:
+        gain = (best.value - base.value) * (1 if study.direction.name.lower() == "maximize" else -1)
+        beyond = gain > cfg.objective.min_delta
+        lines.append(f"against the defaults trial {base.number}: {gain:+.4g}, {'beyond' if beyond else 'within'} "
+                     f"objective.min_delta {cfg.objective.min_delta:g}"
+                     + ("" if beyond else ": not told from seed-to-seed luck, keep the defaults"))
     if cfg.fixed:  # the study ran at its own budget: these params at params.yaml's
         flags = " ".join(f"-S {k}={dvcexp.flag_value(v)}" for k, v in best.params.items())
         lines.append(f"without the fixed values (params.yaml's budget): `dvc exp run {flags}`")
