@@ -292,3 +292,34 @@ def test_predict_without_model_names_the_champion_version_and_hash(store, capsys
     assert cli("predict", "--input", str(store / "in.png"), "--colour", "red", "--output", str(store / "o.png")) == 0
     said = capsys.readouterr().err
     assert f"model: models:/polycolor@champion (version {v1}, content_sha256 {PACKAGE['digest']})" in said, said
+
+
+def test_a_version_whose_artifacts_were_swapped_is_refused_by_predict_and_rollback(store, capsys):
+    """Issue 28: every load by name or alias compares what it downloaded with the version's content_sha256:
+    weights swapped in the artifact store after registration are refused in one line naming the version."""
+    import mlflow
+    from PIL import Image
+    from test_package import tiny_model
+
+    from polycolor.serving import package
+
+    v1 = add_version(31.0)
+    assert cli("promote") == 0 and champion() == v1
+    v2 = add_version(32.0)
+    assert cli("promote") == 0 and champion() == v2
+    Image.fromarray(package.example_outline(32)).save(store / "in.png")
+    predict = ("predict", "--model", "models:/polycolor@champion", "--input", str(store / "in.png"),
+               "--colour", "red", "--output", str(store / "o.png"))
+    assert cli(*predict) == 0, "the untouched champion paints"
+    # every test version shares the store's package: swap its weights for other, validly self-hashed ones
+    root = Path(mlflow.artifacts.download_artifacts(f"models:/polycolor/{v2}", dst_path=str(store / "probe")))
+    source = mlflow.MlflowClient().get_model_version_download_uri("polycolor", v2).removeprefix("file://")
+    assert (root / registry.WEIGHTS).is_file()
+    tiny_model(Path(source) / registry.WEIGHTS, paint_everything=False)
+    capsys.readouterr()
+    for args, version in ((predict, v2), (("promote", "--rollback"), v1)):
+        assert cli(*args) == 1, args
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith(f"error: refusing polycolor version {version}") \
+            and "hash to" in err and "promote --rollback" in err, (args, err)
+    assert champion() == v2 and registry.champion_history("polycolor") == [v1, v2], "a refused rollback moves nothing"

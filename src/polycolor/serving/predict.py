@@ -154,6 +154,8 @@ def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[Mo
             except MlflowException as e:
                 raise PolycolorError(f"cannot resolve {ref}: {_first_line(e)}") from None
             version = registered_version(ref)
+            if version is not None:  # the registry's own hash decides: swapped artifacts are refused
+                registry.verify_download(version.name, version, local)
             origin = ref if version is None else (f"{ref} (version {version.version}, {registry.CONTENT_TAG} "
                                                   f"{(version.tags or {}).get(registry.CONTENT_TAG, 'not recorded')})")
             if local.is_file():

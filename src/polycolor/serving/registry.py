@@ -292,41 +292,51 @@ def verify_package(name: str, mv: Any) -> None:
     import tempfile
 
     import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="polycolor-verify-") as tmp:
+        root = Path(with_retry(mlflow.artifacts.download_artifacts, artifact_uri=f"models:/{name}/{mv.version}",
+                               dst_path=tmp))
+        verify_download(name, mv, root)
+
+
+def verify_download(name: str, mv: Any, root: Path) -> None:
+    """verify_package's checks on `root`, the artifacts of version `mv` as downloaded: what every load by name or
+    alias (predict, the demo, promote, --rollback) runs before it uses them. A mismatch is one PolycolorError line
+    naming the version and the way back."""
     import yaml
 
     from polycolor.nn import modelio
 
     where = f"refusing {name} version {mv.version}"
+    back = ("its artifacts changed after it was registered: re-register the model (dvc repro package) or serve "
+            "another version (polycolor promote --rollback)")
     digest = (mv.tags or {}).get(CONTENT_TAG)
     if not digest:
         raise PolycolorError(f"{where}: it has no {CONTENT_TAG} tag, so the package stage did not register it")
-    with tempfile.TemporaryDirectory(prefix="polycolor-verify-") as tmp:
-        root = Path(with_retry(mlflow.artifacts.download_artifacts, artifact_uri=f"models:/{name}/{mv.version}",
-                               dst_path=tmp))
-        files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
-        if pickles:
-            raise PolycolorError(f"{where}: its artifacts hold a pickle ({pickles[0]}), not a polycolor package")
-        try:
-            flavor = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError):
-            raise PolycolorError(f"{where}: its artifacts have no readable MLmodel with a python_function "
-                                 "flavor") from None
-        if flavor.get("loader_module") != CODE_LOADER:
-            raise PolycolorError(f"{where}: its pyfunc loads with {flavor.get('loader_module')!r}, not polycolor's "
-                                 f"{CODE_LOADER}")
-        entry = PYFUNC_ENTRY.read_bytes()
-        strange = [f for f in files if f.endswith(".py") and (root / f).read_bytes() != entry]
-        if strange:
-            raise PolycolorError(f"{where}: its artifacts hold code that is not polycolor's pyfunc_entry.py "
-                                 f"({strange[0]})")
-        if WEIGHTS not in files:
-            raise PolycolorError(f"{where}: its artifacts have no {WEIGHTS}")
-        config = flavor.get("config") or {}  # MLmodel's key for the pyfunc's model_config
-        found = package_digest(modelio.load_payload(root / WEIGHTS), config.get(PAINT_KEY) or {})
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise PolycolorError(f"{where}: its artifacts hold a pickle ({pickles[0]}), not a polycolor package")
+    try:
+        flavor = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        raise PolycolorError(f"{where}: its artifacts have no readable MLmodel with a python_function "
+                             "flavor") from None
+    if flavor.get("loader_module") != CODE_LOADER:
+        raise PolycolorError(f"{where}: its pyfunc loads with {flavor.get('loader_module')!r}, not polycolor's "
+                             f"{CODE_LOADER}")
+    entry = PYFUNC_ENTRY.read_bytes()
+    strange = [f for f in files if f.endswith(".py") and (root / f).read_bytes() != entry]
+    if strange:
+        raise PolycolorError(f"{where}: its artifacts hold code that is not polycolor's pyfunc_entry.py "
+                             f"({strange[0]}); {back}")
+    if WEIGHTS not in files:
+        raise PolycolorError(f"{where}: its artifacts have no {WEIGHTS}")
+    config = flavor.get("config") or {}  # MLmodel's key for the pyfunc's model_config
+    found = package_digest(modelio.load_payload(root / WEIGHTS), config.get(PAINT_KEY) or {})
     if found != digest:
         raise PolycolorError(f"{where}: its weights and paint section hash to {found[:12]}..., its {CONTENT_TAG} "
-                             f"tag says {digest[:12]}...")
+                             f"tag says {digest[:12]}...; {back}")
 
 
 def promote(name: str, cfg: PromoteConfig, *, version: str | int | None = None, force: bool = False) -> Decision:
@@ -376,7 +386,7 @@ def rollback(name: str) -> Decision:
     client = _client()
     while history:  # skip versions deleted since they were champion
         try:
-            with_retry(client.get_model_version, name, history[-1])
+            target_mv = with_retry(client.get_model_version, name, history[-1])
             break
         except MlflowException as e:
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
@@ -385,6 +395,7 @@ def rollback(name: str) -> Decision:
     if not history:
         raise PolycolorError(f"registered model {name!r}: no previous champion recorded before version {champ}")
     target = history[-1]
+    verify_package(name, target_mv)  # the registry's own hash decides: a swapped version never comes back
     _set_champion(name, target, history)
     reason = f"rolled back from version {champ} to version {target}"
     _record(name, champ, "rolled_back", reason)
