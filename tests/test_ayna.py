@@ -240,3 +240,19 @@ def test_atomic_output_files_keep_their_suffix(tmp_path):
             raise PolycolorError("bad")
     assert ayna.load_image(target).shape == (4, 4, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
+
+
+def test_an_exif_orientation_is_applied_as_every_viewer_does(tmp_path):
+    from PIL import Image
+
+    from polycolor.data.ayna import load_image
+
+    pixels = np.full((32, 64, 3), 255, dtype=np.uint8)  # stored 64 wide, 32 high
+    pixels[:, :8] = 0  # ink on the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: turn 90 degrees clockwise to view
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    shown = load_image(path)
+    assert shown.shape == (64, 32, 3), "viewed 32 wide, 64 high"
+    assert shown[:8].mean() < 60 and shown[-8:].mean() > 200, "the stored left edge is the top once turned"

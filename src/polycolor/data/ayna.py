@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 
 from polycolor.colours import SHAPES, canonical_colour, resolve_colour
 from polycolor.errors import PolycolorError
@@ -171,7 +171,7 @@ def _declared_size(path: Path) -> tuple[int, int] | tuple[None, None]:
 def load_image(path: str | Path, size: int | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image as uint8 (H, W, 3) RGB.
 
-    Any mode is converted to RGB; when `size` is given and the image is not size x size it is resized with
+    Any mode is converted to RGB, turned as its EXIF orientation says; when `size` is given and the image is not size x size it is resized with
     NEAREST (so two-valued images stay two-valued). A missing or undecodable file is a PolycolorError naming it.
     With `max_pixels`, an image whose header declares more (width x height) is an ImageTooLarge before decoding:
     a 168 KB PNG can declare 12000 x 12000 px, 7 GB decoded.
@@ -186,7 +186,9 @@ def load_image(path: str | Path, size: int | None = None, max_pixels: int | None
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ImageTooLarge(f"image {path}", im.width, im.height, max_pixels, "serving.max_pixels")
             im.load()  # decode now, so a truncated file fails here and not later
-            rgb = _to_rgb(im)
+            # a phone's JPEG stores its pixels unturned and says how to turn them (EXIF orientation): turn them as
+            # every viewer does, so the painting matches the picture the person sees
+            rgb = _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise PolycolorError(f"image {path} does not exist") from None
     except Image.DecompressionBombError:
