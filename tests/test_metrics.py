@@ -147,3 +147,26 @@ def test_latency_times_single_images():
     ms = M.latency_ms_p50(predict, imgs, ["red"] * 7, samples=3)
     assert ms >= 0.0
     assert calls == [1, 1, 1, 1], "one warm-up call plus three timed calls, all at batch 1"
+
+
+def test_training_and_evaluation_psnr_are_one_definition():
+    """The trainer's val PSNR and evaluation's per-sample PSNR give the same float, bit for bit, on the same images;
+    evaluation's value is the formula its docstring states (float64 MSE on uint8 values, 100 dB cap)."""
+    import torch
+
+    from polycolor.images import images_to_tensor
+    from polycolor.training.trainer import psnr_batch
+
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 256, (5, 256, 256, 3), dtype=np.uint8)
+    pred = target.copy()
+    pred[1, 3, 4, 0] ^= 1  # one value off by one in 256x256x3: 101 dB before the cap
+    pred[2:] = rng.integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    pred[4, :128] = target[4, :128]
+    evaluated = [M.psnr(t, p) for t, p in zip(target, pred)]
+    for e, t, p in zip(evaluated, target, pred):
+        mse = float(np.mean((t.astype(np.float64) - p.astype(np.float64)) ** 2))
+        assert e == (M.PSNR_CAP if mse == 0 else min(M.PSNR_CAP, 10.0 * float(np.log10(255.0**2 / mse))))
+    assert evaluated[0] == evaluated[1] == M.PSNR_CAP, "identical and nearly identical images: the 100 dB cap"
+    trained = psnr_batch(images_to_tensor(pred), images_to_tensor(target))
+    assert trained.dtype == torch.float64 and trained.tolist() == evaluated, (trained.tolist(), evaluated)

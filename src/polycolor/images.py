@@ -29,6 +29,7 @@ WHITE = 255  # the background value on the uint8 scale, every channel
 # round((x + 1) * 127.5)) is below 240, i.e. x < (239.5 / 127.5) - 1, so a tensor and its uint8 image always agree.
 WHITE_MIN = 240
 SIGNED_WHITE_MIN = (WHITE_MIN - 0.5) / 127.5 - 1.0  # ~0.8784
+PSNR_CAP = 100.0  # dB; the PSNR of identical images (and the ceiling of every PSNR)
 
 ImageLike = np.ndarray | torch.Tensor
 # A painter: what evaluation scores and serving calls.
@@ -70,3 +71,13 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 def tensor_to_images(t: torch.Tensor) -> np.ndarray:
     """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3) numpy, rounded."""
     return to_uint8(t).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def psnr_per_image(target: ImageLike, pred: ImageLike) -> list[float]:
+    """PSNR in dB of each image of a uint8 batch (N, ...), numpy or torch (any device), on the uint8 values with
+    MAX = 255: 10 log10(255^2 / MSE), the MSE taken in float64 (exact sums of integers). Identical images (MSE 0)
+    and anything above the cap give PSNR_CAP (100 dB). The one definition: training's val PSNR and evaluation's
+    per-sample PSNR both call it, so the two agree to the bit on the same uint8 images."""
+    t, p = (x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (target, pred))
+    mses = ((t.astype(np.float64) - p.astype(np.float64)) ** 2).reshape(len(t), -1).mean(1)
+    return [PSNR_CAP if mse == 0.0 else min(PSNR_CAP, 10.0 * float(np.log10(255.0**2 / mse))) for mse in mses.tolist()]

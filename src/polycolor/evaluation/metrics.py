@@ -52,9 +52,7 @@ from skimage.metrics import structural_similarity
 from skimage.segmentation import find_boundaries
 
 from polycolor.colours import AYNA_COLOURS, resolve_colour
-from polycolor.images import Predictor, painted_mask
-
-PSNR_CAP = 100.0  # dB; the PSNR of identical images (and the ceiling of every PSNR)
+from polycolor.images import PSNR_CAP, Predictor, painted_mask, psnr_per_image
 BOUNDARY_TOLERANCE = 2  # pixels (Chebyshev) within which a boundary pixel counts as matched
 WHITE_RGB = (255, 255, 255)
 OTHER = "other"  # label of a requested colour that is not one of the 8 Ayna colours
@@ -72,10 +70,7 @@ SAMPLE_COLUMNS = ("index", "colour", "shape", "requested", "painted", *SAMPLE_ME
 
 def psnr(target: np.ndarray, pred: np.ndarray) -> float:
     """PSNR in dB on uint8 values with MAX = 255; identical images give PSNR_CAP (100 dB), the cap for all."""
-    mse = float(np.mean((target.astype(np.float64) - pred.astype(np.float64)) ** 2))
-    if mse == 0.0:
-        return PSNR_CAP
-    return min(PSNR_CAP, 10.0 * float(np.log10(255.0**2 / mse)))
+    return psnr_per_image(target[None], pred[None])[0]
 
 
 def ssim(target: np.ndarray, pred: np.ndarray) -> float:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from polycolor.colours import canonical_colour
 from polycolor.config.training import LossConfig, ModelConfig, TrainConfig
 from polycolor.errors import PolycolorError
-from polycolor.images import to_signed, to_uint8
+from polycolor.images import psnr_per_image, to_signed, to_uint8
 from polycolor.nn.colour import encode_colours, hard_image
 from polycolor.nn.losses import Objective
 from polycolor.nn.model import ConditionalUNet, count_parameters
@@ -161,10 +161,9 @@ def fingerprint(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainCo
 
 
 def psnr_batch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (B,) in dB of images in [-1, 1], on the [0, 255] scale after rounding, capped at 100."""
-    p, t = to_uint8(pred).float(), to_uint8(target).float()  # (B, 3, H, W) on the [0, 255] scale, rounded
-    mse = ((p - t) ** 2).flatten(1).mean(1)
-    return torch.where(mse > 0, 10 * torch.log10(255.0**2 / mse.clamp_min(1e-12)), torch.full_like(mse, 100.0))
+    """Per-image PSNR (B,) float64 in dB of images (B, 3, H, W) in [-1, 1], on the [0, 255] scale after rounding,
+    capped at 100: images.psnr_per_image, the definition evaluation scores with."""
+    return torch.tensor(psnr_per_image(to_uint8(target), to_uint8(pred)), dtype=torch.float64)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
