@@ -425,3 +425,27 @@ def test_pens_and_paper_change_the_input_only_and_repeat_exactly():
     pens = generate(_replace(cfg, pen_fraction=1.0), 6, 11)
     ink = pens.inputs[plain.inputs.min(axis=-1) == 0]
     assert ink.max() <= 110 and (ink.max(axis=-1) != ink.min(axis=-1)).any(), "dark pens of some hue"
+
+
+@pytest.mark.parametrize("factor", sorted({2, 4, *IngestConfig().downscale_factors}))
+def test_generator_min_pool_is_the_painters_to_size(factor: int):
+    """Downscaled pairs imitate how the painter brings a large drawing to the model's size, so synth.min_pool (numpy:
+    the generator must not depend on torch) and nn.model.to_size (torch, on the signed scale the painter feeds it)
+    give the same bytes on uint8 images: random values, and a generated outline drawn at factor x the size."""
+    import torch
+
+    from polycolor.images import images_to_tensor, tensor_to_images
+    from polycolor.nn.model import to_size
+
+    size = 32
+    rng = np.random.default_rng(factor)
+    noise = rng.integers(0, 256, (size * factor, size * factor, 3), dtype=np.uint8)
+    ink, _ = synth.draw_masks(synth._scaled(synth.sample_specs(IngestConfig(image_size=size), 1, 0)[0], factor),
+                              size * factor)
+    drawing = np.repeat(np.where(ink, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    for name, big in (("noise", noise), ("drawing", drawing)):
+        with torch.no_grad():
+            torch_pooled = tensor_to_images(to_size(images_to_tensor(big[None]), size))[0]
+        numpy_pooled = synth.min_pool(big, factor)
+        assert numpy_pooled.shape == torch_pooled.shape == (size, size, 3), name
+        assert np.array_equal(numpy_pooled, torch_pooled), f"{name} at factor {factor}: numpy and torch min-pools differ"
