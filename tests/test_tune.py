@@ -228,3 +228,15 @@ def test_the_best_trial_is_called_better_than_the_defaults_only_beyond_min_delta
         assert f"against the defaults trial 0: +1, {verdict} objective.min_delta {min_delta:g}" in text, text
     with pytest.raises(ConfigError, match="objective.min_delta"):
         parse_tune({**GOOD, "objective": {**GOOD["objective"], "min_delta": -1}}, BASE, METRICS)
+
+
+def test_preset_flags_and_trial_flags_write_values_one_way(tmp_path):
+    """`polycolor preset` and the tuner's queued trials write `-S key=VALUE` with the same function: text as it is,
+    anything else as JSON without spaces."""
+    from polycolor.cli import preset_flags
+    from polycolor.tuning.dvcexp import flag_value
+
+    assert [flag_value(v) for v in ("cuda", True, 8, 0.003, [16, 32])] == ["cuda", "true", "8", "0.003", "[16,32]"]
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train:\n  lr: 0.003\n  amp: true\n  device: cpu\n")
+    assert preset_flags(preset) == ["-S", "train.lr=0.003", "-S", "train.amp=true", "-S", "train.device=cpu"]

@@ -126,11 +126,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def preset_flags(path: Path) -> list[str]:
     """A preset file (a partial params.yaml) as `dvc exp run` flags: ["-S", "train.lr=0.02", ...].
-    Values are written without spaces (lists as [1,2]) so that `$(polycolor preset NAME)` splits into words safely."""
-    import json
-
+    Values are written as tuning.dvcexp.flag_value writes them, without spaces (lists as [1,2]), so that
+    `$(polycolor preset NAME)` splits into words safely."""
     import yaml
 
+    from polycolor.tuning.dvcexp import flag_value
     from polycolor.tuning.space import with_overrides
 
     try:
@@ -146,7 +146,7 @@ def preset_flags(path: Path) -> list[str]:
     parse_config(with_overrides({}, flat))
     out = []
     for key, value in flat.items():
-        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        text = flag_value(value)
         if any(c.isspace() for c in text):
             raise PolycolorError(f"preset {path}: {key} holds whitespace, which -S flags cannot carry: {text!r}")
         out += ["-S", f"{key}={text}"]

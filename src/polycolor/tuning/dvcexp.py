@@ -60,8 +60,9 @@ def dvc(root: Path, *args: str, timeout: float = DVC_TIMEOUT_S) -> str:
 
 
 def flag_value(value: Any) -> str:
-    """A value as `-S key=VALUE` writes it (DVC parses it back as YAML): true, 8, 0.003, cuda."""
-    return value if isinstance(value, str) else json.dumps(value)
+    """A value as `-S key=VALUE` writes it (DVC parses it back as YAML): true, 8, 0.003, cuda, [1,2]. Text stays as
+    it is, anything else is JSON without spaces, so that a shell splits `-S key=VALUE` into words safely."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def queue(root: Path, name: str, values: dict[str, Any]) -> None:
