@@ -285,3 +285,27 @@ def test_pyfunc_caps_rows_and_pixels_per_request(tmp_path):
             model.predict(None, frame)
         assert e.value.error_code == "INVALID_PARAMETER_VALUE" and "\n" not in e.value.message
     assert len(model.predict(None, too_big.iloc[:2])) == 2, "a request within both caps paints"
+
+
+def test_the_package_ties_each_metric_to_the_dataset_evaluation_logged_it_with(monkeypatch):
+    """link_evaluation (package) and metric_dataset (evaluation logging) read the set of a metric key with the one
+    rule, names.metric_set: its own set, val for the behavioural shares; the flood fill stays on the run."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from polycolor.evaluation.logging import metric_dataset
+
+    datasets = {n: SimpleNamespace(name=n) for n in ("val", "gappy")}
+    metrics = {"val.net.psnr_mean": 40.0, "gappy.painted.iou": 0.9, "behaviour.net.shift": 1.0,
+               "val.flood_fill.iou": 1.0, "worst.net.psnr_min": 30.0}
+    eval_run = SimpleNamespace(inputs=SimpleNamespace(dataset_inputs=[SimpleNamespace(dataset=d)
+                                                                       for d in datasets.values()]),
+                               data=SimpleNamespace(metrics=metrics), info=SimpleNamespace(run_id="r"))
+    logged: dict[str, object] = {}
+    monkeypatch.setattr(mlflow, "log_metrics", lambda values, dataset=None, **_: logged.update(
+        {k: dataset for k in values}))
+    linked = package.link_evaluation(eval_run, "m-1")
+    assert sorted(linked) == sorted(k for k in metrics if ".flood_fill." not in k)
+    assert logged == {k: metric_dataset(k, datasets) for k in linked}
+    assert logged["behaviour.net.shift"] is datasets["val"] and logged["worst.net.psnr_min"] is None

@@ -20,7 +20,7 @@ import numpy as np
 from polycolor.config.base import flatten
 from polycolor.config.params import Config
 from polycolor.errors import PolycolorError
-from polycolor.evaluation.names import BEHAVIOUR, VAL
+from polycolor.evaluation.names import VAL, metric_set
 from polycolor.evaluation.sets import EvalSet
 from polycolor.paths import repo_path
 from polycolor.tracking.datasets import dvc_dataset, generated_dataset, log_datasets
@@ -76,8 +76,7 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
 def metric_dataset(key: str, datasets: dict[str, Any]) -> Any | None:
     """The dataset a metric key `<set>.<scorer>.<metric>` was computed on: its set's; val's for the behavioural
     shares; None when the set has none."""
-    block = key.split(".", 1)[0]
-    return datasets.get(VAL if block == BEHAVIOUR else block)
+    return datasets.get(metric_set(key))
 
 
 def log_to_mlflow(train_run_id: str, cfg: Config, datasets: dict[str, Any], metrics: dict[str, dict[str, Any]],

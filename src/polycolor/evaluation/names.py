@@ -8,3 +8,10 @@ WORST = "worst"  # per scorer, the lowest psnr_mean and the lowest psnr_min over
 NET, PAINTED, FLOOD_FILL = "net", "painted", "flood_fill"
 SCORERS = (NET, PAINTED, FLOOD_FILL)  # the network alone, the full painter, the classical reference
 MODEL_SCORERS = (NET, PAINTED)  # the model's own figures: these reach the logged model and so the registry
+
+
+def metric_set(key: str) -> str:
+    """The set a metric key `<set>.<scorer>.<metric>` was computed on, which names its MLflow dataset: the key's own
+    set, and val for the behavioural shares (`behaviour.net.shift`), which are measured on val."""
+    block = key.split(".", 1)[0]
+    return VAL if block == BEHAVIOUR else block

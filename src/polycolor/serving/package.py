@@ -22,7 +22,7 @@ import pandas as pd
 
 from polycolor.config.paint import PAINTERS, PaintConfig
 from polycolor.errors import PolycolorError
-from polycolor.evaluation.names import BEHAVIOUR, MODEL_SCORERS, VAL
+from polycolor.evaluation.names import BEHAVIOUR, MODEL_SCORERS, metric_set
 from polycolor.nn import modelio
 from polycolor.nn.model import count_parameters
 from polycolor.serving import pyfunc, registry
@@ -314,10 +314,10 @@ def link_evaluation(eval_run: Any, model_id: str) -> dict[str, float]:
     datasets = {i.dataset.name: i.dataset for i in eval_run.inputs.dataset_inputs}
     by_set: dict[str | None, dict[str, float]] = {}
     for key, value in eval_run.data.metrics.items():
-        block, scorer = (key.split(".") + [""])[:2]
+        scorer = (key.split(".") + [""])[1]
         if scorer not in MODEL_SCORERS:
             continue
-        ds_name = VAL if block == BEHAVIOUR else block
+        ds_name = metric_set(key)
         by_set.setdefault(ds_name if ds_name in datasets else None, {})[key] = value
     for name, values in sorted(by_set.items(), key=lambda kv: kv[0] or ""):
         with_retry(mlflow.log_metrics, values, run_id=eval_run.info.run_id, model_id=model_id,
