@@ -178,3 +178,16 @@ def test_the_flood_fill_replaces_the_net_only_on_clean_closed_outlines_it_agrees
     ink_rows = np.flatnonzero(painted_mask(image).any(axis=1))
     gappy[ink_rows[0]:ink_rows[-1] + 1, :] = 255  # no outline left to enclose anything
     assert flood_fill_wins(gappy, off_by_one, cfg) is None, "open: the net's mask stays"
+
+
+def test_the_paint_batch_size_has_one_default():
+    """evaluate.batch_size and the painter's own batch_size default are config.paint.BATCH_SIZE."""
+    import inspect
+
+    from polycolor.config import paint as paint_config
+    from polycolor.config.evaluation import EvaluateConfig
+    from polycolor.painting import painter as painter_module
+
+    defaults = {f.__name__: inspect.signature(f).parameters["batch_size"].default
+                for f in (painter_module.paint, painter_module.paint_net, painter_module.painter)}
+    assert set(defaults.values()) == {paint_config.BATCH_SIZE} == {EvaluateConfig().batch_size}, defaults

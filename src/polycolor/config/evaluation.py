@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from polycolor.config.base import _check, _range
+from polycolor.config.paint import BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class EvaluateConfig:
     jpeg_quality: int = 80  # the jpeg set: inputs JPEG-compressed at this quality
     behaviour_samples: int = 32  # validation samples the behavioural (invariance) shares are measured on; 0 disables
     grid_samples: int = 8  # rows of the qualitative grid
-    batch_size: int = 4  # images per forward pass (painting.painter.BATCH_SIZE, chosen by `polycolor bench`)
+    batch_size: int = BATCH_SIZE  # images per forward pass (config.paint.BATCH_SIZE, chosen by `polycolor bench`)
 
     def validate(self) -> None:
         _check(self.ood_samples >= 0, "evaluate.ood_samples", self.ood_samples, "must be >= 0")

@@ -13,6 +13,10 @@ FLOOD_FILL_MODES = ("off", "clean")  # paint.flood_fill
 # a resized copy), or always.
 STEP_MODES = ("off", "resized", "always")
 PAINTERS = ("net", "painted")  # the network alone | the full painter, with PaintConfig's post-processing
+# Images per forward pass of the painter, the default of painting.painter's batch_size and of evaluate.batch_size:
+# `polycolor bench` found 4 at least as fast per image as 1 and 8, and larger batches slower (their activations
+# outgrow the CPU caches); figures in docs/performance.md items 13 and 18.
+BATCH_SIZE = 4
 
 
 @dataclass(frozen=True)

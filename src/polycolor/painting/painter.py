@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polycolor.config.paint import PAINTERS, PaintConfig
+from polycolor.config.paint import BATCH_SIZE, PAINTERS, PaintConfig
 from polycolor.errors import PolycolorError
 from polycolor.images import Predictor, images_to_tensor, tensor_to_images
 from polycolor.nn.colour import encode_colours
@@ -22,9 +22,6 @@ from polycolor.painting.canonical import canonicalise, restore
 from polycolor.painting.floodfill import flood_fill_wins
 from polycolor.painting.snap import gap_px_at, ink_mask, snap_to_outline
 
-# Images per forward pass: `polycolor bench` found 4 at least as fast per image as 1 and 8, and larger batches
-# slower (their activations outgrow the CPU caches); figures in docs/performance.md items 13 and 18.
-BATCH_SIZE = 4
 NET_ONLY = PaintConfig(canonical="off", snap="off", flood_fill="off")  # every step off: the `net` painter
 
 
