@@ -240,3 +240,20 @@ def test_preset_flags_and_trial_flags_write_values_one_way(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("train:\n  lr: 0.003\n  amp: true\n  device: cpu\n")
     assert preset_flags(preset) == ["-S", "train.lr=0.003", "-S", "train.amp=true", "-S", "train.device=cpu"]
+
+
+@pytest.mark.parametrize("uri, reads_stack", [("http://127.0.0.1:5000", True), ("https://mlflow.example", True),
+                                              ("file:///tmp/mlruns", False), ("sqlite:///mlflow.db", False)])
+def test_the_study_reads_the_stack_only_for_a_tracking_server(tmp_path, monkeypatch, uri, reads_stack):
+    """study_storage asks tracking.store.is_server, the one http-URI check, before it reads .stack."""
+    from polycolor.tuning import study
+
+    (tmp_path / ".stack").mkdir()
+    (tmp_path / ".stack" / "stack.json").write_text("{}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    read: list[Path] = []
+    from polycolor import stack
+
+    monkeypatch.setattr(stack, "load", lambda d: read.append(d) or type("T", (), {"tracking_uri": "http://other"})())
+    assert study.study_storage(tmp_path, None) == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert bool(read) == reads_stack

@@ -30,7 +30,8 @@ from polycolor.config.params import parse_config
 from polycolor.errors import ConfigError, PolycolorError
 from polycolor.fileio import atomic_output
 from polycolor.tracking.lineage import PARENT_RUN_TAG, git_info
-from polycolor.tracking.store import configure, ensure_experiment, run_status_for, tracking_uri, with_retry
+from polycolor.tracking.store import (configure, ensure_experiment, is_server, run_status_for, tracking_uri,
+                                      with_retry)
 from polycolor.tuning import dvcexp
 from polycolor.tuning.space import TuneConfig, load_yaml, with_overrides
 
@@ -53,7 +54,7 @@ def study_storage(root: Path, explicit: str | None) -> str:
     if explicit:
         return explicit
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if uri.startswith(("http://", "https://")) and (root / ".stack" / "stack.json").is_file():
+    if is_server(uri) and (root / ".stack" / "stack.json").is_file():
         from polycolor import stack
 
         team = stack.load(root / ".stack")
