@@ -207,3 +207,14 @@ def test_paint_switches_read_yaml_booleans_as_modes():
 
     cfg = parse_config(yaml.safe_load("paint: {canonical: true, snap: off}"))
     assert (cfg.paint.canonical, cfg.paint.snap) == ("always", "off")
+
+
+def test_error_lines_first_and_whole():
+    """errors.first_line (the first line of a message whose later lines are context) and errors.one_line (the whole
+    message on one line), both the type's name for an empty message: what every one-line error message uses."""
+    from polycolor.errors import first_line, one_line
+
+    e = ValueError("bad value\n  in 'params.yaml', line 3\n")
+    assert first_line(e) == "bad value" and one_line(e) == "bad value in 'params.yaml', line 3"
+    assert first_line(KeyError()) == one_line(KeyError()) == "KeyError"
+    assert first_line(OSError("\n  refused \n")) == "refused"

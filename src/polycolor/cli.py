@@ -25,7 +25,7 @@ from pathlib import Path
 from polycolor.config.base import flatten
 from polycolor.config.paint import PAINTERS, PaintConfig
 from polycolor.config.params import Config, load_params, parse_config
-from polycolor.errors import PolycolorError, run_guarded
+from polycolor.errors import PolycolorError, first_line, run_guarded
 from polycolor.paths import repo_root
 
 REFUSED_EXIT = 3  # `promote` refused: distinct from 1 (an error) and 2 (a usage error)
@@ -138,7 +138,7 @@ def preset_flags(path: Path) -> list[str]:
     except OSError as e:
         raise PolycolorError(f"cannot read preset {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise PolycolorError(f"preset {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise PolycolorError(f"preset {path} is not valid YAML: {first_line(e)}") from None
     if not isinstance(data, dict):
         raise PolycolorError(f"preset {path} must be a mapping of params sections")
     flat = flatten(data)

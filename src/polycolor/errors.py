@@ -15,7 +15,16 @@ class ConfigError(PolycolorError, ValueError):
 
 
 def one_line(e: BaseException) -> str:
+    """The whole message of `e` on one line (whitespace runs, newlines included, as one space); its type's name when
+    it has no message."""
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of the message of `e`, for errors whose later lines are context (YAML's marks, torch's
+    unpickling hints, a database's SQL); its type's name when it has no message."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def run_guarded(body: Callable[[], int | None]) -> int:

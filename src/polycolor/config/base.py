@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from polycolor.errors import ConfigError
+from polycolor.errors import ConfigError, first_line
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
@@ -142,7 +142,7 @@ def read_params(path: str | Path) -> Any:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{p} is not valid YAML: {first_line(e)}") from None
     return data
 
 

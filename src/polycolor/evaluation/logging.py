@@ -19,7 +19,7 @@ import numpy as np
 
 from polycolor.config.base import flatten
 from polycolor.config.params import Config
-from polycolor.errors import PolycolorError
+from polycolor.errors import PolycolorError, first_line
 from polycolor.evaluation.names import VAL, metric_set
 from polycolor.evaluation.sets import EvalSet
 from polycolor.paths import repo_path
@@ -39,7 +39,7 @@ def check_run(run_info_path: Path) -> str:
     try:
         run = with_retry(MlflowClient().get_run, run_id)
     except MlflowException as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise PolycolorError(describe_failure(e, uri)
                              or f"MLflow run {run_id} (from {run_info_path}) not found in {uri}: {first}") from None
     if run.info.lifecycle_stage == "deleted":

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polycolor.config.training import LossConfig
-from polycolor.errors import PolycolorError
+from polycolor.errors import PolycolorError, first_line
 from polycolor.images import painted_mask
 from polycolor.nn.model import UNetOutput
 
@@ -69,7 +69,7 @@ class VGGPerceptual(nn.Module):
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as e:  # a wrong or corrupt file
-            raise PolycolorError(f"cannot load VGG16 weights from {path}: {str(e).splitlines()[0]}") from None
+            raise PolycolorError(f"cannot load VGG16 weights from {path}: {first_line(e)}") from None
         self.features = net.features[:16].eval().requires_grad_(False)  # up to relu3_3
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406])[None, :, None, None], persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225])[None, :, None, None], persistent=False)

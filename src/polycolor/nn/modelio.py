@@ -22,7 +22,7 @@ import torch
 from polycolor import signals
 from polycolor.config.base import _build
 from polycolor.config.training import ModelConfig
-from polycolor.errors import ConfigError, PolycolorError
+from polycolor.errors import ConfigError, PolycolorError, first_line
 from polycolor.fileio import atomic_output
 from polycolor.nn.model import ConditionalUNet
 
@@ -96,7 +96,7 @@ def load_payload(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise PolycolorError(f"cannot load model file {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise PolycolorError(f"cannot load model file {path}: {type(e).__name__}: {first_line(e)}") from None
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise PolycolorError(f"{path} is not a polycolor model file (no state_dict)")
     return payload

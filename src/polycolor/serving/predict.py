@@ -19,7 +19,7 @@ import numpy as np
 
 from polycolor.config.paint import PaintConfig, parse_paint
 from polycolor.data.ayna import OUTPUTS, load_image, read_split, write_png
-from polycolor.errors import ConfigError, PolycolorError
+from polycolor.errors import ConfigError, PolycolorError, first_line
 from polycolor.fileio import atomic_output
 from polycolor.nn import modelio
 from polycolor.painting.painter import painter
@@ -152,7 +152,7 @@ def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[Mo
             try:
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp))
             except MlflowException as e:
-                raise PolycolorError(f"cannot resolve {ref}: {_first_line(e)}") from None
+                raise PolycolorError(f"cannot resolve {ref}: {first_line(e)}") from None
             version = registered_version(ref)
             if version is not None:  # the registry's own hash decides: swapped artifacts are refused
                 registry.verify_download(version.name, version, local)
@@ -197,11 +197,6 @@ def load_with_paint(ref: str | None, registered_model: str = "polycolor") -> tup
     with resolve(ref, registered_model) as source:
         loaded = modelio.load_model(source.path)
     return loaded, source.paint, source.origin
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ----------------------------------------------------------------------------------- painting files

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from polycolor.errors import PolycolorError
+from polycolor.errors import PolycolorError, one_line
 from polycolor.tracking.store import with_retry
 
 MAX_OUTAGE_S = 60.0  # how long training goes on without its tracking server before it stops (checkpoint kept)
@@ -103,5 +103,5 @@ class TrackingBuffer:
         if now - self.down_since >= self.max_outage_s:
             raise TrackingUnavailable(
                 f"the tracking server {self.uri} has not answered for {now - self.down_since:.0f} s "
-                f"({' '.join(str(e).split())[:160]}): training stopped with its checkpoint kept; rerun when the server "
+                f"({one_line(e)[:160]}): training stopped with its checkpoint kept; rerun when the server "
                 "is back and the same MLflow run continues") from None

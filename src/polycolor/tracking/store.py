@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from polycolor import signals
-from polycolor.errors import PolycolorError
+from polycolor.errors import PolycolorError, one_line
 from polycolor.paths import default_tracking_uri, repo_root, sqlite_path
 
 T = TypeVar("T")
@@ -106,7 +106,7 @@ def check_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
                          max_retries=0, backoff_factor=0, backoff_jitter=0, timeout=timeout, raise_on_status=False)
     except MlflowException as e:
         raise PolycolorError(describe_failure(e, uri, timeout) or f"MLflow tracking server at {uri}: "
-                             f"{' '.join(str(e).split())}") from None
+                             f"{one_line(e)}") from None
     if r.status_code != 200:
         raise PolycolorError(_status_message(r.status_code, uri))
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from polycolor.colours import canonical_colour
 from polycolor.config.training import LossConfig, ModelConfig, TrainConfig
-from polycolor.errors import PolycolorError
+from polycolor.errors import PolycolorError, first_line
 from polycolor.images import psnr_per_image, to_signed, to_uint8
 from polycolor.nn.colour import encode_colours, hard_image
 from polycolor.nn.losses import Objective
@@ -200,7 +200,7 @@ def read_checkpoint(path: Path, say: Callable[[str], None]) -> dict[str, Any] | 
     try:
         return _load(path)
     except Exception as e:  # torch raises many types for a cut or foreign file
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        why = f"{type(e).__name__}: {first_line(e)}".rstrip(": ") if str(e).strip() else type(e).__name__
     best_path = path.with_name("best.pt")
     try:
         best = _load(best_path) if best_path.is_file() else None

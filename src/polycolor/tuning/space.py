@@ -31,7 +31,7 @@ import yaml
 
 from polycolor.config.base import flatten
 from polycolor.config.params import parse_config
-from polycolor.errors import ConfigError
+from polycolor.errors import ConfigError, first_line
 
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random")
@@ -263,7 +263,7 @@ def load_yaml(path: Path, what: str) -> Any:
     except OSError as e:
         raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {first_line(e)}") from None
 
 
 def load_tune(path: Path, params_path: Path, metric_names: set[str] | None) -> TuneConfig:

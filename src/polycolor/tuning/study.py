@@ -27,7 +27,7 @@ from typing import Any
 
 from polycolor import signals
 from polycolor.config.params import parse_config
-from polycolor.errors import ConfigError, PolycolorError
+from polycolor.errors import ConfigError, PolycolorError, first_line
 from polycolor.fileio import atomic_output
 from polycolor.tracking.lineage import PARENT_RUN_TAG, git_info
 from polycolor.tracking.store import (configure, ensure_experiment, is_server, run_status_for, tracking_uri,
@@ -91,7 +91,7 @@ def storage_errors(storage: str) -> Iterator[None]:
         yield
     except sqlalchemy.exc.DatabaseError as e:
         where = storage.removeprefix("sqlite:///").split("?")[0]
-        said = str(getattr(e, "orig", None) or e).splitlines()[0]
+        said = first_line(getattr(e, "orig", None) or e)
         if "locked" in said:
             raise PolycolorError(f"study storage {where} is locked ({said}): wait for the other polycolor tune to "
                                  f"finish, or stop it; if none runs, remove the stale lock ({where}-journal)") from None
