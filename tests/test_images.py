@@ -57,3 +57,22 @@ def test_paintable_keeps_vocabulary_colours_for_the_embedding_only():
     assert paintable(colours, ("blue", "red"), "embedding").tolist() == [0, 1], "canonical names match"
     assert paintable(colours, ("blue", "red"), "rgb").tolist() == [0, 1, 2, 3]
     assert paintable(["green"], ("red",), "embedding").dtype.kind == "i"
+
+
+def test_tile_grid_is_the_trainers_and_the_augment_stages_grid():
+    """images.tile_grid lays out the trainer's per-epoch grid (gap 0: input | target | prediction per row, the bytes
+    the torch concatenation gave) and the augment stage's (grey gaps of 4 px)."""
+    import torch
+
+    from polycolor.images import tensor_to_images, tile_grid, to_uint8
+
+    torch.manual_seed(0)
+    x, y, p = (torch.rand(3, 3, 8, 6) * 2 - 1 for _ in range(3))  # (rows, 3, H, W) signed
+    img = to_uint8(torch.cat([x, y, p], dim=3))  # the trainer's former layout: (r, 3, H, 3W)
+    before = img.permute(0, 2, 3, 1).reshape(-1, img.shape[3], 3).numpy()
+    after = tile_grid(list(zip(*(tensor_to_images(t) for t in (x, y, p)))), gap=0)
+    assert after.shape == (3 * 8, 3 * 6, 3) and np.array_equal(after, before)
+    tiles = [[np.zeros((2, 2, 3), np.uint8)] * 2, [np.full((2, 2, 3), 7, np.uint8)]]
+    grid = tile_grid(tiles)
+    assert grid.shape == (2 * 6 + 4, 2 * 6 + 4, 3) and grid[0, 0, 0] == 160 and grid[4, 4, 0] == 0
+    assert (grid[10:12, 4:6] == 7).all() and (grid[10:12, 10:12] == 160).all(), "a short row leaves grey"

@@ -3,6 +3,7 @@ metrics reach the log, the data order does not depend on the number of processes
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,20 @@ def test_per_epoch_metrics_reach_the_log():
 def test_a_batch_larger_than_the_training_set_is_a_clear_error():
     with pytest.raises(PolycolorError, match=r"train.batch_size \(16\) is larger than the training set \(12"):
         steps_per_epoch(12, 16)
+
+
+def test_the_sample_grid_is_input_target_prediction_per_row(tmp_path):
+    """Trainer.sample_grid: (rows H, 3 W, 3) uint8, each row the input, the target and the hard prediction."""
+    from polycolor.images import tensor_to_images
+    from polycolor.nn.colour import hard_image
+
+    trainer = make_trainer(tmp_path)
+    data, _ = tiny_data()
+    grid = trainer.sample_grid(data, 3)
+    assert grid.shape == (3 * 32, 3 * 32, 3) and grid.dtype == np.uint8
+    assert np.array_equal(grid[32:64, :32], data.inputs[1].permute(1, 2, 0).numpy())
+    assert np.array_equal(grid[64:96, 32:64], data.targets[2].permute(1, 2, 0).numpy())
+    x, _, idx, rgb = trainer._batch(data.rows(slice(0, 3)))
+    with torch.no_grad():
+        pred = tensor_to_images(hard_image(trainer.model(x, idx, rgb), rgb))
+    assert np.array_equal(grid[:32, 64:], pred[0])

@@ -9,7 +9,7 @@ Plumbing: numpy and torch only, nothing else of the package.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,3 +81,17 @@ def psnr_per_image(target: ImageLike, pred: ImageLike) -> list[float]:
     t, p = (x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (target, pred))
     mses = ((t.astype(np.float64) - p.astype(np.float64)) ** 2).reshape(len(t), -1).mean(1)
     return [PSNR_CAP if mse == 0.0 else min(PSNR_CAP, 10.0 * float(np.log10(255.0**2 / mse))) for mse in mses.tolist()]
+
+
+def tile_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4, gap_value: int = 160) -> np.ndarray:
+    """Tile rows of equally sized (H, W, 3) uint8 images into one (R (H + gap) + gap, C (W + gap) + gap, 3) image,
+    separated by `gap` px of grey (gap 0: the tiles side by side). The augment stage's sample grid and the trainer's
+    per-epoch grid."""
+    n_cols = max(len(r) for r in rows)
+    h, w, _ = rows[0][0].shape
+    grid = np.full((len(rows) * (h + gap) + gap, n_cols * (w + gap) + gap, 3), gap_value, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            y, x = gap + i * (h + gap), gap + j * (w + gap)
+            grid[y:y + h, x:x + w] = tile
+    return grid

@@ -37,7 +37,7 @@ from skimage.measure import label
 from polycolor.config.data import AugmentConfig
 from polycolor.data import ayna
 from polycolor.data.coords import nearest_pixel, rotate, snap
-from polycolor.images import WHITE, painted_mask
+from polycolor.images import WHITE, painted_mask, tile_grid
 
 MAX_TRIES = 10
 SPLIT = "training"  # only training data is augmented; validation is never touched
@@ -267,15 +267,3 @@ def augment_dataset(data_dir: str | Path, out_dir: str | Path, cfg: AugmentConfi
         originals = [ayna.load_image(samples[j].input_path), ayna.load_image(samples[j].output_path)]
         grid_rows_list.append(originals + grid_tiles.get(j, []))
     return AugmentResult(manifest, tile_grid(grid_rows_list), dropped)
-
-
-def tile_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4, gap_value: int = 160) -> np.ndarray:
-    """Tile rows of equally sized (H, W, 3) uint8 images into one image, separated by grey gaps."""
-    n_cols = max(len(r) for r in rows)
-    h, w, _ = rows[0][0].shape
-    grid = np.full((len(rows) * (h + gap) + gap, n_cols * (w + gap) + gap, 3), gap_value, dtype=np.uint8)
-    for i, row in enumerate(rows):
-        for j, tile in enumerate(row):
-            y, x = gap + i * (h + gap), gap + j * (w + gap)
-            grid[y:y + h, x:x + w] = tile
-    return grid

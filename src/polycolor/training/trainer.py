@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from polycolor.colours import canonical_colour
 from polycolor.config.training import LossConfig, ModelConfig, TrainConfig
 from polycolor.errors import PolycolorError, first_line
-from polycolor.images import psnr_per_image, to_signed, to_uint8
+from polycolor.images import psnr_per_image, tensor_to_images, tile_grid, to_signed, to_uint8
 from polycolor.nn.colour import encode_colours, hard_image
 from polycolor.nn.losses import Objective
 from polycolor.nn.model import ConditionalUNet, count_parameters
@@ -375,8 +375,7 @@ class Trainer:
         self.model.eval()
         x, y, idx, rgb = self._batch(data.rows(slice(0, rows)))
         p = hard_image(self.model(x, idx, rgb), rgb)
-        img = to_uint8(torch.cat([x, y, p.float()], dim=3))  # (r, 3, H, 3W)
-        return img.permute(0, 2, 3, 1).reshape(-1, img.shape[3], 3).cpu().numpy()
+        return tile_grid(list(zip(*(tensor_to_images(t) for t in (x, y, p)))), gap=0)
 
     # ---- the loop --------------------------------------------------------------------------------------------------
     def fit(self, train: TensorData, val: TensorData, *, stop_after: int | None = None) -> TrainResult:
