@@ -121,7 +121,6 @@ def mlflow_server(root: Path, log: Path):
     url = f"http://127.0.0.1:{port}"
     with running(mlflow_server_cmd(root / "mlflow.db", port), url + "/health", log, cwd=root):
         yield url
-        out.close()
 
 
 def test_mlflow_ui_shows_the_run_its_datasets_and_the_champion(project, browser, screenshots, tmp_path):

@@ -28,7 +28,8 @@ STOP_WITHIN_S = 30  # from the signal to the stage process gone, on a loaded 2-c
 def project(tmp_path_factory):
     """The project with tiny params and a long training, its data stages already run."""
     root = tmp_path_factory.mktemp("signals") / "polycolor"
-    env = {**new_project(root, overrides={"train": {"epochs": 300}}), "SHELL": "/bin/sh"}  # far longer than we wait
+    # far longer than we wait; plateau, whose checkpoints resume with more epochs (cosine spans train.epochs)
+    env = {**new_project(root, overrides={"train": {"epochs": 300, "schedule": "plateau"}}), "SHELL": "/bin/sh"}
     for stage in ("check", "ingest", "augment"):
         subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root, env=env,
                        check=True, capture_output=True)

@@ -283,17 +283,26 @@ def targets_table(bench: dict[str, Any], train: dict[str, Any], evaluation: dict
 
 def capture_experiments(names: Iterable[str], show: dict | list) -> dict[str, Any]:
     """From `dvc exp show --json` output: each named experiment's headline figures and the params in which it
-    differs from the first named one (the baseline)."""
+    differs from the first named one (the baseline). A name is an experiment's or a branch's name, or a commit's
+    hash (7 or more hex digits: a baseline that is no branch head, as experiments queued before later commits
+    have)."""
     names = list(names)
     found: dict[str, dict[str, Any]] = {}
 
+    def named(node: dict) -> str | None:
+        if node.get("name") in names:
+            return node["name"]
+        rev = str(node.get("rev") or "")
+        return next((n for n in names if re.fullmatch(r"[0-9a-f]{7,40}", n) and rev.startswith(n)), None)
+
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if node.get("name") in names and isinstance(node.get("data"), dict):
+            name = named(node)
+            if name is not None and isinstance(node.get("data"), dict) and name not in found:
                 data = node["data"]
                 params = flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {}))
                 metrics = flatten((data.get("metrics") or {}).get(HEADLINE_JSON, {}).get("data", {}))
-                found[node["name"]] = {"params": params, "metrics": metrics}
+                found[name] = {"params": params, "metrics": metrics}
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
@@ -402,8 +411,8 @@ def report(root: Path, check: bool = False, rev: str | None = None) -> list[str]
 
 def main_experiments(root: Path, names: list[str], into: str = EXPERIMENTS_JSON) -> Path:
     """Capture the named experiments (or a branch's commit, e.g. main) from `dvc exp show --json` into `into`."""
-    p = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root, capture_output=True,
-                       text=True)
+    p = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "--all-commits"], cwd=root,
+                       capture_output=True, text=True)
     if p.returncode != 0:
         raise PolycolorError(f"dvc exp show failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
     if not re.fullmatch(r"metrics/[\w.-]+\.json", into):
