@@ -167,6 +167,7 @@ def test_stage_errors_are_one_line_and_keep_previous_outputs(tmp_path, tiny_data
     assert sorted(p.name for p in grid.parent.iterdir()) == ["augment_grid.png"]
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_stage_script_process_exits_1_without_traceback(tmp_path):
     params = _params(tmp_path / "params.yaml")
     r = subprocess.run([sys.executable, "stages/augment.py", "--params", str(params), "--data", str(tmp_path / "no"),

@@ -29,6 +29,7 @@ def test_read_real_splits(ayna_dir):
         assert s.output_path.name == f"{s.colour}_{s.shape}.png"
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_real_pairs_have_the_ayna_look(ayna_dir):
     """The shared checker accepts every real pair (and tests/test_synth.py applies it to synthetic pairs)."""
     for split in ("training", "validation"):

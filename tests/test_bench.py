@@ -91,6 +91,7 @@ def test_inference_figures_and_table():
     assert "infer_ms_p50" in table and "stage_wall_s.train" in table
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_bench_command_writes_json(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"ingest": {"image_size": 32}, "model": {"widths": [4, 8], "embed_dim": 8},

@@ -105,6 +105,7 @@ def argv(d: Path, **over: str) -> list[str]:
     return [x for k, v in paths.items() for x in (f"--{k}", str(v))]
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_end_to_end(project, store, ayna_val, capsys):
     import mlflow
 

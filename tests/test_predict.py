@@ -64,6 +64,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> N
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_predict_real_ayna_validation_split(model_file, work, ayna_val):
     out = work / "painted"
     proc = run_cli("--model", str(model_file), "--data", str(ayna_val), "--output", str(out), cwd=work)
@@ -78,6 +79,7 @@ def test_predict_real_ayna_validation_split(model_file, work, ayna_val):
         assert painted <= {WHITE, resolve_colour(e["colour"])} and resolve_colour(e["colour"]) in painted, (e, painted)
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_predict_single_image_any_size_and_mode(model_file, work):
     src = work / "odd.png"
     im = Image.new("LA", (50, 37), (0, 0))  # grey + alpha, not square, not the model's size; transparent = white
@@ -97,6 +99,7 @@ def test_predict_single_image_any_size_and_mode(model_file, work):
     assert not (work / "mlflow.db").exists(), "predict from a file must not create an MLflow store"
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_predict_from_package_folder_and_default(model_file, work):
     from polycolor.serving import package
 
@@ -116,6 +119,7 @@ def test_predict_from_package_folder_and_default(model_file, work):
     assert colours_of(work / "a.png") == {(0, 0, 255)}
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_predict_bad_inputs_give_one_line_errors(model_file, work):
     good = work / "in.png"
     Image.new("RGB", (32, 32), "white").save(good)
@@ -143,6 +147,7 @@ def test_predict_bad_inputs_give_one_line_errors(model_file, work):
     assert not (work / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_missing_alias_or_model_in_an_existing_store_is_one_line(model_file, work, capsys):
     from polycolor.cli import main
     from polycolor.serving import registry
@@ -180,6 +185,7 @@ def test_model_reference_resolution(model_file, tmp_path):
             pass
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_predict_painter_and_paint_section(model_file, work):
     """--painter net is the network's own output (this model: every pixel). The full painter paints with the paint
     section stored in a package, whatever params.yaml says; for a bare .pt file with --params' (or params.yaml's)."""

@@ -220,6 +220,7 @@ def test_cli_errors_are_one_line(store, capsys):
     assert e.value.code == 2
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_cli_exit_code_as_a_subprocess(store):
     """The console entry point's exit status, as a shell sees it: refused is REFUSED_EXIT, not a traceback."""
     add_version(31.0)
@@ -242,6 +243,7 @@ def test_commands_do_not_create_a_missing_store(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "absent.db").exists()
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_promote_refuses_a_version_that_is_not_a_polycolor_package(store, capsys):
     import mlflow
 

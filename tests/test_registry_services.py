@@ -120,6 +120,7 @@ def test_card_summary_fits_the_column_and_links_the_full_card():
     assert len(package.card_summary(one_huge, "u")) <= package.DESCRIPTION_MAX
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_two_processes_packaging_one_model_register_one_version_sqlite(tmp_path, mlflow_store):
     folder = training_run(tmp_path / "work", NAME)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}

@@ -76,6 +76,7 @@ def work(tmp_path, monkeypatch) -> Path:
 
 # --------------------------------------------------------------------------------------------- model files
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_empty_and_truncated_model_files_say_so_and_how_to_get_them_back(work):
     good = tiny_model(work / "model.pt")
     data = good.read_bytes()
@@ -94,6 +95,7 @@ def test_empty_and_truncated_model_files_say_so_and_how_to_get_them_back(work):
         assert words in line and "dvc checkout" in line, line
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 @pytest.mark.parametrize("how", ["raw pickle", "torch archive", "inside a valid model's meta"])
 def test_planted_pickles_never_run(work, how):
     """A model file whose pickle would run code on load: torch.load(weights_only=True) refuses it, nothing runs."""
@@ -138,6 +140,7 @@ def flip_weight_bytes(path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_a_corrupt_model_file_is_refused_with_the_way_back(work):
     """Bytes flipped inside the weights, size and mtime kept: the zip is intact, torch loads it, only the file's own
     content hash (format 2) says it. Refused by load_model and by `polycolor predict` in one line."""
@@ -168,6 +171,7 @@ def test_a_format_1_model_file_without_a_hash_still_loads(work):
 
 # --------------------------------------------------------------------------------------------- outputs
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_an_unwritable_output_names_the_path_the_user_gave(work):
     """Writing goes through a hidden temporary beside the output; the error must name the output, not it.
     /sys refuses new files even to root (a chmod-ed folder would not stop root)."""
@@ -197,6 +201,7 @@ def test_an_image_over_max_pixels_is_refused_from_its_header(tmp_path):
         load_image(small, None, 1199)
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_predict_refuses_a_large_image_with_the_reason(work):
     tiny_model(work / "model.pt")
     png_of_size(work / "bomb.png", 20000, 20000)

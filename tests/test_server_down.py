@@ -91,6 +91,7 @@ def one_error_line(text: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_check_stage_fails_on_a_dead_server_before_writing(kind, stage, tmp_path, monkeypatch, capsys,
                                                            request):
@@ -113,6 +114,7 @@ def test_check_stage_passes_without_a_server(stage, tmp_path, monkeypatch):
     assert stage("check").main(["--params", str(p), "--out", str(tmp_path / "check.json")]) == 0
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_models_command_fails_in_bounded_time_with_one_line(kind, request):
     uri = refused_uri() if kind == "refused" else request.getfixturevalue("silent_uri")
@@ -137,6 +139,7 @@ def test_configure_bounds_mlflow_http_calls(monkeypatch, mlflow_store):
     assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == int(HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_describe_failure_names_the_cause(monkeypatch, mlflow_store, silent_uri):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

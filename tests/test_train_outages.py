@@ -98,6 +98,7 @@ def small_disk(tmp_path, monkeypatch):
                 subprocess.run(["umount", "-l", str(d)], check=False)  # still busy: detach it now, freed when idle
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_a_full_disk_stops_training_in_one_line_with_the_checkpoint_intact(tiny_dataset, tmp_path, mlflow_store,
                                                                             small_disk, capsys):
     folder, fill, free = small_disk

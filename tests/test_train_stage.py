@@ -34,6 +34,7 @@ def outputs(tmp_path):
                 run_info_path=tmp_path / "run.json")
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_a_training_run_lands_in_mlflow(tiny_dataset, tmp_path, store, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
     monkeypatch.setenv("MKL_CBWR", "AVX2")  # recorded as set (MKL has read it already: no effect here)
@@ -73,6 +74,7 @@ def runs(store):
     return client.search_runs([client.get_experiment_by_name("test-train").experiment_id])
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_an_exception_leaves_the_run_failed(tiny_dataset, tmp_path, store):
     out = outputs(tmp_path)
     (tmp_path / "models").write_text("a file where the model's folder should be")  # writing the model fails
@@ -102,6 +104,7 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(tiny_dataset, tmp_
     assert 1 <= ck["epoch"] < 200 and ck["run_id"] == run.info.run_id
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_a_run_whose_checkpoint_cannot_be_resumed_is_not_left_running(tiny_dataset, tmp_path, store):
     out = outputs(tmp_path)
     run_training(TrainingParams.parse(TINY_PARAMS), train_dir=tiny_dataset / "training",
@@ -115,6 +118,7 @@ def test_a_run_whose_checkpoint_cannot_be_resumed_is_not_left_running(tiny_datas
     assert list(status.values()) == ["FINISHED"], "the new training has a run of its own"
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_a_resumed_run_logs_the_epoch_a_kill_left_unlogged(tiny_dataset, tmp_path, store, monkeypatch):
     """Killed after epoch 2's checkpoint was written but before epoch 2 reached MLflow: the continued run fills in
     epoch 2, so its curve has every epoch exactly once."""
@@ -139,6 +143,7 @@ def test_a_resumed_run_logs_the_epoch_a_kill_left_unlogged(tiny_dataset, tmp_pat
     assert steps == [1, 2, 3] and run.info.status == "FINISHED", (steps, run.info.status)
 
 
+@pytest.mark.slow  # starts a process or trains: not in make test-fast
 def test_a_truncated_last_checkpoint_is_refused_and_its_run_closed(tiny_dataset, tmp_path, store):
     """A cut checkpoints/last.pt beside an intact best.pt of a run a SIGKILL left RUNNING: the stage refuses in one
     line naming both ways on (best.pt's epoch, or delete the folder), best.pt is untouched and the run is closed."""
