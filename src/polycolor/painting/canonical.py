@@ -85,25 +85,53 @@ def canonicalise(image: np.ndarray, model_size: int, cfg: PaintConfig = PaintCon
     return Canonical(canvas, poses, (int(top), int(left), int(height), int(width)), at, margin)
 
 
+def _margins(c: Canonical, pose: Pose, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The margins (top, bottom, left, right) around the crop, in `pose`, of the part of the crop's window (the crop
+    and c.margin px around it) that lies inside the input's (H, W) frame: the input's own margins, clipped to the
+    frame, turned as the crop is (a quarter turn moves the right margin to the top, ...)."""
+    top, left, height, width = c.box
+    m = c.margin
+    sizes = np.array([[min(m, top), height, min(m, shape[0] - top - height)],   # rows: above, crop, below
+                      [min(m, left), width, min(m, shape[1] - left - width)]])  # cols: left of, crop, right of
+    grid = np.stack(np.meshgrid(sizes[0], sizes[1], indexing="ij"), axis=-1)    # (3, 3, 2): each block's (h, w)
+    turned = turn(grid, pose)                                                   # the blocks, turned
+    rows, cols = (1, 0) if pose[0] % 2 else (0, 1)                              # a quarter turn swaps h and w
+    return (int(turned[0, 1, rows]), int(turned[2, 1, rows]), int(turned[1, 0, cols]), int(turned[1, 2, cols]))
+
+
+def _take(a: np.ndarray, r0: int, r1: int, c0: int, c1: int, blank: int) -> np.ndarray:
+    """a[r0:r1, c0:c1] where the rectangle may reach past a's edges: what lies outside is `blank`."""
+    out = np.full((r1 - r0, c1 - c0) + a.shape[2:], blank, dtype=a.dtype)
+    rs, cs = slice(max(r0, 0), min(r1, a.shape[0])), slice(max(c0, 0), min(c1, a.shape[1]))
+    if rs.start < rs.stop and cs.start < cs.stop:
+        out[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = a[rs, cs]
+    return out
+
+
 def restore(painted: np.ndarray, c: Canonical, shape: tuple[int, int], blank: int) -> np.ndarray:
     """The paint of c.image, (H', W') bool masks or (H', W', 3) uint8 images, carried back to the input's (H, W)
     frame: the crop with its margin is turned back into place and everything else is `blank` (False / white). For
     a symmetric crop, which several poses reach, a mask is painted where at least half of its turns back paint and
     an image is the rounded integer mean of them: rules that do not depend on the order of the poses, so the
-    result stays equivariant. An input without ink paints nothing: there is no outline to fill."""
+    result stays equivariant. An input without ink paints nothing: there is no outline to fill.
+
+    Only the part of the window inside the input's frame is cut out of `painted`, so memory and time stay within
+    a few arrays of the input's size (H x W): the margin, two gaps scaled with the longest side, would make the
+    whole window of a 1 x 100000 px input 50001 x 150000 px."""
     out = np.full(shape + painted.shape[2:], blank, dtype=painted.dtype)
     top, left, height, width = c.box
     if height == 0:
         return out
-    m = c.margin
-    h, w = (width, height) if c.poses[0][0] % 2 else (height, width)  # the crop's size in its canonical pose
-    padded = np.pad(painted, ((m, m), (m, m)) + ((0, 0),) * (painted.ndim - 2), constant_values=blank)
-    window = padded[c.at[0]:c.at[0] + h + 2 * m, c.at[1]:c.at[1] + w + 2 * m]  # the turned crop and its margin
-    back = sum(unturn(window, p).astype(np.int32) for p in c.poses)  # (height + 2m, width + 2m[, 3])
+    back = None
+    for p in c.poses:
+        above, below, before, after = _margins(c, p, shape)
+        h, w = (width, height) if p[0] % 2 else (height, width)  # the crop's size in this pose
+        window = _take(painted, c.at[0] - above, c.at[0] + h + below, c.at[1] - before, c.at[1] + w + after, blank)
+        turned_back = unturn(window, p).astype(np.int32)  # the window's part inside the input's frame
+        back = turned_back if back is None else back + turned_back
     n = len(c.poses)
     back = 2 * back >= n if painted.dtype == bool else ((back + n // 2) // n).astype(painted.dtype)
-    # the window's place in the input, clipped to the frame
-    r0, c0 = top - m, left - m
-    rs, cs = slice(max(r0, 0), min(r0 + height + 2 * m, shape[0])), slice(max(c0, 0), min(c0 + width + 2 * m, shape[1]))
-    out[rs, cs] = back[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0]
+    m = c.margin
+    r0, c0 = max(top - m, 0), max(left - m, 0)
+    out[r0:r0 + back.shape[0], c0:c0 + back.shape[1]] = back
     return out
