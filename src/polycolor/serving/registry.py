@@ -6,6 +6,11 @@ recorded on the version it concerns (tags promotion.decision / promotion.reason 
 of champions is kept in the registered model's tag `champion_history` (a JSON list of versions) so that
 `rollback` can restore the previous one.
 
+Promote and rollback read the aliases and the history, decide, and write both: each holds the registered model's
+write lock (write_lock) from its first read to its last write, so two of them never interleave, whether they run
+on one machine or on several against one tracking server. MLflow has no lock or conditional write of tags and
+aliases; the lock is a registered model `<name>.write-lock`, whose creation the store makes atomic (a unique name).
+
 A version carries a short fixed set of tags (lineage: git_commit, data_hash, dvc_exp_name; evaluation_run; the
 promotion.* decision) and the model card as its description. Its metrics are those of its logged model (linked by
 the package stage from the evaluation run, per dataset); versions registered before that carry `eval.<dotted key>`
@@ -17,8 +22,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-from collections.abc import Iterable, Sequence
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +56,12 @@ PYFUNC_ENTRY = Path(__file__).resolve().with_name("pyfunc_entry.py")
 CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
 WEIGHTS = "artifacts/model.pt"  # the self-describing model file inside a package
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
+LOCK_SUFFIX = ".write-lock"  # registered model `<name>.write-lock`: promote and rollback hold it (write_lock)
+LOCK_WAIT_S = 60.0   # how long promote or rollback waits for another one's lock before refusing
+LOCK_STALE_S = 600.0  # a lock older than this is a writer that died (SIGKILL, power): taken over, and said so
+# Tests only: a file path; promote and rollback announce `<path>.reached` before they write, then wait until
+# <path> exists (at most LOCK_STALE_S), so a test can land another writer between their read and their write.
+PAUSE_ENV = "POLYCOLOR_TEST_PAUSE_BEFORE_REGISTRY_WRITE"
 
 
 def missing_store() -> Path | None:
@@ -345,7 +361,14 @@ def promote(name: str, cfg: PromoteConfig, *, version: str | int | None = None, 
     A version that is not a verified polycolor package (verify_package) is a PolycolorError, even with `force`.
     With `force` it moves regardless and the reason records what it overrode. The decision is recorded on the
     candidate version and returned; nothing is recorded when the candidate already is the champion.
+    Everything from the first read to the last write happens under the write lock: a promote or rollback that
+    holds it first is waited for, and this one then decides against the registry as that one left it.
     """
+    with write_lock(name):
+        return _promote(name, cfg, version, force)
+
+
+def _promote(name: str, cfg: PromoteConfig, version: str | int | None, force: bool) -> Decision:
     current = aliases(name)
     mv = get_version(name, version, CANDIDATE)
     cand = str(mv.version)
@@ -363,6 +386,7 @@ def promote(name: str, cfg: PromoteConfig, *, version: str | int | None = None, 
         decision, reason = "forced", f"forced over: {reason}"
     else:
         decision = "refused"
+    _pause_before_write()
     if decision != "refused":
         history = champion_history(name)
         if champ and (not history or history[-1] != champ):  # champion set by hand: keep it restorable
@@ -374,10 +398,24 @@ def promote(name: str, cfg: PromoteConfig, *, version: str | int | None = None, 
 
 
 def rollback(name: str) -> Decision:
-    """Point `champion` back at the previous champion in the history; the demoted version is tagged rolled_back."""
+    """Point `champion` back at the previous champion in the history; the demoted version is tagged rolled_back.
+
+    Under the write lock, like promote. The champion the caller asked to roll back is the one before the wait:
+    when another promote or rollback moved it meanwhile, this one is refused (one line) rather than undo a change
+    its caller never saw."""
+    seen = aliases(name).get(CHAMPION)
+    with write_lock(name):
+        champ = aliases(name).get(CHAMPION)
+        if champ != seen:
+            raise PolycolorError(f"registered model {name!r}: @champion moved from version {seen} to {champ} while "
+                                 "this rollback waited for another promote or rollback; nothing rolled back: check "
+                                 "polycolor models and run it again if you still want to")
+        return _rollback(name, champ)
+
+
+def _rollback(name: str, champ: str | None) -> Decision:
     from mlflow.exceptions import MlflowException
 
-    champ = aliases(name).get(CHAMPION)
     if champ is None:
         raise PolycolorError(f"registered model {name!r} has no @champion to roll back")
     history = champion_history(name)
@@ -396,10 +434,91 @@ def rollback(name: str) -> Decision:
         raise PolycolorError(f"registered model {name!r}: no previous champion recorded before version {champ}")
     target = history[-1]
     verify_package(name, target_mv)  # the registry's own hash decides: a swapped version never comes back
+    _pause_before_write()
     _set_champion(name, target, history)
     reason = f"rolled back from version {champ} to version {target}"
     _record(name, champ, "rolled_back", reason)
     return Decision(name, target, champ, target, "rolled_back", reason)
+
+
+# ------------------------------------------------------------------------------------------- the write lock
+
+def _lock_holder(client: Any, lock: str) -> tuple[str, float] | None:
+    """(who, age in s) of the lock model `lock`, or None when there is none (any more)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = with_retry(client.get_registered_model, lock)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return (rm.tags or {}).get("holder", "an unknown writer"), time.time() - rm.creation_timestamp / 1000
+
+
+@contextmanager
+def write_lock(name: str, wait_s: float | None = None) -> Iterator[None]:
+    """Hold `name`'s write lock: create the registered model `<name>.write-lock`, which the tracking store
+    creates for one caller only (its name is unique), and delete it at the end. Another holder is waited for, up
+    to `wait_s` (LOCK_WAIT_S), with one line on stderr saying so; then a one-line PolycolorError. A lock older
+    than LOCK_STALE_S is taken over (its writer died without releasing it)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    lock = f"{name}{LOCK_SUFFIX}"
+    me = f"pid {os.getpid()} on {socket.gethostname()}"
+    deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
+    said = False
+    while True:
+        try:
+            with_retry(client.create_registered_model, lock, tags={"holder": me},
+                       description=f"write lock of {name}: held by a polycolor promote or rollback ({me})")
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        held = _lock_holder(client, lock)
+        if held is None:
+            continue  # released between our create and our look
+        who, age = held
+        if age > LOCK_STALE_S:
+            print(f"taking over {name}'s write lock: {who} took it {age:.0f} s ago and never released it",
+                  file=sys.stderr)
+            _delete_lock(client, lock)
+            continue
+        if time.monotonic() > deadline:
+            raise PolycolorError(f"registered model {name!r} is being changed by another promote or rollback "
+                                 f"({who}, for {age:.0f} s): run this again when it has finished; if none runs, "
+                                 f"its lock is taken over after {LOCK_STALE_S:.0f} s")
+        if not said:
+            print(f"waiting for {name}'s write lock, held by another promote or rollback ({who})", file=sys.stderr)
+            said = True
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        _delete_lock(client, lock)
+
+
+def _delete_lock(client: Any, lock: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with_retry(client.delete_registered_model, lock)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
+def _pause_before_write() -> None:
+    """The test hook of PAUSE_ENV (see there); nothing when it is unset."""
+    gate = os.environ.get(PAUSE_ENV)
+    if not gate:
+        return
+    Path(f"{gate}.reached").touch()
+    deadline = time.monotonic() + LOCK_STALE_S
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------------------------------- listing
