@@ -3,7 +3,7 @@ after a tiny repro, `dvc push` and `git push`; a fresh clone with `dvc pull` has
 model byte for byte and nothing to reproduce; a named experiment goes out with `dvc exp push` and comes back on a
 second clone with `dvc exp pull`.
 
-The S3 keys are the stack's dummy ones, set per clone with `dvc remote modify --local` (.dvc/config.local, which
+The S3 keys are the stack's own (stack.s3_keys: generated at its first `up`, the only ones its S3 server accepts), set per clone with `dvc remote modify --local` (.dvc/config.local, which
 DVC's own .gitignore keeps out of git), as a team member sets real ones on a new machine."""
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ def dvc(*args: str, cwd: Path, env: dict) -> str:
 
 
 def set_credentials(repo: Path, env: dict) -> None:
-    """Dummy S3 keys in this clone's .dvc/config.local, never in the committed .dvc/config."""
-    dvc("remote", "modify", "--local", "storage", "access_key_id", stack_mod.DUMMY_AWS["AWS_ACCESS_KEY_ID"],
-        cwd=repo, env=env)
-    dvc("remote", "modify", "--local", "storage", "secret_access_key", stack_mod.DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
-        cwd=repo, env=env)
+    """The stack's S3 keys in this clone's .dvc/config.local, never in the committed .dvc/config."""
+    keys = stack_mod.s3_keys(env["POLYCOLOR_TEST_STACK_DIR"])
+    dvc("remote", "modify", "--local", "storage", "access_key_id", keys["AWS_ACCESS_KEY_ID"], cwd=repo, env=env)
+    dvc("remote", "modify", "--local", "storage", "secret_access_key", keys["AWS_SECRET_ACCESS_KEY"], cwd=repo,
+        env=env)
 
 
 def digest(repo: Path, out: str) -> dict[str, str] | str:
@@ -50,6 +50,7 @@ def repos(tmp_path_factory, team_stack):
     root, bare = base / "polycolor", base / "origin.git"
     env = new_project(root)
     env = {k: v for k, v in env.items() if not k.startswith("AWS_")}  # only config.local holds keys
+    env["POLYCOLOR_TEST_STACK_DIR"] = str(team_stack.dir)  # where set_credentials reads the keys
     dvc("remote", "add", "-d", "storage", REMOTE, cwd=root, env=env)
     dvc("remote", "modify", "storage", "endpointurl", team_stack.s3_endpoint, cwd=root, env=env)
     set_credentials(root, env)

@@ -47,7 +47,7 @@ def client(team_stack) -> mlflow.MlflowClient:
 
 def bucket_keys(team_stack, prefix: str) -> list[str]:
     """Every object key under `prefix` in the stack's bucket, listed with boto3 against the S3 server."""
-    s3 = stack_mod.s3_client(team_stack.s3_endpoint)
+    s3 = stack_mod.s3_client(team_stack.s3_endpoint, stack_mod.s3_keys(team_stack.dir))
     keys: list[str] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack_mod.BUCKET, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]

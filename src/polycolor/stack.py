@@ -1,12 +1,13 @@
 """The team stack on loopback, started for real: PostgreSQL (MLflow's tracking and registry store), an S3-compatible
-object store (moto's standalone server) and `mlflow server` proxying artifacts to it.
+object store (moto's S3 backend behind serve_s3, with authentication on) and `mlflow server` proxying artifacts to it.
 
     stack = start(Path(".stack"))   # or: polycolor stack up [--dir .stack]
     stack.tracking_uri              # http://127.0.0.1:PORT, what MLFLOW_TRACKING_URI gets
     stop(Path(".stack"))            # or: polycolor stack down [--dir .stack]
 
 Every service listens on 127.0.0.1 on a free port, logs to <dir>/logs/<service>.log (errors name the file) and is
-stopped by its PID, recorded in <dir>/stack.json with its start time so that a reused PID is never signalled.
+stopped by its PID, recorded in <dir>/stack.json (0600) with its start time so that a reused PID is never signalled.
+<dir> itself is 0700 (0711 as root, so that PostgreSQL's user can reach its data), every state file in it 0600.
 
 Credentials stay out of URIs, params, tags and logs. PostgreSQL gets a password generated when its cluster is made;
 the MLflow server reads it from a libpq password file (PGPASSFILE, mode 0600, in <dir>) so the backend URI carries
@@ -14,22 +15,28 @@ none. The MLflow server runs MLflow's basic authentication (`--app-name basic-au
 database mlflow_auth): one admin user, CLIENT_USER, whose password is generated the same way and kept in
 <dir>/mlflow-password (0600); `up` prints exports that read it from there (the password itself never reaches
 stdout or a log). An unauthenticated client can neither read nor write; users an admin adds get
-default_permission READ. The object store gets fixed dummy AWS keys, set only in the environment of the server
-processes; MLflow clients need no S3 credentials at all, since artifacts go through the server (mlflow-artifacts:/).
+default_permission READ. The object store accepts only the keys generated at the first `up` and kept in
+<dir>/s3-keys (0600; s3_keys), set only in the environment of the S3 and MLflow servers: a request signed with other
+keys, or not signed, gets 403, and moto's admin API (/moto-api/reset, reset-auth, ...) is not served. MLflow
+clients need no S3 credentials at all, since artifacts go through the server (mlflow-artifacts:/).
 
 The data lives in <dir> and outlives the processes. `up` starts what is not running, on the recorded ports and
 the existing data: after a crash of one service (PostgreSQL killed) it restarts that one and leaves the others.
 `down` stops every service and keeps the data: PostgreSQL's cluster in <dir>/pg, and the bucket, which moto keeps
-in memory, copied to <dir>/s3 first and put back by the next `up` (objects written after the last `down` are
-lost when the S3 service itself crashes). `down --purge` discards everything. Production swaps these for a
-managed PostgreSQL and a real bucket, with only the URIs changed: see docs/scaling.md.
+in memory, copied to <dir>/s3.tar first (a new file that replaces the last dump only when complete) and put back by
+the next `up` (objects written after the last `down` are lost when the S3 service itself crashes). A save that
+fails leaves the last dump, and `down` still stops every service, then says so in one line. `down --purge`
+discards everything. Production swaps these for a managed PostgreSQL and a real bucket, with only the URIs
+changed: see docs/scaling.md.
 
-PostgreSQL refuses to run as root: as root, initdb and postgres run as the unprivileged user `nobody`, which must be
-able to enter <dir> (pick a folder under /tmp when the default sits below a private home folder).
+PostgreSQL refuses to run as root: as root, initdb and postgres run as PG_OS_USER, a system user created for it at
+the first `up` (useradd), which owns the cluster and must be able to enter <dir> (pick a folder under /tmp when
+the default sits below a private home folder).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -47,19 +54,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from polycolor.errors import PolycolorError
-from polycolor.fileio import read_json, write_json_atomic
+from polycolor.errors import PolycolorError, one_line
+from polycolor.fileio import read_json
 
 HOST = "127.0.0.1"
 DB_USER = "polycolor"
 DB_NAME = "mlflow"
 BUCKET = "polycolor"
 ARTIFACTS = f"s3://{BUCKET}/mlflow"   # the server's --artifacts-destination
-PG_OS_USER = "nobody"                 # who runs PostgreSQL when we are root
-# Fixed, test-only keys for the local object store (moto accepts any). They live only in the environment of the
-# processes that talk S3 directly: the MLflow server and whoever sets up the bucket. Never use them elsewhere.
-DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "polycolor-local-stack", "AWS_SECRET_ACCESS_KEY": "polycolor-local-stack",
-             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+PG_OS_USER = "polycolor-pg"           # who runs PostgreSQL when we are root: a system user made for it
+S3_USER = "polycolor-stack"           # the S3 server's only user (serve_s3)
+S3_KEYS = "s3-keys"                   # its access key id and secret, generated at the first `up`, 0600
+AWS_REGION = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 STATE = "stack.json"
 STOP_TIMEOUT_S = 30.0
 AUTH_DB = "mlflow_auth"              # MLflow's basic-auth users and permissions, beside the tracking database
@@ -67,9 +73,10 @@ CLIENT_USER = "polycolor"            # the pipeline's MLflow user: the registry'
 PASSWORD_FILE = "mlflow-password"    # CLIENT_USER's password, 0600
 SECRET_FILE = "flask-secret"         # the auth app's CSRF key (MLFLOW_FLASK_SERVER_SECRET_KEY), 0600
 AUTH_INI = "basic_auth.ini"          # MLFLOW_AUTH_CONFIG_PATH of the server, 0600 (holds the admin password)
-S3_DUMP = "s3"                       # the bucket's objects while the stack is down
+S3_DUMP = "s3.tar"                   # the bucket's objects while the stack is down (a tar: one file, swapped whole)
+S3_DUMP_V1 = "s3"                    # the folder older stacks dumped to: read by `up` when there is no tar
 # What `down --purge` removes besides the logs (which stay, as after any run).
-DATA = ("pg", "pgpass", PASSWORD_FILE, SECRET_FILE, AUTH_INI, S3_DUMP, STATE)
+DATA = ("pg", "pgpass", PASSWORD_FILE, SECRET_FILE, AUTH_INI, S3_KEYS, S3_DUMP, S3_DUMP_V1, STATE)
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ class Stack:
             f"export MLFLOW_TRACKING_USERNAME={CLIENT_USER}",
             f'export MLFLOW_TRACKING_PASSWORD="$(cat {shlex.quote(str(self.dir / PASSWORD_FILE))})"',
             f"# tracking store {self.backend_uri}; artifacts {self.artifacts} via the server",
-            f"# S3 endpoint {self.s3_endpoint} (bucket {BUCKET}); logs in {self.dir / 'logs'}",
+            f"# S3 endpoint {self.s3_endpoint} (bucket {BUCKET}; its only keys in {self.dir / S3_KEYS}); "
+            f"logs in {self.dir / 'logs'}",
             f"# stop with: polycolor stack down --dir {self.dir} (keeps the data; --purge discards it)",
         ])
 
@@ -160,8 +168,34 @@ def _as_user() -> dict[str, Any]:
         return {}
     import pwd
 
-    pw = pwd.getpwnam(PG_OS_USER)
+    try:
+        pw = pwd.getpwnam(PG_OS_USER)
+    except KeyError:
+        _make_pg_user()
+        pw = pwd.getpwnam(PG_OS_USER)
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def _make_pg_user() -> None:
+    """Create PG_OS_USER, a system user (and group) of its own with no home and no login shell, so that the
+    cluster's files belong to no one else (not `nobody`, which other daemons share)."""
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    done = subprocess.run([useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                           "--shell", "/usr/sbin/nologin", "--comment", "polycolor stack PostgreSQL", PG_OS_USER],
+                          capture_output=True, text=True, check=False)
+    if done.returncode not in (0, 9):  # 9: it exists (another `up` made it meanwhile)
+        raise PolycolorError(f"cannot create the system user {PG_OS_USER} that runs PostgreSQL as root: "
+                             f"useradd exit {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
+
+
+def _own_cluster(pgdata: Path) -> None:
+    """As root, hand a cluster made by an older stack (owned by `nobody`) to PG_OS_USER, file by file."""
+    ids = _as_user()
+    if not ids or pgdata.stat().st_uid == ids["user"]:
+        return
+    for root, dirs, files in os.walk(pgdata):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            os.chown(name, ids["user"], ids["group"], follow_symlinks=False)
 
 
 def _give_to_pg_user(path: Path) -> None:
@@ -211,6 +245,8 @@ def _start_postgres(d: Path, logs: Path, timeout: float, port: int = 0) -> tuple
     fresh = not ((pgdata / "PG_VERSION").is_file() and passfile.is_file())
     if fresh:
         _init_postgres(d, logs, bindir)
+    else:
+        _own_cluster(pgdata)
     port = port or free_port()
     env = _child_env(LC_ALL="C")
     log_path = logs / "postgres.log"
@@ -266,31 +302,43 @@ def _init_postgres(d: Path, logs: Path, bindir: Path) -> None:
     _write_secret(passfile, f"{HOST}:*:*:{DB_USER}:{password}\n")
 
 
-def s3_client(endpoint: str):
-    """A boto3 S3 client for the local object store, with the dummy keys passed explicitly (not via the
-    environment, which may hold real ones)."""
+def s3_keys(d: str | Path) -> dict[str, str]:
+    """The stack's S3 keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), kept in d/s3-keys (0600) and generated
+    there at the first `up`: the S3 server accepts no others."""
+    path = Path(d) / S3_KEYS
+    if not path.is_file():
+        keys = {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
+                "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}
+        _write_secret(path, json.dumps(keys) + "\n")
+    return json.loads(path.read_text())
+
+
+def s3_client(endpoint: str, keys: dict[str, str]):
+    """A boto3 S3 client for the local object store with `keys` (s3_keys) passed explicitly (not via the
+    environment, which may hold other ones)."""
     import boto3
     from botocore.config import Config as BotoConfig
 
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
-                        region_name=DUMMY_AWS["AWS_DEFAULT_REGION"],
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+                        region_name=AWS_REGION["AWS_DEFAULT_REGION"],
                         config=BotoConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}))
 
 
 def _start_s3(d: Path, logs: Path, timeout: float, port: int = 0) -> tuple[Service, str]:
-    """moto's standalone S3 server (on `port` when given, else a free one), with the artifacts bucket created and
-    the objects saved by the last `down` (d/s3) put back."""
+    """The S3 server (serve_s3, on `port` when given, else a free one), with the artifacts bucket created and the
+    objects saved by the last `down` (d/s3.tar, or an older stack's folder d/s3) put back."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     port = port or free_port()
     endpoint = f"http://{HOST}:{port}"
     log_path = logs / "s3.log"
+    keys = s3_keys(d)
     with log_path.open("a") as log:
-        proc = _spawn([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)], log,
-                      _child_env(**DUMMY_AWS))
+        proc = _spawn([sys.executable, "-m", "polycolor.stack", "s3", HOST, str(port)], log,
+                      _child_env(**AWS_REGION, **keys))
     service = _service("s3", proc, log_path, signal.SIGTERM, port)
-    client = s3_client(endpoint)
+    client = s3_client(endpoint, keys)
 
     def ready() -> bool:
         try:
@@ -302,29 +350,75 @@ def _start_s3(d: Path, logs: Path, timeout: float, port: int = 0) -> tuple[Servi
     try:
         _wait_ready(f"S3 server (moto, port {port})", proc, log_path, ready, timeout)
         client.create_bucket(Bucket=BUCKET)
-        dump = d / S3_DUMP
-        for f in sorted(dump.rglob("*")) if dump.is_dir() else ():
-            if f.is_file():
-                client.upload_file(str(f), BUCKET, f.relative_to(dump).as_posix())
+        _restore_bucket(client, d)
     except BaseException:
         _stop_service(service)
         raise
     return service, endpoint
 
 
-def _save_bucket(endpoint: str, dump: Path) -> None:
-    """Copy every object of the bucket to `dump` (replacing what was there): moto keeps them only in memory."""
-    client = s3_client(endpoint)
-    tmp = dump.with_name(dump.name + ".new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-        for obj in page.get("Contents", []):
-            target = tmp / obj["Key"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(BUCKET, obj["Key"], str(target))
-    shutil.rmtree(dump, ignore_errors=True)
-    tmp.rename(dump)
+def _restore_bucket(client: Any, d: Path) -> None:
+    """Put the objects of the last dump back: d/s3.tar (read member by member, nothing is extracted to disk), or
+    the folder d/s3 an older stack wrote."""
+    import tarfile
+
+    dump, folder = d / S3_DUMP, d / S3_DUMP_V1
+    if dump.is_file():
+        with tarfile.open(dump) as tar:
+            for member in tar:
+                if member.isfile():
+                    client.upload_fileobj(tar.extractfile(member), BUCKET, member.name)
+    elif folder.is_dir():
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                client.upload_file(str(f), BUCKET, f.relative_to(folder).as_posix())
+
+
+def _save_bucket(client: Any, d: Path) -> int:
+    """Copy every object of the bucket into d/s3.tar (moto keeps them only in memory); returns their number.
+
+    The objects go to d/s3.tar.new, which replaces the dump (one rename) only when every object is in it and it
+    is on disk: a failed save (the server gone, NoSuchBucket, a full disk) leaves the last dump as it was. An
+    empty bucket never replaces a dump that holds objects (an emptied bucket is the likelier cause than a
+    deliberate clean-up): PolycolorError, and the dump stays."""
+    import tarfile
+
+    dump, tmp = d / S3_DUMP, d / (S3_DUMP + ".new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    count = 0
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w") as tar:
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+                    for obj in page.get("Contents", []):
+                        body = client.get_object(Bucket=BUCKET, Key=obj["Key"])
+                        info = tarfile.TarInfo(obj["Key"])
+                        info.size, info.mtime = body["ContentLength"], body["LastModified"].timestamp()
+                        tar.addfile(info, body["Body"])
+                        count += 1
+            raw.flush()
+            os.fsync(raw.fileno())
+        if count == 0 and (held := _dump_size(d)):
+            raise PolycolorError(f"the bucket {BUCKET} is empty but the last dump {dump} holds {held} objects: "
+                                 f"kept that dump (the next up puts them back); if the bucket was emptied on "
+                                 f"purpose, remove {dump} first")
+        os.replace(tmp, dump)
+    finally:
+        tmp.unlink(missing_ok=True)
+    shutil.rmtree(d / S3_DUMP_V1, ignore_errors=True)  # an older stack's folder: the tar holds it all now
+    return count
+
+
+def _dump_size(d: Path) -> int:
+    """How many objects the last dump holds (the tar, or an older stack's folder)."""
+    import tarfile
+
+    if (d / S3_DUMP).is_file():
+        with tarfile.open(d / S3_DUMP) as tar:
+            return sum(m.isfile() for m in tar)
+    folder = d / S3_DUMP_V1
+    return sum(f.is_file() for f in folder.rglob("*")) if folder.is_dir() else 0
 
 
 def _secret(path: Path) -> str:
@@ -368,7 +462,8 @@ def _start_mlflow(d: Path, pg_port: int, s3_endpoint: str, passfile: Path, logs:
     # No job runner: it serves GenAI scoring and trace archival, which polycolor does not use, at the cost of seven
     # huey consumer processes on a 2-core machine and ~20 s to stop.
     env = _child_env(PGPASSFILE=str(passfile), MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
-                     MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **DUMMY_AWS, **_auth_setup(d, pg_port, passfile))
+                     MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **AWS_REGION, **s3_keys(d),
+                     **_auth_setup(d, pg_port, passfile))
     with log_path.open("a") as log:
         proc = _spawn([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
                        "--artifacts-destination", ARTIFACTS, "--host", HOST, "--port", str(port),
@@ -406,20 +501,35 @@ def _alive(s: Service) -> bool:
 def _stop_service(s: Service) -> None:
     """Stop one service by its PID (its process group for the Python servers, whose workers are children):
     its stop signal, up to STOP_TIMEOUT_S, then SIGKILL."""
-    import psutil
-
     if not _alive(s):
         return
     group = s.name != "postgres"  # postgres stops its own backends; signalling them directly is discouraged
     send = (lambda sig: os.killpg(s.pid, sig)) if group else (lambda sig: os.kill(s.pid, sig))
     try:
         send(s.stop_signal)
-        psutil.Process(s.pid).wait(STOP_TIMEOUT_S)  # reaps it when it is our child
-    except psutil.TimeoutExpired:
-        os.killpg(s.pid, signal.SIGKILL)
-        psutil.Process(s.pid).wait(STOP_TIMEOUT_S)
-    except (psutil.NoSuchProcess, ProcessLookupError):
+        if not _gone(s, STOP_TIMEOUT_S):
+            os.killpg(s.pid, signal.SIGKILL)
+            _gone(s, STOP_TIMEOUT_S)
+    except ProcessLookupError:
         pass
+
+
+def _gone(s: Service, timeout: float) -> bool:
+    """Wait until `s` has exited (a zombie that another process has yet to reap counts as exited), reaping it when
+    it is our child; False when it still runs after `timeout` s."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while _alive(s):
+        if time.monotonic() > deadline:
+            return False
+        try:
+            psutil.Process(s.pid).wait(0.2)
+        except psutil.TimeoutExpired:
+            pass
+        except psutil.NoSuchProcess:
+            break
+    return True
 
 
 def dead_services(d: str | Path) -> list[str]:
@@ -442,8 +552,8 @@ def start(d: str | Path, *, timeout: float = 180.0, workers: int = 2) -> Stack:
     ports = {s.name: s.port for s in prev.services} if prev else {}
     logs = d / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        d.chmod(0o755)  # PostgreSQL's user must be able to enter the folder that holds its data
+    # Only this user lists or reads the folder; as root, PostgreSQL's user must still enter it to reach its data.
+    d.chmod(0o711 if os.geteuid() == 0 else 0o700)
     started: list[Service] = []
     try:
         if "postgres" in alive:
@@ -472,8 +582,11 @@ def start(d: str | Path, *, timeout: float = 180.0, workers: int = 2) -> Stack:
 
 
 def _save_state(stack: Stack) -> None:
-    write_json_atomic(stack.dir / STATE, {**asdict(stack), "dir": str(stack.dir),
-                                          "services": [asdict(s) for s in stack.services]})
+    """d/stack.json, 0600 from its creation: written to a private temporary, then renamed over the old one."""
+    state = {**asdict(stack), "dir": str(stack.dir), "services": [asdict(s) for s in stack.services]}
+    tmp = stack.dir / (STATE + ".new")
+    _write_secret(tmp, json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, stack.dir / STATE)
 
 
 def load(d: str | Path) -> Stack:
@@ -489,16 +602,77 @@ def load(d: str | Path) -> Stack:
 
 def stop(d: str | Path, *, purge: bool = False) -> list[str]:
     """Stop every service recorded in d/stack.json, newest first; returns the names of those that were still
-    running. The data stays for the next `up` (the bucket is saved to d/s3 first); with `purge` it goes:
-    PostgreSQL's d/pg, the saved bucket, the password files and the record (the logs stay)."""
+    running. The data stays for the next `up` (the bucket is saved to d/s3.tar first, see _save_bucket); with
+    `purge` it goes: PostgreSQL's d/pg, the saved bucket, the keys and password files and the record (the logs
+    stay). A save that fails does not stop the stop: every service is stopped, then one PolycolorError line says
+    that the bucket was not saved and which dump was kept."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     stack = load(d)
     running = [s.name for s in stack.services if _alive(s)]
+    unsaved = None
     if "s3" in running and not purge:
-        _save_bucket(stack.s3_endpoint, stack.dir / S3_DUMP)
+        try:
+            _save_bucket(s3_client(stack.s3_endpoint, s3_keys(stack.dir)), stack.dir)
+        except (BotoCoreError, ClientError, OSError, PolycolorError) as e:
+            unsaved = e
     for s in reversed(stack.services):
         _stop_service(s)
     if purge:
         for name in DATA:
             path = stack.dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if unsaved is not None:
+        kept = (f"kept the last dump {stack.dir / S3_DUMP} ({_dump_size(stack.dir)} objects)"
+                if _dump_size(stack.dir) else "there is no earlier dump")
+        raise PolycolorError(f"stopped {', '.join(running)}, but the bucket was not saved "
+                             f"({type(unsaved).__name__}: {one_line(unsaved)}); {kept}")
     return running
+
+
+# ------------------------------------------------------------------------------------------- the S3 server
+
+S3_REFUSED = ("/moto-api", "/favicon.ico")  # moto's admin API (reset, reset-auth, data, dashboard): never served
+
+
+def serve_s3(host: str, port: int) -> None:
+    """The stack's S3 server, in this process (`python -m polycolor.stack s3 HOST PORT`): moto's S3 backend and
+    nothing else, with IAM authentication on from the first request (moto's INITIAL_NO_AUTH_ACTION_COUNT = 0). Its
+    only user, S3_USER, holds the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of this process's environment
+    (the stack's <dir>/s3-keys, 0600); every request must be signed with them, and moto's admin endpoints
+    (/moto-api/reset, /moto-api/reset-auth, ...) answer 403: moto's own server would serve them to anyone."""
+    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # read by moto.settings at import
+    from moto import settings
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.iam.models import iam_backends
+    from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
+    from werkzeug.serving import run_simple
+
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    key_id, secret = os.environ.pop("AWS_ACCESS_KEY_ID"), os.environ.pop("AWS_SECRET_ACCESS_KEY")
+    iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    iam.create_user("us-east-1", S3_USER)
+    key = iam.create_access_key(S3_USER)  # moto generates a key: ours replaces it, under its own id
+    del iam.access_keys[key.physical_resource_id]
+    key.access_key_id, key.secret_access_key = key_id, secret
+    iam.access_keys[key.physical_resource_id] = key
+    iam.put_user_policy(S3_USER, "s3", json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    s3_app = create_backend_app("s3")
+
+    def app(environ: dict[str, Any], start_response: Callable) -> Any:
+        # moto checks the signature of a request with an Authorization header; one without (anonymous, or a
+        # presigned URL, which the stack never hands out) would reach its ACL code or fail inside it.
+        refused = ("moto's admin API is off on the polycolor stack" if environ.get("PATH_INFO", "").startswith(
+            S3_REFUSED) else None if environ.get("HTTP_AUTHORIZATION") else "sign the request with the stack's keys")
+        if refused:
+            start_response("403 Forbidden", [("Content-Type", "application/xml")])
+            return [f"<Error><Code>AccessDenied</Code><Message>{refused}</Message></Error>\n".encode()]
+        return s3_app(environ, start_response)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    run_simple(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["s3"]:
+    serve_s3(sys.argv[2], int(sys.argv[3]))
