@@ -78,9 +78,11 @@ def test_a_rollback_landing_while_promote_verifies_is_refused_not_lost(store):  
              lambda: "waiting for polycolor's write lock" in rollback_err.read_text() or rollback.poll() is not None,
              [promote, rollback])
     gate.touch()
+    released = time.monotonic()
     rc, out, err = finish(promote, promote_err)
     assert rc == 0 and "promoted" in out, (out, err)
     rc, out, err = finish(rollback, rollback_err)
+    print(f"the rollback ended {time.monotonic() - released:.1f} s after promote was let go")
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert rc == 1 and len(lines) == 1 and f"moved from version {v2} to {v3}" in lines[0], (out, err)
     assert "Traceback" not in err
