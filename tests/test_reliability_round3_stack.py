@@ -186,11 +186,30 @@ def test_postgres_runs_as_a_user_made_for_it_not_nobody(stack_dir):
     except stack.PolycolorError as e:
         fail_or_skip(str(e))
     stack_dir.chmod(0o711)  # as start() leaves it as root: others may enter, not list
+    pg = stack_dir / "pg"
     service, _, _ = stack._start_postgres(stack_dir, stack_dir / "logs", 120.0)
     try:
-        owner = pwd.getpwuid((stack_dir / "pg").stat().st_uid).pw_name
+        owner = pwd.getpwuid(pg.stat().st_uid).pw_name
         assert owner == stack.PG_OS_USER != "nobody", owner
         assert psutil.Process(service.pid).username() == stack.PG_OS_USER
         assert pwd.getpwnam(stack.PG_OS_USER).pw_shell.endswith("nologin")
     finally:
         stack._stop_service(service)
+    # A cluster an older stack made as `nobody` is handed over, file by file, and starts on its data.
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(pg)], check=True)
+    service, _, _ = stack._start_postgres(stack_dir, stack_dir / "logs", 120.0)
+    try:
+        assert psutil.Process(service.pid).username() == stack.PG_OS_USER
+        assert {pwd.getpwuid(p.stat().st_uid).pw_name for p in [pg, *pg.rglob("*")]} == {stack.PG_OS_USER}
+    finally:
+        stack._stop_service(service)
+
+
+def test_a_corrupt_dump_is_a_one_line_error_at_up(stack_dir):
+    require_s3()
+    (stack_dir / stack.S3_DUMP).write_bytes(b"not a tar" * 100)
+    with pytest.raises(stack.PolycolorError, match=r"cannot read the bucket's dump .*s3.tar .*mv .*s3.tar.bad"):
+        start_s3(stack_dir)
+    left = [p for p in psutil.Process().children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE and "polycolor.stack" in " ".join(p.cmdline())]
+    assert not left, "the S3 server that could not be filled is stopped again"

@@ -364,10 +364,14 @@ def _restore_bucket(client: Any, d: Path) -> None:
 
     dump, folder = d / S3_DUMP, d / S3_DUMP_V1
     if dump.is_file():
-        with tarfile.open(dump) as tar:
-            for member in tar:
-                if member.isfile():
-                    client.upload_fileobj(tar.extractfile(member), BUCKET, member.name)
+        try:
+            with tarfile.open(dump) as tar:
+                for member in tar:
+                    if member.isfile():
+                        client.upload_fileobj(tar.extractfile(member), BUCKET, member.name)
+        except tarfile.TarError as e:
+            raise PolycolorError(f"cannot read the bucket's dump {dump} ({one_line(e)}): restore it from a backup, "
+                                 f"or move it aside (mv {dump} {dump}.bad) to start with an empty bucket") from None
     elif folder.is_dir():
         for f in sorted(folder.rglob("*")):
             if f.is_file():
@@ -410,13 +414,17 @@ def _save_bucket(client: Any, d: Path) -> int:
     return count
 
 
-def _dump_size(d: Path) -> int:
-    """How many objects the last dump holds (the tar, or an older stack's folder)."""
+def _dump_size(d: Path) -> int | None:
+    """How many objects the last dump holds (the tar, or an older stack's folder); None when the tar is
+    unreadable."""
     import tarfile
 
     if (d / S3_DUMP).is_file():
-        with tarfile.open(d / S3_DUMP) as tar:
-            return sum(m.isfile() for m in tar)
+        try:
+            with tarfile.open(d / S3_DUMP) as tar:
+                return sum(m.isfile() for m in tar)
+        except (tarfile.TarError, OSError):
+            return None
     folder = d / S3_DUMP_V1
     return sum(f.is_file() for f in folder.rglob("*")) if folder.is_dir() else 0
 
@@ -616,15 +624,25 @@ def stop(d: str | Path, *, purge: bool = False) -> list[str]:
             _save_bucket(s3_client(stack.s3_endpoint, s3_keys(stack.dir)), stack.dir)
         except (BotoCoreError, ClientError, OSError, PolycolorError) as e:
             unsaved = e
-    for s in reversed(stack.services):
-        _stop_service(s)
+    failed = []
+    for s in reversed(stack.services):  # every one, even when stopping another failed
+        try:
+            _stop_service(s)
+        except OSError as e:
+            failed.append(f"{s.name} (pid {s.pid}: {one_line(e)})")
+    if failed:
+        raise PolycolorError(f"could not stop {', '.join(failed)}; the others are stopped; the data is kept in "
+                             f"{stack.dir}" + ("" if unsaved is None else f", but the bucket was not saved "
+                                                                        f"({type(unsaved).__name__})"))
     if purge:
         for name in DATA:
             path = stack.dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if unsaved is not None:
-        kept = (f"kept the last dump {stack.dir / S3_DUMP} ({_dump_size(stack.dir)} objects)"
-                if _dump_size(stack.dir) else "there is no earlier dump")
+        held = _dump_size(stack.dir)
+        dump = stack.dir / (S3_DUMP if (stack.dir / S3_DUMP).is_file() else S3_DUMP_V1)
+        kept = (f"kept the last dump {dump} ({'unreadable' if held is None else f'{held} objects'})"
+                if dump.exists() else "there is no earlier dump")
         raise PolycolorError(f"stopped {', '.join(running)}, but the bucket was not saved "
                              f"({type(unsaved).__name__}: {one_line(unsaved)}); {kept}")
     return running
