@@ -139,3 +139,21 @@ def test_the_lock_is_released_when_promote_fails(store):  # noqa: F811
     with pytest.raises(PolycolorError, match="no @champion to roll back"):
         registry.rollback("polycolor")
     assert no_lock_left()
+
+
+@pytest.mark.slow
+def test_the_lock_on_the_team_stack_is_taken_released_and_taken_again(team_stack, monkeypatch):
+    """On the stack's server (PostgreSQL, basic auth as the pipeline's user) the lock model is created, refused to a
+    second holder, deleted, and created again: the auth app's permission rows follow it."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team_stack.tracking_uri)
+    client = mlflow.MlflowClient(team_stack.tracking_uri)
+    name = "lock-check"
+    for _ in range(3):
+        with registry.write_lock(name):
+            assert client.get_registered_model(f"{name}{registry.LOCK_SUFFIX}").tags["holder"].startswith("pid ")
+            with pytest.raises(PolycolorError, match="being changed by another promote or rollback"):
+                with registry.write_lock(name, wait_s=0.0):
+                    pass
+        assert not client.search_registered_models(f"name = '{name}{registry.LOCK_SUFFIX}'")
