@@ -68,6 +68,7 @@ def no_lock_left() -> bool:
     return not mlflow.MlflowClient().search_registered_models(f"name = 'polycolor{registry.LOCK_SUFFIX}'")
 
 
+@pytest.mark.slow  # two CLI processes
 def test_a_rollback_landing_while_promote_verifies_is_refused_not_lost(store):  # noqa: F811
     v1, v2, v3 = champion_then_candidate()
     gate = store / "gate"
@@ -91,6 +92,7 @@ def test_a_rollback_landing_while_promote_verifies_is_refused_not_lost(store):  
     assert no_lock_left()
 
 
+@pytest.mark.slow  # two CLI processes
 def test_a_promote_landing_while_a_rollback_writes_decides_against_the_rolled_back_champion(store):  # noqa: F811
     v1, v2, v3 = champion_then_candidate()
     gate = store / "gate"

@@ -29,6 +29,8 @@ from conftest import REPO, fail_or_skip
 
 from polycolor import stack
 
+pytestmark = pytest.mark.slow  # each test starts the S3 server or PostgreSQL
+
 
 def require_s3() -> None:
     missing = [m for m in ("moto", "boto3") if importlib.util.find_spec(m) is None]
