@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from polycolor.config.params import load_params
 from polycolor.errors import run_guarded
 from polycolor.fileio import atomic_output, write_json_atomic
-from polycolor.serving.package import package_model, read_eval_metrics
+from polycolor.monitoring.profile import REFERENCE_ARTIFACT, profile_dataset
+from polycolor.serving.package import Watching, package_model, read_eval_metrics
 from polycolor.tracking.lineage import read_run_info
 from polycolor.tracking.store import configure
 
@@ -22,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="the self-describing model file (models/model.pt)")
     ap.add_argument("--metrics", required=True, help="evaluate's metrics (metrics/eval.json)")
     ap.add_argument("--run-info", required=True, help="the training run's id and lineage (metrics/run.json)")
+    ap.add_argument("--data", required=True, help="the dataset the reference profile is drawn from (data/dataset)")
     ap.add_argument("--out", required=True, help="the package folder to build (a DVC output)")
     ap.add_argument("--registry-info", required=True, help="where the registered name/version go (JSON)")
     args = ap.parse_args(argv)
@@ -34,10 +37,15 @@ def run(args: argparse.Namespace) -> None:
     run_info = read_run_info(args.run_info)
     read_eval_metrics(Path(args.metrics))  # a missing or malformed file fails before MLflow is touched
     configure()
-    with atomic_output(args.out) as tmp:
+    with atomic_output(args.out) as tmp, tempfile.TemporaryDirectory(prefix="polycolor-reference-") as ref:
+        reference = Path(ref) / REFERENCE_ARTIFACT
+        reference.mkdir()
+        rows = profile_dataset(Path(args.model), Path(args.data), cfg.paint, cfg.monitor, cfg.seed, reference)
+        print(f"reference profile: {rows} images (monitoring.profile)")
+        watching = Watching(cfg.mlflow.registered_model, cfg.monitor, reference)
         result = package_model(model_path=Path(args.model), out_dir=Path(tmp), run_info=run_info,
                                eval_path=Path(args.metrics), name=cfg.mlflow.registered_model,
-                               max_pixels=cfg.serving.max_pixels, paint=cfg.paint)
+                               max_pixels=cfg.serving.max_pixels, paint=cfg.paint, watching=watching)
     write_json_atomic(args.registry_info, result.registry_info(), sort_keys=True)
     print(f"registered {result.model_uri} (alias @candidate) from run {result.run_id}; package in {args.out}")
 

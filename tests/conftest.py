@@ -21,6 +21,9 @@ from polycolor.config.data import IngestConfig
 from polycolor.data.ingest import ingest
 
 REPO = Path(__file__).parents[1]
+# Tests paint a lot and are not predictions anyone asked for: the prediction log is off unless a test (the
+# monitoring tests) points it at a folder of its own. Set here, so every process a test starts inherits it.
+os.environ["POLYCOLOR_PREDICTION_LOG"] = "off"
 AYNA_DIR = REPO.parent / "shared" / "ayna-dataset"
 AYNA_VAL = AYNA_DIR / "validation"
 TINY_PRESET = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())  # presets/tiny.yaml as a dict

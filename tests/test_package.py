@@ -145,11 +145,12 @@ def test_card_markdown_and_example(tmp_path):
     assert decode(example["image"][0]).shape == (32, 32, 3)
 
 
-def test_package_stage_builds_logs_and_registers(store):
+def test_package_stage_builds_logs_and_registers(store, tiny_dataset):
     model = tiny_model(store / "model.pt")
     out, reg = store / "package", store / "registry.json"
     argv = ["--params", str(REPO / "params.yaml"), "--model", str(model), "--metrics", str(store / "eval.json"),
-            "--run-info", str(store / "run.json"), "--out", str(out), "--registry-info", str(reg)]
+            "--run-info", str(store / "run.json"), "--data", str(tiny_dataset), "--out", str(out),
+            "--registry-info", str(reg)]
     assert package_stage.main(argv) == 0
 
     # the package: models from code (no pickle), signature, example, requirements, model card
@@ -209,10 +210,11 @@ def test_package_stage_builds_logs_and_registers(store):
     assert registry.version_metrics(mv)["behaviour.net.shift"] == 0.98
 
 
-def test_package_refuses_metrics_no_evaluation_run_wrote(store, capsys):
+def test_package_refuses_metrics_no_evaluation_run_wrote(store, tiny_dataset, capsys):
     (store / "eval.json").write_text(json.dumps({**EVAL, "val": {"net": {"psnr_mean": 99.0}}}))
     argv = ["--params", str(REPO / "params.yaml"), "--model", str(tiny_model(store / "model.pt")), "--metrics",
-            str(store / "eval.json"), "--run-info", str(store / "run.json"), "--out", str(store / "package"),
+            str(store / "eval.json"), "--run-info", str(store / "run.json"), "--data", str(tiny_dataset),
+            "--out", str(store / "package"),
             "--registry-info", str(store / "registry.json")]
     assert package_stage.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -220,11 +222,12 @@ def test_package_refuses_metrics_no_evaluation_run_wrote(store, capsys):
     assert not (store / "package").exists()
 
 
-def test_package_stage_errors_are_one_line_and_leave_no_output(store, capsys):
+def test_package_stage_errors_are_one_line_and_leave_no_output(store, tiny_dataset, capsys):
     model = tiny_model(store / "model.pt")
     out = store / "package"
     base = ["--params", str(REPO / "params.yaml"), "--model", str(model), "--metrics", str(store / "eval.json"),
-            "--run-info", str(store / "run.json"), "--out", str(out), "--registry-info", str(store / "r.json")]
+            "--run-info", str(store / "run.json"), "--data", str(tiny_dataset), "--out", str(out),
+            "--registry-info", str(store / "r.json")]
     for flag, value, expected in [("--run-info", store / "nope.json", "run info not found"),
                                   ("--metrics", store / "nope.json", "metrics file not found"),
                                   ("--model", store / "nope.pt", "model file not found")]:

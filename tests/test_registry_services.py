@@ -20,7 +20,9 @@ from conftest import REPO, log_evaluation, sh
 from mlflow.exceptions import MlflowException
 from test_package import EVAL, tiny_model
 
+from polycolor.config.data import IngestConfig
 from polycolor.config.params import load_params
+from polycolor.data.ingest import ingest
 from polycolor.nn import modelio
 from polycolor.serving import package, registry
 from polycolor.tracking.lineage import write_run_info
@@ -68,6 +70,7 @@ def training_run(folder: Path, name: str, n_params: int = 1) -> Path:
                                          "run_name": run.info.run_name, "git_commit": "feedface"})
     log_evaluation(run.info.run_id, folder, EVAL)
     tiny_model(folder / "model.pt")
+    ingest(IngestConfig(image_size=32, train_samples=6, val_samples=2), 0, folder / "dataset")  # the reference's
     (folder / "params.yaml").write_text(f"mlflow: {{experiment: polycolor-svc-test, registered_model: {name}}}\n")
     return folder
 
@@ -75,7 +78,7 @@ def training_run(folder: Path, name: str, n_params: int = 1) -> Path:
 def stage_argv(folder: Path, tag: str = "") -> list[str]:
     return ["--params", str(folder / "params.yaml"), "--model", str(folder / "model.pt"),
             "--metrics", str(folder / "eval.json"), "--run-info", str(folder / "run.json"),
-            "--out", str(folder / f"package{tag}"), "--registry-info", str(folder / f"registry{tag}.json")]
+            "--data", str(folder / "dataset"), "--out", str(folder / f"package{tag}"), "--registry-info", str(folder / f"registry{tag}.json")]
 
 
 def package_twice_at_once(folder: Path, env: dict[str, str]) -> list[dict]:

@@ -30,8 +30,9 @@ LAYERS = [
     {"nn"},
     {"painting"},  # the post-processing: training never imports it, so changing it does not retrain
     {"training", "evaluation"},
+    {"monitoring"},  # what the faces call to log, and the reference profile: beside the painting, below serving
     {"serving"},
-    {"bench", "cli", "report", "stack", "tuning"},
+    {"bench", "cli", "report", "stack", "tuning", "monitor", "monitor_bench"},
 ]
 
 

@@ -9,6 +9,7 @@
   polycolor stack up|down [--purge] [--dir .stack]   (PostgreSQL + S3 + MLflow server on loopback; see polycolor.stack)
   polycolor demo [--model MODEL] [--port 7860]   (a local web page to draw and paint; the `demo` extra)
   polycolor tune [--config tune.yaml] [--storage URL] [--best]   (an Optuna study of DVC experiments)
+  polycolor monitor [--log DIR] [--last N]   (drift of what the served model paints; exit 1 on drift, 2 no verdict)
 
 Exit codes: 0 done; 1 an error (one line `error: ...` on stderr, never a traceback for bad input); 2 a usage
 error (argparse); 3 `promote` refused the candidate.
@@ -68,15 +69,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         read_split(args.data)
     from polycolor.serving import predict
 
-    loaded, stored, origin = predict.load_with_paint(args.model, name)
+    served = predict.load_with_paint(args.model, name, cfg.monitor, face="predict")
     if args.model is None:
-        print(f"model: {origin}", file=sys.stderr)
-    paint, source = _paint_section(args, cfg, stored)
+        print(f"model: {served.origin}", file=sys.stderr)
+    paint, source = _paint_section(args, cfg, served.paint)
     if args.data is not None:
-        written = predict.predict_split(loaded, Path(args.data), Path(args.output), max_pixels, paint, args.painter)
+        written = predict.predict_split(served.loaded, Path(args.data), Path(args.output), max_pixels, paint,
+                                        args.painter, served.watch)
         print(f"wrote {len(written)} images to {args.output}")
     else:
-        predict.paint_to_file(loaded, image, args.colour, Path(args.output), paint, args.painter)
+        predict.paint_to_file(served.loaded, image, args.colour, Path(args.output), paint, args.painter,
+                              served.watch)
         print(f"wrote {args.output}")
     if args.painter == "painted":
         print(f"painted with {source}", file=sys.stderr)
@@ -168,6 +171,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from polycolor.fileio import write_json_atomic
 
     cfg = load_params(args.params)
+    if args.monitor:
+        from polycolor import monitor_bench
+
+        figures = monitor_bench.run_monitor_bench(cfg, Path(args.package))
+        print(monitor_bench.format_monitor(figures))
+        write_json_atomic(args.monitor_out, figures)
+        print(f"-> {args.monitor_out}")
+        return 0
     figures = bench.run_bench(cfg, repo_root(), model_path=Path(args.model), train_metrics=Path(args.train_metrics),
                               repro=args.repro)
     print(bench.format_table(figures))
@@ -206,15 +217,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     name, cfg = _model_name(args, params_required=False)
     label = args.model or predict.champion_uri(name) or predict.DEFAULT_PACKAGE
-    loaded, stored, _ = predict.load_with_paint(args.model, name)
-    paint, source = _paint_section(args, cfg, stored)
+    served = predict.load_with_paint(args.model, name, cfg.monitor, face="demo")
+    paint, source = _paint_section(args, cfg, served.paint)
     split = demo.DEFAULT_EXAMPLES if args.examples is None else args.examples
     examples = demo.examples_from(repo_path(split) if split else None)
     print(f"polycolor demo on http://127.0.0.1:{args.port} (model {label}, painting with {source}; Ctrl-C stops it)")
     with demo.upload_folder():  # the uploads go when the demo stops
-        demo.launch(demo.build_app(loaded, examples=examples, model_label=label, paint=paint,
-                                   max_pixels=cfg.serving.max_pixels), port=args.port)
+        demo.launch(demo.build_app(served.loaded, examples=examples, model_label=label, paint=paint,
+                                   max_pixels=cfg.serving.max_pixels, watch=served.watch), port=args.port)
     return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """A window of the prediction log against its version's reference profile (polycolor.monitor)."""
+    from polycolor import monitor
+    from polycolor.monitoring import log
+
+    name, cfg = _model_name(args, params_required=False)
+    root = Path(args.log).expanduser() if args.log else log.location()
+    if root is None:
+        raise PolycolorError(f"the prediction log is off (${log.ENV}=off): pass --log FOLDER")
+    if args.export_samples:
+        n = monitor.export_samples(root, Path(args.export_samples), name)
+        print(f"wrote {n} kept input(s) as an Ayna split in {args.export_samples}")
+        return 0
+    try:
+        code, lines = monitor.monitor(
+            cfg.monitor, log_root=root, name=name, package=Path(args.package) if args.package else None,
+            out_dir=Path(args.out), workspace=None if args.workspace == "" else Path(args.workspace),
+            sha256=args.model_sha256, last=args.last, since=args.since, until=args.until,
+            log_to_mlflow=not args.no_mlflow)
+    except monitor.NoVerdict as e:
+        print(f"no verdict: {e}", file=sys.stderr)
+        return monitor.NO_VERDICT
+    print("\n".join(lines))
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -258,6 +295,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
+    "monitor": cmd_monitor,
     "promote": cmd_promote,
     "models": cmd_models,
     "preset": cmd_preset,
@@ -329,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-metrics", default="metrics/train.json")
     p.add_argument("--out", default="metrics/benchmark.json")
     p.add_argument("--repro", action="store_true", help="also time a full dvc repro, stage by stage (minutes)")
+    p.add_argument("--monitor", action="store_true",
+                   help="instead: the monitoring figures (serving latency with and without the prediction log, "
+                        "`polycolor monitor` over 10,000 predictions, false and true drift alarms; minutes)")
+    p.add_argument("--package", default="package", help="--monitor: the package it serves (default package/)")
+    p.add_argument("--monitor-out", default="metrics/monitoring.json", help="--monitor: where its figures go")
     p.set_defaults(parser=p)
 
     p = sub.add_parser("stack", help="start or stop the team stack (PostgreSQL, S3, MLflow server) on loopback",
@@ -355,6 +398,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", default=None,
                    help="an Ayna split whose outlines are offered as examples (default: the real Ayna "
                         "validation split at ../shared/ayna-dataset/validation when present; '' for none)")
+    _registry_options(p)
+    p.set_defaults(parser=p)
+
+    p = sub.add_parser("monitor", help="drift of the served model's inputs and outputs against its training data",
+                       description="Compare a window of the prediction log (every painting of serve, predict and "
+                                   "the demo) with the reference profile stored with its model version: an "
+                                   "Evidently report (HTML, JSON), a monitoring run in MLflow, a snapshot in the "
+                                   "Evidently workspace. Exit 0 no drift, 1 drift, 2 no verdict "
+                                   "(docs/monitoring.md).")
+    p.add_argument("--log", default=None, help="the log folder (default: $POLYCOLOR_PREDICTION_LOG, else "
+                                               "~/.polycolor/predictions)")
+    p.add_argument("--last", type=int, default=None, help="window: the last N records (default monitor.window)")
+    p.add_argument("--since", default=None, help="window: records at or after this UTC ISO time")
+    p.add_argument("--until", default=None, help="window: records before this UTC ISO time")
+    p.add_argument("--model-sha256", default=None,
+                   help="the model (content hash or a prefix) whose records to judge (default: the newest record's)")
+    p.add_argument("--package", default="package", help="a package folder to take the reference from when the "
+                                                        "model is not in the registry (default package/)")
+    p.add_argument("--out", default="metrics/monitor", help="where report.html, report.json and monitor.json go")
+    p.add_argument("--workspace", default="monitoring/workspace",
+                   help="the Evidently workspace (`evidently ui --workspace ...`); '' for none")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log a monitoring run")
+    p.add_argument("--export-samples", default=None, metavar="DIR",
+                   help="instead: write the kept inputs (monitor.sample_share) as an Ayna split, with the flood "
+                        "fill's painting as outputs to correct by hand, to score as an evaluation set")
     _registry_options(p)
     p.set_defaults(parser=p)
 

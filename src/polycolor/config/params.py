@@ -12,6 +12,7 @@ from pathlib import Path
 from polycolor.config.base import _build, _check, read_params, validate_sections
 from polycolor.config.data import DEFAULT_SEED, AugmentConfig, IngestConfig, check_seed
 from polycolor.config.evaluation import EvaluateConfig
+from polycolor.config.monitoring import MonitorConfig
 from polycolor.config.paint import PaintConfig
 from polycolor.config.serving import PromoteConfig, ServingConfig
 from polycolor.config.training import LossConfig, MlflowConfig, ModelConfig, TrainConfig
@@ -30,6 +31,7 @@ class Config:
     promote: PromoteConfig = PromoteConfig()
     serving: ServingConfig = ServingConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     def validate(self) -> None:
         check_seed(self.seed)

@@ -31,7 +31,8 @@ from polycolor.errors import PolycolorError
 from polycolor.evaluation.reference import reference_fill
 from polycolor.nn.modelio import LoadedModel
 from polycolor.painting.snap import ink_mask
-from polycolor.serving.predict import paint_images
+from polycolor.monitoring.observe import Watch
+from polycolor.serving.predict import watched
 
 UPLOAD, DRAW = "upload", "draw"
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # Gradio's max_file_size: a larger upload is refused (413) before it is stored
@@ -69,15 +70,16 @@ def sketch_image(value: Any) -> Any:
     return value
 
 
-def paint_one(loaded: LoadedModel, image: Any, colour: str, paint: PaintConfig = PaintConfig()) -> Painted:
+def paint_one(loaded: LoadedModel, image: Any, colour: str, paint: PaintConfig = PaintConfig(),
+              watch: Watch | None = None) -> Painted:
     """The model's and the reference's painting of one outline in `colour` (checked first: a one-line error); the
-    model paints as `paint` (the section stored with it) says."""
+    model paints as `paint` (the section stored with it) says, logged when `watch` is given."""
     colour = (colour or "").strip()
     resolve_colour(colour)
     rgb = as_rgb(image)
     if not ink_mask(rgb, paint.ink_threshold).any():
         raise PolycolorError("the image is blank: draw or upload a dark outline on a light background")
-    (model,) = paint_images(loaded, [rgb], [colour], paint)
+    (model,) = watched(watch, loaded, [rgb], [colour], paint, "painted")
     return Painted(model=model, reference=reference_fill(rgb[None], [colour])[0])
 
 
@@ -118,7 +120,8 @@ def read_uploads_with(upload: Any, max_pixels: int) -> Any:
 
 
 def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: str,
-              paint: PaintConfig = PaintConfig(), max_pixels: int = ServingConfig().max_pixels) -> Any:
+              paint: PaintConfig = PaintConfig(), max_pixels: int = ServingConfig().max_pixels,
+              watch: Watch | None = None) -> Any:
     """The gr.Blocks page: an upload tab and a drawing tab, a colour box + picker, the two paintings side by side;
     the model paints as `paint` says. Uploads over `max_pixels` (serving.max_pixels) are refused from their header."""
     os.environ.update(OFFLINE_ENV)
@@ -126,7 +129,7 @@ def build_app(loaded: LoadedModel, *, examples: list[list[str]], model_label: st
 
     def run(source: str, upload: Any, sketch: Any, colour: str) -> tuple[np.ndarray, np.ndarray]:
         try:
-            p = paint_one(loaded, upload if source == UPLOAD else sketch_image(sketch), colour, paint)
+            p = paint_one(loaded, upload if source == UPLOAD else sketch_image(sketch), colour, paint, watch)
         except PolycolorError as e:
             raise gr.Error(str(e), print_exception=False) from None
         return p.model, p.reference

@@ -10,6 +10,7 @@ The package needs the polycolor package installed where it runs (MLflow copies p
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -20,7 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polycolor.config.monitoring import MonitorConfig
 from polycolor.config.paint import PAINTERS, PaintConfig
+from polycolor.monitoring.profile import REFERENCE_ARTIFACT
 from polycolor.errors import PolycolorError
 from polycolor.evaluation.names import BEHAVIOUR, MODEL_SCORERS, metric_set
 from polycolor.nn import modelio
@@ -238,15 +241,29 @@ def write_card(card: dict[str, Any], folder: Path) -> dict[str, Path]:
     return {"model_card_json": folder / CARD_JSON, "model_card_md": folder / CARD_MD}
 
 
+@dataclass(frozen=True)
+class Watching:
+    """What a package carries for monitoring: the registered name its records give, the monitor section (what the
+    log keeps) and the reference profile folder (monitoring.profile), None to package without one."""
+
+    name: str = ""
+    monitor: MonitorConfig = MonitorConfig()
+    reference: Path | None = None
+
+
 def pyfunc_spec(model_path: Path, card_files: dict[str, Path], image_size: int, max_pixels: int,
-                paint: PaintConfig) -> dict[str, Any]:
+                paint: PaintConfig, watching: Watching = Watching()) -> dict[str, Any]:
     """The keyword arguments shared by mlflow.pyfunc.save_model (package/) and log_model (the run). The pixel
-    limit and the paint section travel as the model_config, read by the pyfunc's load_context and by predict
-    (predict.stored_paint): serving never reads params.yaml."""
+    limit, the paint section and the monitor section travel as the model_config, read by the pyfunc's
+    load_context and by predict (predict.stored_paint): serving never reads params.yaml. The reference profile is
+    the artifact `reference`."""
+    reference = {REFERENCE_ARTIFACT: str(watching.reference)} if watching.reference is not None else {}
     return {
         "python_model": str(PYFUNC_ENTRY),
-        "model_config": {pyfunc.MAX_PIXELS_KEY: int(max_pixels), registry.PAINT_KEY: asdict(paint)},
-        "artifacts": {pyfunc.MODEL_ARTIFACT: str(model_path), **{k: str(v) for k, v in card_files.items()}},
+        "model_config": {pyfunc.MAX_PIXELS_KEY: int(max_pixels), registry.PAINT_KEY: asdict(paint),
+                         pyfunc.NAME_KEY: watching.name, pyfunc.MONITOR_KEY: asdict(watching.monitor)},
+        "artifacts": {pyfunc.MODEL_ARTIFACT: str(model_path), **{k: str(v) for k, v in card_files.items()},
+                      **reference},
         "signature": model_signature(),
         "input_example": input_example(image_size),
         "pip_requirements": pip_requirements(),
@@ -257,28 +274,39 @@ def check_package(path: Path, image_size: int) -> None:
     """Load the saved package through MLflow and paint the input example: the package must load and answer."""
     import mlflow
 
-    model = mlflow.pyfunc.load_model(str(path))
-    example = input_example(image_size)
-    out = model.predict(example)
+    from polycolor.monitoring.log import ENV, OFF
+
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = OFF  # the check's painting is not a prediction anyone asked for: it is not logged
+    try:
+        model = mlflow.pyfunc.load_model(str(path))
+        example = input_example(image_size)
+        out = model.predict(example)
+    finally:
+        if previous is None:
+            del os.environ[ENV]
+        else:
+            os.environ[ENV] = previous
     if list(out.columns) != [pyfunc.OUTPUT_COLUMN] or len(out) != len(example):
         raise PolycolorError(f"package {path}: the pyfunc answered columns {list(out.columns)} x {len(out)} rows")
 
 
 def save_package(out_dir: Path, model_path: Path, card: dict[str, Any], image_size: int,
-                 max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT, paint: PaintConfig = PaintConfig()) -> None:
+                 max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT, paint: PaintConfig = PaintConfig(),
+                 watching: Watching = Watching()) -> None:
     """mlflow.pyfunc.save_model into `out_dir` (must not exist yet), the card also at its top level, then check it."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="polycolor-card-") as tmp:
         card_files = write_card(card, Path(tmp))
         mlflow.pyfunc.save_model(path=str(out_dir), **pyfunc_spec(model_path, card_files, image_size, max_pixels,
-                                                                    paint))
+                                                                    paint, watching))
     write_card(card, out_dir)  # beside MLmodel, where people look first
     check_package(out_dir, image_size)
 
 
 def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int, max_pixels: int,
-               paint: PaintConfig = PaintConfig()) -> Any:
+               paint: PaintConfig = PaintConfig(), watching: Watching = Watching()) -> Any:
     """Log the pyfunc as logged model `model` of the training run `run`; returns MLflow's ModelInfo (model_id,
     model_uri = models:/<model id>).
 
@@ -297,7 +325,7 @@ def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int
         card_files = write_card(card, Path(tmp))
         info = with_retry(Model.log, artifact_path=None, name=LOGGED_MODEL_NAME, flavor=mlflow.pyfunc,
                           run_id=run.info.run_id, model_id=logged.model_id,
-                          **pyfunc_spec(model_path, card_files, image_size, max_pixels, paint))
+                          **pyfunc_spec(model_path, card_files, image_size, max_pixels, paint, watching))
     return info
 
 
@@ -327,7 +355,7 @@ def link_evaluation(eval_run: Any, model_id: str) -> dict[str, float]:
 
 def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], eval_path: Path,
                   name: str, max_pixels: int = pyfunc.MAX_PIXELS_DEFAULT,
-                  paint: PaintConfig = PaintConfig()) -> PackageResult:
+                  paint: PaintConfig = PaintConfig(), watching: Watching = Watching()) -> PackageResult:
     """The package stage's work: build `out_dir`, log the model to the training run, put the metrics of the
     evaluation run that wrote `eval_path` (metrics/eval.json) on it, register a new version of `name` (lineage tags,
     the model card cut to fit as description, card_summary) and point the alias `candidate` at it.
@@ -351,7 +379,7 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
     run = with_retry(client.get_run, run_id)
     card = model_card(loaded, name=name, run_info=run_info, run_params=dict(run.data.params),
                       eval_metrics=eval_metrics, max_pixels=max_pixels, paint=paint)
-    save_package(out_dir, model_path, card, loaded.image_size, max_pixels, paint)
+    save_package(out_dir, model_path, card, loaded.image_size, max_pixels, paint, watching)
     eval_run = find_evaluation_run(run, eval_path)
     digest = registry.package_digest(payload, asdict(paint))
     tags = registry.lineage_tags(run_info) | {registry.EVAL_RUN_TAG: eval_run.info.run_id, registry.CONTENT_TAG: digest}
@@ -360,7 +388,7 @@ def package_model(*, model_path: Path, out_dir: Path, run_info: dict[str, Any], 
         mv = registry.retag_version(name, str(existing.version), tags=tags)
         logged_uri = str(existing.source)
     else:
-        logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels, paint).model_uri
+        logged_uri = log_to_run(run, model_path, card, loaded.image_size, max_pixels, paint, watching).model_uri
         logged = with_retry(client.get_logged_model, logged_uri.removeprefix("models:/"))
         description = card_summary(card_markdown(card), f"{logged.artifact_location}/artifacts/{CARD_MD}")
         mv = registry.register_version(name, logged_uri, tags=tags, description=description)

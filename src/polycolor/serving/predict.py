@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from polycolor.config.monitoring import MonitorConfig
 from polycolor.config.paint import PaintConfig, parse_paint
 from polycolor.data.ayna import OUTPUTS, load_image, read_split, write_png
 from polycolor.errors import ConfigError, PolycolorError, first_line
 from polycolor.fileio import atomic_output
+from polycolor.monitoring.observe import Watch
 from polycolor.nn import modelio
 from polycolor.painting.painter import painter
 from polycolor.serving import registry
@@ -49,6 +51,14 @@ def paint_images(loaded: modelio.LoadedModel, images: list[np.ndarray], colours:
         for i, im in zip(rows, painted):
             out[i] = im
     return out
+
+
+def watched(watch: Watch | None, loaded: modelio.LoadedModel, images: list[np.ndarray], colours: list[str],
+            cfg: PaintConfig, painter_name: str) -> list[np.ndarray]:
+    """paint_images, with one prediction-log record per image when `watch` is given (monitoring.observe)."""
+    if watch is None:
+        return paint_images(loaded, images, colours, cfg, painter_name)
+    return watch.paint(loaded, images, colours, cfg, painter_name)
 
 
 # ----------------------------------------------------------------------------------- model references
@@ -80,6 +90,19 @@ class ModelSource:
     path: Path
     paint: PaintConfig | None
     origin: str = ""  # what was resolved, as `predict` without --model names it: path or URI, version, content hash
+    sha256: str = ""  # the registry's content hash (registry.package_digest; a bare file's modelio.content_hash)
+    version: str = ""  # the registered version, where the reference names one
+    reference: Path | None = None  # the package's reference profile folder (monitoring.profile), where it has one
+
+
+@dataclass
+class Served:
+    """A model loaded to paint, with what it paints and logs with."""
+
+    loaded: modelio.LoadedModel
+    paint: PaintConfig | None  # the stored paint section; None for a bare model file
+    origin: str
+    watch: Watch | None  # the prediction log's view of this model; None when logging is off
 
 
 def _mlmodel(folder: Path) -> dict:
@@ -108,6 +131,20 @@ def paint_from_model_config(config: Any, where: str) -> PaintConfig:
 def stored_paint(folder: Path) -> PaintConfig:
     """The `paint` section a package folder stores (paint_from_model_config)."""
     return paint_from_model_config(_mlmodel(folder).get("config"), str(folder))  # MLmodel's key for model_config
+
+
+def package_identity(folder: Path) -> str:
+    """The content hash the registry keys a package folder's version on (registry.package_digest)."""
+    return registry.package_digest(modelio.load_payload(model_file_in_package(folder)),
+                                   _mlmodel(folder).get("config", {}).get(registry.PAINT_KEY) or {})
+
+
+def reference_in(folder: Path) -> Path | None:
+    """A package folder's reference profile folder (its pyfunc artifact `reference`), None for an older package."""
+    from polycolor.monitoring.profile import REFERENCE_ARTIFACT
+
+    ref = folder / "artifacts" / REFERENCE_ARTIFACT
+    return ref if ref.is_dir() else None
 
 
 def model_file_in_package(folder: Path) -> Path:
@@ -158,19 +195,22 @@ def resolve(ref: str | None, registered_model: str = "polycolor") -> Iterator[Mo
                 registry.verify_download(version.name, version, local)
             origin = ref if version is None else (f"{ref} (version {version.version}, {registry.CONTENT_TAG} "
                                                   f"{(version.tags or {}).get(registry.CONTENT_TAG, 'not recorded')})")
+            tag = "" if version is None else (version.tags or {}).get(registry.CONTENT_TAG, "")
+            number = "" if version is None else str(version.version)
             if local.is_file():
-                yield ModelSource(local, None, origin)
+                yield ModelSource(local, None, origin, tag or modelio.content_hash(modelio.load_payload(local)),
+                                  number)
             else:
-                yield ModelSource(model_file_in_package(local), stored_paint(local), origin)
+                yield ModelSource(model_file_in_package(local), stored_paint(local), origin,
+                                  tag or package_identity(local), number, reference_in(local))
         return
     path = Path(ref)
     if path.is_dir():
-        model = model_file_in_package(path)
-        digest = registry.package_digest(modelio.load_payload(model), _mlmodel(path).get("config", {}).get(
-            registry.PAINT_KEY) or {})
-        yield ModelSource(model, stored_paint(path), f"{path.resolve()} ({registry.CONTENT_TAG} {digest})")
+        digest = package_identity(path)
+        yield ModelSource(model_file_in_package(path), stored_paint(path),
+                          f"{path.resolve()} ({registry.CONTENT_TAG} {digest})", digest, "", reference_in(path))
     elif path.is_file():
-        yield ModelSource(path, None, str(path.resolve()))
+        yield ModelSource(path, None, str(path.resolve()), modelio.content_hash(modelio.load_payload(path)))
     else:
         raise PolycolorError(f"model not found: {ref} (a package folder, a .pt file or a models:/ URI)")
 
@@ -189,28 +229,34 @@ def registered_version(ref: str) -> Any | None:
     return registry.get_version(m.group(1), m.group(2), m.group(3) or registry.CANDIDATE)
 
 
-def load_with_paint(ref: str | None, registered_model: str = "polycolor") -> tuple[modelio.LoadedModel,
-                                                                                 PaintConfig | None, str]:
-    """Resolve `ref` (see resolve) and load the model on the CPU, with the paint section stored with it: a
-    package's or a registered model's own, None for a bare model file (the caller falls back to its params); and
-    the source's origin (ModelSource.origin)."""
+def load_with_paint(ref: str | None, registered_model: str = "polycolor", monitor: MonitorConfig | None = None,
+                    face: str = "predict") -> Served:
+    """Resolve `ref` (see resolve) and load the model on the CPU, with the paint section stored with it (a
+    package's or a registered model's own, None for a bare model file: the caller falls back to its params), the
+    source's origin (ModelSource.origin) and its Watch on the prediction log (monitoring.log.location(); None
+    when logging is off). `monitor` is the package's monitor section where it stores one."""
+    from polycolor.monitoring.observe import watch_for
+
     with resolve(ref, registered_model) as source:
         loaded = modelio.load_model(source.path)
-    return loaded, source.paint, source.origin
+        watch = watch_for(face, registered_model, source.version, source.sha256, source.reference, monitor)
+    return Served(loaded, source.paint, source.origin, watch)
 
 
 # ----------------------------------------------------------------------------------- painting files
 
 def paint_to_file(loaded: modelio.LoadedModel, image: np.ndarray, colour: str, output_path: Path,
-                  cfg: PaintConfig = PaintConfig(), painter_name: str = "painted") -> None:
-    """Paint one uint8 (H, W, 3) image with `colour` and write the PNG to `output_path` (atomically), H x W."""
-    (painted,) = paint_images(loaded, [image], [colour], cfg, painter_name)
+                  cfg: PaintConfig = PaintConfig(), painter_name: str = "painted", watch: Watch | None = None) -> None:
+    """Paint one uint8 (H, W, 3) image with `colour` and write the PNG to `output_path` (atomically), H x W; logged
+    when `watch` is given."""
+    (painted,) = watched(watch, loaded, [image], [colour], cfg, painter_name)
     with atomic_output(output_path) as tmp:
         write_png(tmp, painted)
 
 
 def predict_split(loaded: modelio.LoadedModel, split_dir: Path, out_dir: Path, max_pixels: int | None = None,
-                  cfg: PaintConfig = PaintConfig(), painter_name: str = "painted") -> list[Path]:
+                  cfg: PaintConfig = PaintConfig(), painter_name: str = "painted",
+                  watch: Watch | None = None) -> list[Path]:
     """Paint every entry of an Ayna split (its data.json) and write one PNG per entry into `out_dir`, named as
     the entry's output_image; returns the written paths in data.json order. Inputs over `max_pixels` are refused
     before any is decoded in full."""
@@ -219,8 +265,8 @@ def predict_split(loaded: modelio.LoadedModel, split_dir: Path, out_dir: Path, m
     for s in samples:  # entries may share an input file; decode it once
         if s.input_path not in cache:
             cache[s.input_path] = load_image(s.input_path, None, max_pixels)
-    painted = paint_images(loaded, [cache[s.input_path] for s in samples], [s.colour for s in samples], cfg,
-                           painter_name)
+    painted = watched(watch, loaded, [cache[s.input_path] for s in samples], [s.colour for s in samples], cfg,
+                      painter_name)
     written = []
     for s, image in zip(samples, painted):
         target = out_dir / s.output_path.relative_to(Path(split_dir) / OUTPUTS)

@@ -33,10 +33,13 @@ from polycolor.config.serving import ServingConfig
 from polycolor.data.ayna import ImageTooLarge, load_image
 from polycolor.errors import PolycolorError, one_line
 from polycolor.nn import modelio
-from polycolor.serving.predict import MODEL_ARTIFACT, paint_from_model_config, paint_images
+from polycolor.monitoring.observe import Watch
+from polycolor.serving.predict import MODEL_ARTIFACT, paint_from_model_config, watched
 
 INPUT_COLUMNS = ("image", "colour")
 MAX_PIXELS_KEY = "max_pixels"  # the package's model_config key holding serving.max_pixels
+NAME_KEY = "registered_model"  # ... the registered model's name (the prediction log's records name it)
+MONITOR_KEY = "monitor"  # ... the monitor section (what the prediction log keeps)
 MAX_PIXELS_DEFAULT = ServingConfig().max_pixels  # for packages saved without it
 OUTPUT_COLUMN = "image"
 MAX_ROWS = 16  # images per request: a request's memory grows with its rows (issue 28: 6 rows of 2048^2 took 1 GB)
@@ -75,9 +78,11 @@ def decode_png(text: str, scratch: Path, where: str = "image", max_pixels: int |
 
 
 def predict_frame(loaded: modelio.LoadedModel, frame: pd.DataFrame, max_pixels: int = MAX_PIXELS_DEFAULT,
-                  cfg: PaintConfig = PaintConfig(), painter_name: str = DEFAULT_PAINTER) -> pd.DataFrame:
+                  cfg: PaintConfig = PaintConfig(), painter_name: str = DEFAULT_PAINTER,
+                  watch: Watch | None = None) -> pd.DataFrame:
     """Paint every row of `frame` (columns image, colour) with the painter `painter_name` ("painted" paints as
-    `cfg` says); returns a DataFrame with column image, same row order. Every image is checked against
+    `cfg` says), logged when `watch` is given; returns a DataFrame with column image, same row order. Every image is
+    checked against
     `max_pixels` before it is decoded in full; a request holds at most MAX_ROWS rows and `max_pixels` pixels
     over all its rows, so its memory is bounded as one image at the limit."""
     missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
@@ -97,7 +102,7 @@ def predict_frame(loaded: modelio.LoadedModel, frame: pd.DataFrame, max_pixels: 
                 raise PolycolorError(f"request has over {total} pixels by row {i}, over the cap of {max_pixels} "
                                      "pixels per request (serving.max_pixels, summed over rows): send fewer or "
                                      "smaller images per request")
-    painted = paint_images(loaded, images, colours, cfg, painter_name)  # each (H_i, W_i, 3), the input's size
+    painted = watched(watch, loaded, images, colours, cfg, painter_name)  # each (H_i, W_i, 3), the input's size
     out = [encode_png(im) for im in painted]
     return pd.DataFrame({OUTPUT_COLUMN: out})
 
@@ -109,10 +114,22 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
         """Load the model file (artifact `model`) with torch.load(weights_only=True), once per process, and the
         pixel limit and paint section the package stage saved in the model_config (serving does not read
         params.yaml; a package saved without a paint section paints with the defaults)."""
-        self.loaded = modelio.load_model(context.artifacts[MODEL_ARTIFACT])
+        from polycolor.config.monitoring import parse_monitor
+        from polycolor.monitoring.observe import watch_for
+        from polycolor.monitoring.profile import REFERENCE_ARTIFACT
+        from polycolor.serving import registry
+
+        path = context.artifacts[MODEL_ARTIFACT]
+        self.loaded = modelio.load_model(path)
         config = context.model_config or {}
         self.max_pixels = int(config.get(MAX_PIXELS_KEY, MAX_PIXELS_DEFAULT))
         self.paint = paint_from_model_config(config, "the package")
+        # Every painting is logged (monitoring.log; $POLYCOLOR_PREDICTION_LOG=off turns it off), keyed on the
+        # registry's content hash of this package, so `polycolor monitor` finds the version and its reference.
+        digest = registry.package_digest(modelio.load_payload(path), config.get(registry.PAINT_KEY) or {})
+        reference = context.artifacts.get(REFERENCE_ARTIFACT)
+        self.watch = watch_for("serve", str(config.get(NAME_KEY, "")), "", digest,
+                               Path(reference) if reference else None, parse_monitor(config.get(MONITOR_KEY)))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """DataFrame (image: base64 PNG, colour) -> DataFrame (image: base64 PNG of the input's size), painted by
@@ -128,7 +145,8 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
             model_input = pd.DataFrame(model_input)
         painter_name = str((params or {}).get(PAINTER_PARAM) or DEFAULT_PAINTER)
         try:
-            return predict_frame(self.loaded, model_input, self.max_pixels, self.paint, painter_name)
+            return predict_frame(self.loaded, model_input, self.max_pixels, self.paint, painter_name,
+                                 getattr(self, "watch", None))
         except PolycolorError as e:
             raise MlflowException(one_line(e), error_code=INVALID_PARAMETER_VALUE) from None
 
