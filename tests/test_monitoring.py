@@ -209,7 +209,7 @@ def watched_package(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_drift_is_found_from_real_requests_to_mlflow_models_serve(watched_package, tmp_path):
+def test_drift_is_found_from_real_requests_to_mlflow_models_serve(watched_package, tmp_path, browser, screenshots):
     from services import running
 
     log_root = tmp_path / "log"
@@ -252,5 +252,42 @@ def test_drift_is_found_from_real_requests_to_mlflow_models_serve(watched_packag
     ws = Workspace(str(tmp_path / "workspace"))
     (project,) = ws.search_project(pmon.PROJECT)
     assert len(ws.list_runs(project.id)) == 5
+
+    # docs/monitoring.md's screenshots, in a real browser: the JPEG case's report, and `evidently ui` on the workspace
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto((tmp_path / "out-jpeg" / "report.html").as_uri())
+    page.get_by_text("Dataset Drift is detected").first.wait_for(timeout=60_000)
+    page.get_by_text("near_white").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(screenshots / "monitoring-report.png"))
+    ui_port = free_port()
+    ui = [sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(tmp_path / "workspace"), "--host",
+          "127.0.0.1", "--port", str(ui_port)]
+    with running(ui, f"http://127.0.0.1:{ui_port}/api/projects", tmp_path / "ui.log", cwd=tmp_path,
+                 env={**env, "EVIDENTLY_DISABLE_TELEMETRY": "1"}, timeout=120):
+        page.goto(f"http://127.0.0.1:{ui_port}/projects/{project.id}")
+        page.get_by_text("Drifted descriptors").first.wait_for(timeout=60_000)
+        page.get_by_text("Embedding drift").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(2000)  # the plots draw after their titles
+        page.screenshot(path=str(screenshots / "monitoring-ui.png"), full_page=True)
     records = pd.DataFrame(plog.read_log(log_root).records)
     assert set(records["face"]) == {"serve"} and records["emb_0"].notna().all()
+
+
+@pytest.mark.slow
+def test_several_machines_share_one_log_on_the_stacks_postgresql(team_stack, monkeypatch):
+    """The team stack's log: a database beside MLflow's, written by several processes at once (as scoring servers on
+    several machines would), read back whole by `polycolor monitor`'s reader."""
+    url = team_stack.database_url("monitoring")
+    monkeypatch.setenv("PGPASSFILE", str(team_stack.dir / "pgpass"))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(url, 100, k)) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert not plog.is_empty(url)
+    read = plog.read_log(url)
+    assert read.corrupt == 0 and len(read.records) == 200
+    for k in range(2):
+        assert sorted(r["i"] for r in read.records if r["writer"] == k) == list(range(100))

@@ -234,7 +234,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from polycolor.monitoring import log
 
     name, cfg = _model_name(args, params_required=False)
-    root = Path(args.log).expanduser() if args.log else log.location()
+    root = (args.log if log.is_database(args.log) else Path(args.log).expanduser()) if args.log else log.location()
     if root is None:
         raise PolycolorError(f"the prediction log is off (${log.ENV}=off): pass --log FOLDER")
     if args.export_samples:
@@ -407,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Evidently report (HTML, JSON), a monitoring run in MLflow, a snapshot in the "
                                    "Evidently workspace. Exit 0 no drift, 1 drift, 2 no verdict "
                                    "(docs/monitoring.md).")
-    p.add_argument("--log", default=None, help="the log folder (default: $POLYCOLOR_PREDICTION_LOG, else "
-                                               "~/.polycolor/predictions)")
+    p.add_argument("--log", default=None, help="the log: a folder or a postgresql:// URL (default: "
+                                               "$POLYCOLOR_PREDICTION_LOG, else ~/.polycolor/predictions)")
     p.add_argument("--last", type=int, default=None, help="window: the last N records (default monitor.window)")
     p.add_argument("--since", default=None, help="window: records at or after this UTC ISO time")
     p.add_argument("--until", default=None, help="window: records before this UTC ISO time")

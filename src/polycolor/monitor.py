@@ -19,7 +19,7 @@ import pandas as pd
 from polycolor.config.monitoring import MonitorConfig
 from polycolor.errors import PolycolorError
 from polycolor.fileio import atomic_output, write_json_atomic
-from polycolor.monitoring.log import SAMPLES, log_files, read_log
+from polycolor.monitoring.log import SAMPLES, Location, is_database, is_empty, read_log
 from polycolor.monitoring.profile import REFERENCE_ARTIFACT, load_reference
 from polycolor.monitoring.report import Drift, run_report, verdict
 
@@ -47,9 +47,9 @@ class Window:
     corrupt: int  # lines skipped
 
 
-def select(root: Path, sha256: str | None, last: int, since: str | None, until: str | None) -> Window:
+def select(root: Location, sha256: str | None, last: int, since: str | None, until: str | None) -> Window:
     """The last `last` records of model `sha256` (default: the model of the newest record) in [since, until)."""
-    if not log_files(root):
+    if is_empty(root):
         raise NoVerdict(f"the prediction log at {root} is empty: nothing to monitor yet")
     read = read_log(root)
     if not read.records:
@@ -101,7 +101,7 @@ def reference_for(sha256: str, name: str, package: Path | None) -> tuple[pd.Data
                     f"{package}: no reference profile to compare with")
 
 
-def loop_commands(drift: Drift, log_root: Path) -> list[str]:
+def loop_commands(drift: Drift, log_root: Location) -> list[str]:
     """The commands that close the loop: the kept inputs as an evaluation set, then the experiment that covers them."""
     flags = sorted({REMEDY[c] for c in drift.drifted if c in REMEDY})
     if drift.embedding_drifted and not flags:
@@ -113,7 +113,7 @@ def loop_commands(drift: Drift, log_root: Path) -> list[str]:
     return cmds
 
 
-def monitor(cfg: MonitorConfig, *, log_root: Path, name: str, package: Path | None, out_dir: Path,
+def monitor(cfg: MonitorConfig, *, log_root: Location, name: str, package: Path | None, out_dir: Path,
             workspace: Path | None, sha256: str | None = None, last: int | None = None, since: str | None = None,
             until: str | None = None, log_to_mlflow: bool = True) -> tuple[int, list[str]]:
     """Run the report and everything around it; returns (exit code, the lines to print)."""
@@ -158,9 +158,34 @@ def add_to_workspace(root: Path, snapshot: Any) -> None:
 
     ws = Workspace.create(str(root))
     found = ws.search_project(PROJECT)
-    project = found[0] if found else ws.create_project(PROJECT, description="polycolor's served model: drift of "
-                                                       "its inputs, outputs and embeddings against training")
+    if found:
+        project = found[0]
+    else:
+        project = ws.create_project(PROJECT, description="polycolor's served model: drift of its inputs, outputs "
+                                                         "and embeddings against training")
+        add_panels(project)
     ws.add_run(project.id, snapshot, include_data=False)
+
+
+DASHBOARD_DESCRIPTORS = ("line_width", "near_white", "page_grey", "height", "closed", "ff_agreement", "confidence")
+
+
+def add_panels(project: Any) -> None:
+    """The project's dashboard: drifted descriptors, the embedding's drift and a few descriptors' drift over time."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+
+    project.dashboard.add_panel(line_plot_panel(
+        "Drifted descriptors", [PanelMetric(legend="count", metric="DriftedColumnsCount",
+                                            metric_labels={"value_type": "count"})],
+        "descriptors past monitor.drift_threshold in each window", size="half"))
+    project.dashboard.add_panel(line_plot_panel(
+        "Embedding drift", [PanelMetric(legend="ROC AUC", metric="EmbeddingsDrift")],
+        "how well a classifier tells the window's embeddings from the reference's", size="half"))
+    project.dashboard.add_panel(line_plot_panel(
+        "Descriptor drift", [PanelMetric(legend=c, metric="ValueDrift", metric_labels={"column": c})
+                             for c in DASHBOARD_DESCRIPTORS],
+        "Wasserstein distance in reference standard deviations", size="full"))
 
 
 def log_run(name: str, version: str, sha256: str, drift: Drift, out_dir: Path) -> None:
@@ -182,7 +207,7 @@ def log_run(name: str, version: str, sha256: str, drift: Drift, out_dir: Path) -
             mlflow.log_artifact(str(out_dir / f))
 
 
-def export_samples(root: Path, out_dir: Path, name: str) -> int:
+def export_samples(root: Location, out_dir: Path, name: str) -> int:
     """The inputs the log kept (monitor.sample_share) as an Ayna split in `out_dir`: inputs/, data.json, and
     outputs/ painted by the flood fill as a starting point, to be corrected by hand before the split is scored
     (evaluate.extra_sets). Returns the number of entries."""
@@ -191,6 +216,9 @@ def export_samples(root: Path, out_dir: Path, name: str) -> int:
     from polycolor.data.ayna import INPUTS, OUTPUTS, load_image, write_data_json, write_png
     from polycolor.evaluation.reference import reference_fill
 
+    if is_database(root):
+        raise PolycolorError("inputs are kept only in a folder log (monitor.sample_share): this log is a database")
+    root = Path(root)
     kept = [r for r in read_log(root).records if r.get("sample") and r.get("sample_colour")]
     kept = [r for r in kept if (root / SAMPLES / r["sample"]).is_file()]
     if not kept:

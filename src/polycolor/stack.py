@@ -111,6 +111,23 @@ class Stack:
             f"# stop with: polycolor stack down --dir {self.dir} (keeps the data; --purge discards it)",
         ])
 
+    def database_url(self, name: str) -> str:
+        """The URL of database `name` beside MLflow's on the stack's PostgreSQL, created on first use (Optuna's
+        study storage, the prediction log). The password comes from the stack's libpq password file (PGPASSFILE,
+        set here), never the URL."""
+        import sqlalchemy as sa
+
+        os.environ.setdefault("PGPASSFILE", str(self.dir / "pgpass"))
+        base, _, _ = self.backend_uri.rpartition("/")
+        engine = sa.create_engine(self.backend_uri, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as c:
+                if c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar() is None:
+                    c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        finally:
+            engine.dispose()
+        return f"{base}/{name}"
+
     def client_env(self) -> dict[str, str]:
         """The environment the pipeline's MLflow client needs: what exports() sets, with the password read."""
         return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": CLIENT_USER,

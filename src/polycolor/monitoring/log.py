@@ -1,14 +1,18 @@
 """The prediction log: one JSON line per painted image, appended by every face (monitoring.observe) and read back by
 `polycolor monitor` (monitoring.report).
 
-Where it lives (`location`): the folder $POLYCOLOR_PREDICTION_LOG names (`off` turns logging off), by default
-~/.polycolor/predictions. It holds
+Where it lives (`location`): what $POLYCOLOR_PREDICTION_LOG names (`off` turns logging off), by default the folder
+~/.polycolor/predictions; or a PostgreSQL URL (postgresql://user@host:port/db, the password from $PGPASSFILE), a
+store that the scoring servers of several machines write to: the team stack's (docs/monitoring.md). A folder holds
   predictions.jsonl                  the file being appended to;
   predictions-<utc time>-<pid>.jsonl  rotated files, once the current one passed monitor.rotate_mb;
   samples/                           inputs kept for labelling (monitor.sample_share, up to monitor.sample_cap_mb).
 Several processes (the scoring server's workers, a CLI, the demo) append at once: each line is written with one
 write() under an exclusive flock of `predictions.lock`, and rotation happens under the same lock, so lines never
 interleave and none is lost to a rename.
+
+In PostgreSQL every record is one row of TABLE (its JSON text), inserted by the same background thread; inputs are
+kept only in a folder log.
 
 A record is built and written by a background thread, off the request's path: the prediction returns first. A log
 that cannot be written (a full disk, no permission) never fails a prediction: the failure is reported once on
@@ -26,7 +30,7 @@ import queue
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,16 +45,53 @@ OFF = "off"
 CURRENT = "predictions.jsonl"
 LOCK = "predictions.lock"
 SAMPLES = "samples"
+TABLE = "polycolor_predictions"
 REQUIRED = ("time", "model_sha256")  # a record without these cannot be placed in a window: skipped as corrupt
 MB = 1 << 20
 
 
-def location() -> Path | None:
-    """The log folder ($POLYCOLOR_PREDICTION_LOG, default ~/.polycolor/predictions), None when logging is off."""
+Location = Path | str  # a folder, or a PostgreSQL URL (is_database)
+
+
+def is_database(root: Location) -> bool:
+    return str(root).startswith(("postgresql://", "postgresql+"))
+
+
+def location() -> Location | None:
+    """The log ($POLYCOLOR_PREDICTION_LOG: a folder or a PostgreSQL URL; default the folder
+    ~/.polycolor/predictions), None when logging is off."""
     value = os.environ.get(ENV, "").strip()
     if value.lower() == OFF:
         return None
+    if is_database(value):
+        return value
     return Path(value).expanduser() if value else Path.home() / ".polycolor" / "predictions"
+
+
+class Database:
+    """The log as rows of TABLE in PostgreSQL (SQLAlchemy, psycopg2 from the `stack` extra)."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self.url = url if "+" in url.split("://")[0] else url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+        with self.engine.begin() as c:
+            c.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {TABLE} (id BIGSERIAL PRIMARY KEY, "
+                              "time TEXT NOT NULL, model_sha256 TEXT NOT NULL, record TEXT NOT NULL)"))
+
+    def insert(self, rec: dict[str, Any], line: str) -> None:
+        import sqlalchemy as sa
+
+        with self.engine.begin() as c:
+            c.execute(sa.text(f"INSERT INTO {TABLE} (time, model_sha256, record) VALUES (:t, :m, :r)"),
+                      {"t": str(rec.get("time", "")), "m": str(rec.get("model_sha256", "")), "r": line})
+
+    def lines(self) -> list[str]:
+        import sqlalchemy as sa
+
+        with self.engine.connect() as c:
+            return [r[0] for r in c.execute(sa.text(f"SELECT record FROM {TABLE} ORDER BY time, id"))]
 
 
 def _jsonable(v: Any) -> Any:
@@ -64,8 +105,9 @@ def _jsonable(v: Any) -> Any:
 class PredictionLog:
     """Appends records to the log folder `root` from a background thread (see the module docstring)."""
 
-    def __init__(self, root: str | Path, cfg: MonitorConfig = MonitorConfig(), *, seed: int | None = None) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Location, cfg: MonitorConfig = MonitorConfig(), *, seed: int | None = None) -> None:
+        self.root: Location = root if is_database(root) else Path(root)
+        self._db: Database | None = None
         self.cfg = cfg
         self.failed = 0  # records lost to a log that could not be written
         self.written = 0
@@ -112,10 +154,15 @@ class PredictionLog:
                 if "__flush__" in rec:
                     rec["__flush__"].set()
                     continue
-                if keep is not None:
+                if keep is not None and not is_database(self.root):
                     rec["sample"] = self._keep(keep[0])
                     rec["sample_colour"] = keep[1]
-                self._write(json.dumps({k: _jsonable(v) for k, v in rec.items()}, allow_nan=False) + "\n")
+                line = json.dumps({k: _jsonable(v) for k, v in rec.items()}, allow_nan=False)
+                if is_database(self.root):
+                    self._db = self._db or Database(str(self.root))
+                    self._db.insert(rec, line)
+                else:
+                    self._write(line + "\n")
                 self.written += 1
             except Exception as e:  # noqa: BLE001 - a broken log must never reach a prediction
                 self._fail(e)
@@ -129,6 +176,7 @@ class PredictionLog:
                   "are counted", file=sys.stderr)
 
     def _write(self, line: str) -> None:
+        assert isinstance(self.root, Path)
         self.root.mkdir(parents=True, exist_ok=True)
         data = line.encode()
         with open(self.root / LOCK, "a") as lock:
@@ -152,6 +200,7 @@ class PredictionLog:
         """Save `image` as a PNG under samples/ unless the cap is reached; its file name, or None."""
         from PIL import Image
 
+        assert isinstance(self.root, Path)
         folder = self.root / SAMPLES
         folder.mkdir(parents=True, exist_ok=True)
         used = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
@@ -164,13 +213,13 @@ class PredictionLog:
         return name
 
 
-_SHARED: dict[Path, PredictionLog] = {}
+_SHARED: dict[Location, PredictionLog] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_log(root: Path, cfg: MonitorConfig = MonitorConfig()) -> PredictionLog:
+def shared_log(root: Location, cfg: MonitorConfig = MonitorConfig()) -> PredictionLog:
     """The process's one PredictionLog for `root` (one writer thread however many faces log to it)."""
-    key = Path(root).expanduser().resolve()
+    key = root if is_database(root) else Path(root).expanduser().resolve()
     with _SHARED_LOCK:
         if key not in _SHARED:
             _SHARED[key] = PredictionLog(key, cfg)
@@ -186,6 +235,13 @@ class LogRead:
     corrupt: int  # lines skipped: cut off, not JSON, not a record
 
 
+def is_empty(root: Location) -> bool:
+    """Whether the log holds nothing at all (no file, or no row)."""
+    if is_database(root):
+        return not Database(str(root)).lines()
+    return not log_files(Path(root))
+
+
 def log_files(root: Path) -> list[Path]:
     """The log's files, oldest first: rotated ones by their time stamp, then the current one."""
     rotated = sorted(root.glob("predictions-*.jsonl"))
@@ -193,20 +249,27 @@ def log_files(root: Path) -> list[Path]:
     return rotated + ([current] if current.exists() else [])
 
 
-def read_log(root: str | Path) -> LogRead:
-    """Every record of the log at `root`; a line that is cut off or corrupt is skipped and counted."""
-    records, corrupt = [], 0
+def _lines(root: Location) -> Iterator[bytes | str]:
+    if is_database(root):
+        yield from Database(str(root)).lines()
+        return
     for path in log_files(Path(root)):
         with open(path, "rb") as f:
-            for raw in f:
-                try:
-                    rec = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    corrupt += 1
-                    continue
-                if not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in REQUIRED):
-                    corrupt += 1
-                    continue
-                records.append(rec)
+            yield from f
+
+
+def read_log(root: Location) -> LogRead:
+    """Every record of the log at `root`; a line that is cut off or corrupt is skipped and counted."""
+    records, corrupt = [], 0
+    for raw in _lines(root):
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            corrupt += 1
+            continue
+        if not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in REQUIRED):
+            corrupt += 1
+            continue
+        records.append(rec)
     records.sort(key=lambda r: r["time"])
     return LogRead(records, corrupt)

@@ -90,8 +90,9 @@ def run_report(window: pd.DataFrame, reference: pd.DataFrame, cfg: MonitorConfig
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=["colour"],
                                 embeddings={EMBEDDING: emb} if emb else None)
     method = dict(num_method="wasserstein", num_threshold=cfg.drift_threshold)
+    share = (cfg.max_drifted + 1) / (len(numeric) + 1)  # the preset's own "dataset drift" agrees with the test
     metrics: list[Any] = [
-        DataDriftPreset(columns=[*numeric, "colour"], **method),
+        DataDriftPreset(columns=[*numeric, "colour"], drift_share=share, **method),
         DriftedColumnsCount(columns=[*numeric, "colour"], **method, tests=[lte(cfg.max_drifted)]),
     ]
     if emb:

@@ -65,20 +65,8 @@ def study_storage(root: Path, explicit: str | None) -> str:
 
 def stack_storage(team: Any) -> str:
     """The team stack's PostgreSQL as Optuna storage: its own database `optuna` (Optuna's and MLflow's schemas
-    both keep an alembic_version table, so they cannot share one), created on first use. The password comes
-    from the stack's libpq password file, never the URL."""
-    import sqlalchemy as sa
-
-    os.environ.setdefault("PGPASSFILE", str(Path(team.dir) / "pgpass"))
-    base, _, _ = team.backend_uri.rpartition("/")
-    engine = sa.create_engine(team.backend_uri, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as c:
-            if c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = 'optuna'")).scalar() is None:
-                c.execute(sa.text("CREATE DATABASE optuna"))
-    finally:
-        engine.dispose()
-    return f"{base}/optuna"
+    both keep an alembic_version table, so they cannot share one), created on first use (stack.Stack.database_url)."""
+    return team.database_url("optuna")
 
 
 @contextmanager
