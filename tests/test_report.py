@@ -71,17 +71,16 @@ def test_the_committed_default_model_passes_the_default_gates():
     assert gate_failures(gates, flat_metrics(EVAL)) == []
 
 
-PAINT_LOSS_DB = 0.25  # the most the painter's post-processing may cost the net's figure on a set
+@pytest.mark.parametrize("name", list(report.scored_sets(EVAL)) if COMMITTED else [pytest.param("-", marks=needs_git)])
+def test_the_painter_is_the_better_of_net_and_flood_fill(name):
+    # The painter is at least the better of the net and the flood fill, within PAINTER_SLACK_DB, mean and min: a
+    # post-processing step that costs quality on any set of the committed evaluation fails here.
+    from polycolor.report import PAINTER_SLACK_DB
 
-
-@pytest.mark.parametrize("name", _post_processed(EVAL) if COMMITTED else [pytest.param("-", marks=needs_git)])
-def test_post_processing_never_costs_quality(name):
-    # The flood fill's mask, taken on clean closed outlines the net agrees with, is a few pixels worse than the net's
-    # on some gappy outlines whose gap does not let the flood through: on gappy_256 / gappy_512 that costs 0.15 /
-    # 0.18 dB of mean (docs/evaluation.md). A step that costs more than PAINT_LOSS_DB on any set fails here.
     for key in ("psnr_mean", "psnr_min"):
-        net, painted = EVAL[name]["net"][key], EVAL[name]["painted"][key]
-        assert painted >= net - PAINT_LOSS_DB, f"{name}: painted {key} {painted} < net {net} - {PAINT_LOSS_DB}"
+        best = max(EVAL[name]["net"][key], EVAL[name].get("flood_fill", {}).get(key, float("-inf")))
+        painted = EVAL[name]["painted"][key]
+        assert painted >= best - PAINTER_SLACK_DB, f"{name}: painted {key} {painted} < {best} - {PAINTER_SLACK_DB}"
 
 
 def test_post_processed_sets_are_those_the_painter_changed():

@@ -10,11 +10,12 @@ import mlflow
 import pytest
 import torch
 
+from polycolor.config.base import flatten
 from polycolor.config.training import TrainingParams
 from polycolor.errors import PolycolorError
 from polycolor.nn.modelio import load_model
 from polycolor.tracking.datasets import dvc_hash
-from polycolor.training.train import run_training, training_params
+from polycolor.training.train import run_training
 
 TINY_PARAMS = {
     "model": {"widths": [4, 8], "embed_dim": 8},
@@ -165,7 +166,6 @@ def test_a_truncated_last_checkpoint_is_refused_and_its_run_closed(tiny_dataset,
     assert [r.info.status for r in runs(store)] == ["KILLED"], "the old run is closed, no new one opened"
 
 
-@pytest.mark.parametrize("key", ["evaluate.batch_size", "promote.metric"])
-def test_training_params_leave_out_other_runs_sections(key):
-    assert key not in training_params({key: 1, "train.lr": 0.1})
-    assert training_params({"train.lr": 0.1}) == {"train.lr": "0.1"}
+def test_a_training_run_logs_only_the_sections_training_reads():
+    sections = {k.split(".", 1)[0] for k in flatten(TrainingParams())}
+    assert sections == {"model", "loss", "train", "mlflow"}, sections

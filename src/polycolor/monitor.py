@@ -69,25 +69,27 @@ class NoVerdict(PolycolorError):
 
 def reference_for(sha256: str, name: str, package: Path | None) -> tuple[pd.DataFrame, str, str]:
     """The reference profile of the model with content hash `sha256`: from the registered version tagged with it
-    (downloaded), else from the local package folder when its model is that one. Returns (profile, version, where)."""
+    (downloaded), else from the local package folder when its model is that one (also when that version was
+    registered before monitoring, with no profile). Returns (profile, version, where)."""
     from polycolor.serving import registry
 
+    version, missing = "", ""
     if registry.missing_store() is None:
         registry.connect()
         mv = registry.find_by_content(name, sha256)
         if mv is not None:
             import mlflow
 
+            version, where = str(mv.version), f"{name} version {mv.version}"
             with tempfile.TemporaryDirectory(prefix="polycolor-reference-") as tmp:
-                where = f"{name} version {mv.version}"
                 try:
                     local = Path(mlflow.artifacts.download_artifacts(
                         artifact_uri=f"models:/{name}/{mv.version}/{REFERENCE_ARTIFACT}", dst_path=tmp))
-                except Exception:  # noqa: BLE001 - a version packaged before monitoring has no such folder
-                    raise NoVerdict(f"{where} has no reference profile (packaged before monitoring): repackage "
-                                    "it with `dvc repro package` to monitor it") from None
-                profile, _ = load_reference(local, where)
-            return profile, str(mv.version), where
+                    profile, _ = load_reference(local, where)
+                    return profile, version, where
+                except Exception:  # noqa: BLE001 - a version registered before monitoring has no such folder
+                    missing = (f"{where} has no reference profile (registered before monitoring): repackage it "
+                               "with `dvc repro package`")
     if package is not None and (package / "MLmodel").is_file():
         from polycolor.serving.predict import package_identity
 
@@ -95,9 +97,9 @@ def reference_for(sha256: str, name: str, package: Path | None) -> tuple[pd.Data
             try:
                 profile, _ = load_reference(package / "artifacts" / REFERENCE_ARTIFACT, str(package))
             except PolycolorError as e:
-                raise NoVerdict(str(e)) from None
-            return profile, "", str(package)
-    raise NoVerdict(f"model {sha256[:12]} is neither a registered version of {name!r} nor the package in "
+                raise NoVerdict(missing or str(e)) from None
+            return profile, version, f"{package} (model {sha256[:12]})"
+    raise NoVerdict(missing or f"model {sha256[:12]} is neither a registered version of {name!r} nor the package in "
                     f"{package}: no reference profile to compare with")
 
 

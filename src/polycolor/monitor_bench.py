@@ -87,8 +87,9 @@ def serving_latency(package: Path, images: list[np.ndarray], colours: list[str],
         ms = np.array(times[10:])
         return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
         out.close()
 
 
@@ -112,6 +113,7 @@ def run_monitor_bench(cfg: Config, package: Path) -> dict[str, Any]:
     from polycolor.monitor import monitor
     from polycolor.monitoring.profile import load_reference
 
+    package = package.resolve()  # the scoring server runs in a scratch folder
     reference, _ = load_reference(package / "artifacts" / "reference", str(package))
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="polycolor-monitor-bench-") as tmp:

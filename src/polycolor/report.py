@@ -14,7 +14,8 @@ Blocks: `results` (every evaluation set: net / painted / flood fill PSNR mean / 
 `polycolor report --experiments NAME ...` captures from `dvc exp show --json`), `tune` (every trial of the last
 `polycolor tune` study, from tune.json), `seeds` (runs that differ only in their seed: mean +- sd of each
 headline figure, from seeds.json, captured like experiments.json), `tune_best` (its best trial beside the defaults
-trial on the headline figures) and `targets` (each target of docs/performance.md against its figure, "met" computed, from benchmark.json,
+trial on the headline figures), `monitoring` (the figures of `polycolor bench --monitor` against their targets, from
+monitoring.json) and `targets` (each target of docs/performance.md against its figure, "met" computed, from benchmark.json,
 train.json and eval.json, with the date, CPU and matmul rate of the bench run beside it).
 
 `polycolor report --check` compares the workspace's pages with the workspace's metrics; the test suite compares the
@@ -44,7 +45,7 @@ from polycolor.evaluation.behaviour import BEHAVIOURS
 from polycolor.evaluation.names import BEHAVIOUR, SCORERS
 from polycolor.fileio import atomic_output
 
-PAGES = ("README.md", "docs/evaluation.md", "docs/experiments.md", "docs/performance.md")
+PAGES = ("README.md", "docs/evaluation.md", "docs/experiments.md", "docs/performance.md", "docs/monitoring.md")
 EVAL_JSON = "metrics/eval.json"
 TRAIN_JSON = "metrics/train.json"
 EXPERIMENTS_JSON = "metrics/experiments.json"
@@ -319,8 +320,33 @@ def capture_experiments(names: Iterable[str], show: dict | list) -> dict[str, An
          "metrics": found[n]["metrics"]} for n in names]}
 
 
+MONITORING_JSON = "metrics/monitoring.json"
+LOG_P95_MS_TARGET = 2.0  # the prediction log adds at most this at p95 per image to serving
+MONITOR_S_TARGET = 30.0  # `polycolor monitor` over 10,000 logged predictions, at most
+
+
+def monitoring_table(m: dict[str, Any]) -> str:
+    """The monitoring figures of `polycolor bench --monitor` against their targets."""
+    s, mon, clean = m["serving"], m["monitor_10k"], m["clean_windows"]
+    rows = ["| figure | measured | target | met |", "| --- | --- | --- | --- |",
+            f"| serving p95 per image, log off / on (ms; {s['requests']} requests) | {_f(s['off']['p95_ms'], 3)} / "
+            f"{_f(s['on']['p95_ms'], 3)} | - | - |",
+            f"| added by the log at p95 (ms) | {_f(s['added_p95_ms'], 3)} | <= {LOG_P95_MS_TARGET:g} | "
+            f"{_met(s['added_p95_ms'] <= LOG_P95_MS_TARGET)} |",
+            f"| `polycolor monitor` over {mon['records']:,} predictions (s) | {_f(mon['seconds'], 3)} | "
+            f"<= {MONITOR_S_TARGET:g} | {_met(mon['seconds'] <= MONITOR_S_TARGET)} |",
+            f"| alarms in {clean['windows']} windows of training-like traffic | {clean['alarms']} (largest drift "
+            f"{_f(clean['max_drift'], 3)}) | 0 | {_met(clean['alarms'] == 0)} |"]
+    for kind, f in m["shifts"].items():
+        found = ", ".join(f"{c} {_f(v, 3)}" for c, v in f["scores"].items()) or "nothing drifted"
+        rows.append(f"| 200 `{kind}` in a window of 500 | {'alarm' if f['alarm'] else 'no alarm'} ({found}) | "
+                    f"alarm | {_met(f['alarm'])} |")
+    return "\n".join(rows)
+
+
 HOW_TO_MAKE = {EXPERIMENTS_JSON: "`polycolor report --experiments NAME ...`",  # else the pipeline writes it
-               TUNE_JSON: "`polycolor tune`", BENCH_JSON: "`polycolor bench`"}
+               TUNE_JSON: "`polycolor tune`", BENCH_JSON: "`polycolor bench`",
+               MONITORING_JSON: "`polycolor bench --monitor`"}
 # block name -> (the metrics files it reads, the renderer taking their contents in that order); a one-file block
 # may name another file of the same kind in its marker
 RENDERERS: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
@@ -332,6 +358,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "tune": ((TUNE_JSON,), tune_table),
     "tune_best": ((TUNE_JSON,), tune_best_table),
     "targets": ((BENCH_JSON, TRAIN_JSON, EVAL_JSON), targets_table),
+    "monitoring": ((MONITORING_JSON,), monitoring_table),
 }
 Reader = Callable[[str], str]  # a repo-relative path -> its text; FileNotFoundError when there is none
 

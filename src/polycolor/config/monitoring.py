@@ -22,7 +22,7 @@ class MonitorConfig:
     # chose it are in docs/monitoring.md.
     drift_threshold: float = 0.25
     max_drifted: int = 0  # the test passes while at most this many descriptors drift
-    embedding_threshold: float = 0.55  # the embedding drifts when a classifier tells window from reference (ROC AUC)
+    embedding_threshold: float = 0.6  # the embedding drifts when a classifier tells window from reference (ROC AUC)
     reference_samples: int = 1000  # training pairs profiled at package time (all validation pairs are added)
 
     def validate(self) -> None:

@@ -37,17 +37,6 @@ from polycolor.training.trainer import (
 )
 
 
-# Params sections that are not the training run's: each evaluation run logs the evaluate.* and paint.* it ran with
-# (the package stores paint.* with the model), and promote.* is read at promotion time. Logging them on the training
-# run would show settings that go stale on re-evaluation.
-NOT_TRAINING_SECTIONS = ("evaluate", "paint", "promote")
-
-
-def training_params(flat: dict[str, Any]) -> dict[str, str]:
-    """The flattened params a training run logs: every key outside NOT_TRAINING_SECTIONS, as strings."""
-    return {k: str(v) for k, v in flat.items() if k.split(".", 1)[0] not in NOT_TRAINING_SECTIONS}
-
-
 def prepare_data(cfg: TrainingParams, train_dir: Path,
                  val_dir: Path) -> tuple[TensorData, TensorData, tuple[str, ...], int]:
     train = load_split(train_dir, None)
@@ -119,7 +108,9 @@ def run_training(cfg: TrainingParams, *, train_dir: Path, val_dir: Path, checkpo
        "git_commit": lineage["git_commit"], "git_dirty": lineage["git_dirty"],
        "dvc_exp_name": lineage["dvc_exp_name"], "data_hash": lineage["data_hash"], "stage": "train",
        **platform_info()})  # which CPU kernels ran: tells two machines' figures apart
-            log_params_once(run, training_params(flatten(cfg)))
+            # TrainingParams holds only the sections training reads: evaluate.* and paint.* go on each evaluation
+            # run, promote.* and monitor.* are read later, so none of them goes stale on this run
+            log_params_once(run, {k: str(v) for k, v in flatten(cfg).items()})
             log_training_data(run_id, train_dir, val_dir)
 
             buffer = TrackingBuffer(uri, max_outage_s)
