@@ -99,6 +99,9 @@ def test_bad_colours_are_one_line_errors(bad, words):
     ({"ingest": {"image_size": 100}}, "ingest.image_size", "100"),  # 4 levels: divisible by 8
     ({"ingest": {"image_size": 48}, "model": {"widths": [4, 8, 16, 32, 64, 128]}}, "ingest.image_size", "48"),
     ({"serving": {"max_pixels": 0}}, "serving.max_pixels", "0"),
+    ({"monitor": {"min_records": 600}}, "monitor.min_records must be in [1, monitor.window]", "600"),
+    ({"monitor": {"embedding_threshold": 0.4}}, "monitor.embedding_threshold", "0.4"),
+    ({"monitor": {"sample_share": 2}}, "monitor.sample_share", "2.0"),
     ({"paint": {"canonical": "yes"}}, "paint.canonical", "'yes'"),
     ({"paint": {"snap": "sometimes"}}, "paint.snap", "'sometimes'"),
     ({"paint": {"ink_threshold": 0}}, "paint.ink_threshold", "0"),

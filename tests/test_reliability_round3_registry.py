@@ -21,6 +21,7 @@ from test_registry import CFG, PACKAGE, add_version, champion, store  # noqa: F4
 
 from polycolor.errors import PolycolorError
 from polycolor.serving import registry
+from polycolor.tracking.store import configure
 
 WAIT_S = 180.0  # a CLI process importing MLflow and torch on the shared 2-core machine
 
@@ -150,6 +151,7 @@ def test_the_lock_on_the_team_stack_is_taken_released_and_taken_again(team_stack
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team_stack.tracking_uri)
+    configure()  # as promote does: an earlier test in this process may have pointed MLflow at another store
     client = mlflow.MlflowClient(team_stack.tracking_uri)
     name = "lock-check"
     for _ in range(3):

@@ -243,6 +243,9 @@ def inference_figures(loaded: LoadedModel, cfg: Config, repeats: int = 30, runs:
 
 
 PIPELINE_OUTPUTS = ("data/", "metrics/", "models/", "package/", "checkpoints/", "dvc.lock")  # a fresh clone lacks
+# The monitor stage (monitoring/dvc.yaml) judges a prediction log outside the repository: a scratch copy runs the
+# training pipeline only, and its `dvc status` should speak of that pipeline.
+NOT_COPIED = ("monitoring/",)
 
 
 def copy_project(root: Path, dest: Path) -> None:
@@ -252,7 +255,7 @@ def copy_project(root: Path, dest: Path) -> None:
                            text=True, check=True).stdout.split()
     for f in files:
         src = root / f
-        if src.is_file() and not f.startswith(PIPELINE_OUTPUTS):
+        if src.is_file() and not f.startswith(PIPELINE_OUTPUTS + NOT_COPIED):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
 

@@ -76,9 +76,16 @@ class Database:
 
         self.url = url if "+" in url.split("://")[0] else url.replace("postgresql://", "postgresql+psycopg2://", 1)
         self.engine = sa.create_engine(self.url, pool_pre_ping=True)
-        with self.engine.begin() as c:
-            c.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {TABLE} (id BIGSERIAL PRIMARY KEY, "
-                              "time TEXT NOT NULL, model_sha256 TEXT NOT NULL, record TEXT NOT NULL)"))
+        try:
+            with self.engine.begin() as c:
+                c.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {TABLE} (id BIGSERIAL PRIMARY KEY, "
+                                  "time TEXT NOT NULL, model_sha256 TEXT NOT NULL, record TEXT NOT NULL)"))
+        except sa.exc.DBAPIError:
+            # Two writers creating the table at once: PostgreSQL's IF NOT EXISTS is not atomic, and the loser gets
+            # a unique violation on the catalog. The table is there; anything else is raised.
+            with self.engine.connect() as c:
+                if c.execute(sa.text("SELECT to_regclass(:t)"), {"t": TABLE}).scalar() is None:
+                    raise
 
     def insert(self, rec: dict[str, Any], line: str) -> None:
         import sqlalchemy as sa
