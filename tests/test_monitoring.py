@@ -35,6 +35,7 @@ from polycolor.stack import free_port
 
 REPO = Path(__file__).parents[1]
 CFG = load_params(REPO / "params.yaml")
+WINDOW, SHIFTED = 250, 100  # the drift test's window and its shifted predictions
 
 
 def outline(size: int = 128, width: int = 3, closed: bool = True) -> np.ndarray:
@@ -215,6 +216,10 @@ def test_drift_is_found_from_real_requests_to_mlflow_models_serve(watched_packag
     log_root = tmp_path / "log"
     env = {**os.environ, "POLYCOLOR_PREDICTION_LOG": str(log_root), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    # The benchmark's windows (500, 200 shifted: polycolor bench --monitor) at half the size, the same shift share, so
+    # the suite sends 1,250 requests, not 2,500
+    params = tmp_path / "params.yaml"
+    params.write_text(f"monitor: {{window: {WINDOW}, min_records: 100}}\n")
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(watched_package), "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port)]
@@ -223,18 +228,18 @@ def test_drift_is_found_from_real_requests_to_mlflow_models_serve(watched_packag
     verdicts = {}
     with running(cmd, f"{url}/ping", tmp_path / "serve.log", cwd=tmp_path, env=env, timeout=180):
         for i, kind in enumerate(["training", *SHIFTS]):
-            clean = traffic("training", 500 if kind == "training" else 300, CFG.ingest, seed=100 + i)
-            shifted = ([], []) if kind == "training" else traffic(kind, 200, CFG.ingest, seed=200 + i)
+            clean = traffic("training", WINDOW if kind == "training" else WINDOW - SHIFTED, CFG.ingest, seed=100 + i)
+            shifted = ([], []) if kind == "training" else traffic(kind, SHIFTED, CFG.ingest, seed=200 + i)
             send(url, clean[0] + shifted[0], clean[1] + shifted[1])
             sent += len(clean[0]) + len(shifted[0])
             wait_for_records(log_root, sent)
             out = tmp_path / f"out-{kind}"
-            args = ["--log", str(log_root), "--package", str(watched_package), "--out", str(out),
+            args = ["--log", str(log_root), "--package", str(watched_package), "--out", str(out), "--params", str(params),
                     "--workspace", str(tmp_path / "workspace")]
             proc = subprocess.run([sys.executable, "-m", "polycolor.cli", "monitor", *args], cwd=REPO, env=env,
                                   capture_output=True, text=True, timeout=300)
             verdicts[kind] = (proc.returncode, proc.stdout + proc.stderr)
-            assert (out / "report.html").is_file() and json.loads((out / "monitor.json").read_text())["records"] == 500
+            assert (out / "report.html").is_file() and json.loads((out / "monitor.json").read_text())["records"] == WINDOW
     assert verdicts["training"][0] == 0, verdicts["training"][1]
     for kind in SHIFTS:
         code, text = verdicts[kind]
