@@ -296,3 +296,20 @@ def test_several_machines_share_one_log_on_the_stacks_postgresql(team_stack, mon
     assert read.corrupt == 0 and len(read.records) == 200
     for k in range(2):
         assert sorted(r["i"] for r in read.records if r["writer"] == k) == list(range(100))
+
+
+def test_kept_inputs_stop_at_their_cap_and_export_as_an_ayna_split(tmp_path):
+    from polycolor.data.ayna import read_split
+
+    log = plog.PredictionLog(tmp_path / "log", MonitorConfig(sample_share=1.0, sample_cap_mb=0.0005))  # ~500 bytes
+    for i in range(4):
+        log.append(lambda i=i: make_record(i), image=outline(64, width=2 + i), colour=["red", "#00ff00"][i % 2])
+    assert log.flush()
+    log.close()
+    kept = [r for r in plog.read_log(tmp_path / "log").records if r.get("sample")]
+    assert 1 <= len(kept) < 4, "the cap stops keeping inputs"
+    assert pmon.export_samples(tmp_path / "log", tmp_path / "monitored", "polycolor") == len(kept)
+    split = read_split(tmp_path / "monitored")
+    assert [s.colour for s in split] == [r["sample_colour"] for r in kept]
+    with pytest.raises(pmon.PolycolorError, match="exists and is not empty"):
+        pmon.export_samples(tmp_path / "log", tmp_path / "monitored", "polycolor")
