@@ -12,7 +12,7 @@ from pathlib import Path
 from polycolor.config.params import load_params
 from polycolor.errors import PolycolorError, run_guarded
 from polycolor.monitoring import log
-from polycolor.monitor import NO_VERDICT, NoVerdict, monitor
+from polycolor.monitor import judge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,14 +30,8 @@ def run(args: argparse.Namespace) -> int:
     root = log.location()
     if root is None:
         raise PolycolorError(f"the prediction log is off (${log.ENV}=off): nothing to monitor")
-    try:
-        code, lines = monitor(cfg.monitor, log_root=root, name=cfg.mlflow.registered_model,
-                              package=Path(args.package), out_dir=Path(args.out), workspace=Path(args.workspace))
-    except NoVerdict as e:
-        print(f"no verdict: {e}", file=sys.stderr)
-        return NO_VERDICT
-    print("\n".join(lines))
-    return code
+    return judge(cfg.monitor, log_root=root, name=cfg.mlflow.registered_model, package=Path(args.package),
+                 out_dir=Path(args.out), workspace=Path(args.workspace))
 
 
 if __name__ == "__main__":

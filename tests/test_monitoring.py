@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import multiprocessing
 import os
@@ -31,6 +29,7 @@ from polycolor.monitoring.profile import build_reference
 from polycolor.monitoring.traffic import SHIFTS, traffic
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet
+from polycolor.serving.pyfunc import encode_png
 from polycolor.stack import free_port
 
 REPO = Path(__file__).parents[1]
@@ -165,17 +164,11 @@ def test_monitor_without_a_verdict_says_why_in_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------- a real scoring server
 
 
-def b64(image: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def send(url: str, images: list[np.ndarray], colours: list[str]) -> None:
     import urllib.request
 
     for start in range(0, len(images), 16):  # the pyfunc's rows per request
-        rows = [[b64(im), c] for im, c in zip(images[start:start + 16], colours[start:start + 16])]
+        rows = [[encode_png(im), c] for im, c in zip(images[start:start + 16], colours[start:start + 16])]
         req = urllib.request.Request(f"{url}/invocations", method="POST", headers={"Content-Type": "application/json"},
                                      data=json.dumps({"dataframe_split": {"columns": ["image", "colour"],
                                                                           "data": rows}}).encode())
@@ -291,7 +284,7 @@ def test_several_machines_share_one_log_on_the_stacks_postgresql(team_stack, mon
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert not plog.is_empty(url)
+    assert plog.read_log(url).records
     read = plog.read_log(url)
     assert read.corrupt == 0 and len(read.records) == 200
     for k in range(2):

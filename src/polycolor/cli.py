@@ -241,17 +241,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         n = monitor.export_samples(root, Path(args.export_samples), name)
         print(f"wrote {n} kept input(s) as an Ayna split in {args.export_samples}")
         return 0
-    try:
-        code, lines = monitor.monitor(
-            cfg.monitor, log_root=root, name=name, package=Path(args.package) if args.package else None,
-            out_dir=Path(args.out), workspace=None if args.workspace == "" else Path(args.workspace),
-            sha256=args.model_sha256, last=args.last, since=args.since, until=args.until,
-            log_to_mlflow=not args.no_mlflow)
-    except monitor.NoVerdict as e:
-        print(f"no verdict: {e}", file=sys.stderr)
-        return monitor.NO_VERDICT
-    print("\n".join(lines))
-    return code
+    return monitor.judge(
+        cfg.monitor, log_root=root, name=name, package=Path(args.package) if args.package else None,
+        out_dir=Path(args.out), workspace=None if args.workspace == "" else Path(args.workspace),
+        sha256=args.model_sha256, last=args.last, since=args.since, until=args.until,
+        log_to_mlflow=not args.no_mlflow)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import pandas as pd
 from polycolor.config.monitoring import MonitorConfig
 from polycolor.errors import PolycolorError
 from polycolor.fileio import atomic_output, write_json_atomic
-from polycolor.monitoring.log import SAMPLES, Location, is_database, is_empty, read_log
+from polycolor.monitoring.log import SAMPLES, Location, is_database, read_log
 from polycolor.monitoring.profile import REFERENCE_ARTIFACT, load_reference
 from polycolor.monitoring.report import Drift, run_report, verdict
 
@@ -49,9 +49,9 @@ class Window:
 
 def select(root: Location, sha256: str | None, last: int, since: str | None, until: str | None) -> Window:
     """The last `last` records of model `sha256` (default: the model of the newest record) in [since, until)."""
-    if is_empty(root):
-        raise NoVerdict(f"the prediction log at {root} is empty: nothing to monitor yet")
     read = read_log(root)
+    if not read.records and not read.corrupt:
+        raise NoVerdict(f"the prediction log at {root} is empty: nothing to monitor yet")
     if not read.records:
         raise NoVerdict(f"the prediction log at {root} holds no readable record ({read.corrupt} corrupt "
                         "line(s) skipped): nothing to monitor")
@@ -108,8 +108,8 @@ def loop_commands(drift: Drift, log_root: Location) -> list[str]:
     flags = sorted({REMEDY[c] for c in drift.drifted if c in REMEDY})
     if drift.embedding_drifted and not flags:
         flags = [REMEDY["drawings"]]
-    cmds = [f"polycolor monitor --log {log_root} --export-samples data/monitored   # kept inputs, painted by this "
-            "model, to correct and score",
+    cmds = [f"polycolor monitor --log {log_root} --export-samples data/monitored   # kept inputs, the flood fill's "
+            "painting to correct, to score",
             "dvc exp run -S 'evaluate.extra_sets.monitored={path: data/monitored, required: true}'"
             + "".join(f" -S '{f}'" for f in flags)]
     return cmds
@@ -151,6 +151,20 @@ def monitor(cfg: MonitorConfig, *, log_root: Location, name: str, package: Path 
     lines.append("close the loop:")
     lines.extend(f"  {c}" for c in loop_commands(drift, log_root))
     return DRIFT, lines
+
+
+def judge(cfg: MonitorConfig, **kwargs: Any) -> int:
+    """`monitor` for a command line (polycolor monitor, the monitor stage): prints its lines, or the reason there is
+    no verdict on stderr, and returns the exit code."""
+    import sys
+
+    try:
+        code, lines = monitor(cfg, **kwargs)
+    except NoVerdict as e:
+        print(f"no verdict: {e}", file=sys.stderr)
+        return NO_VERDICT
+    print("\n".join(lines))
+    return code
 
 
 def add_to_workspace(root: Path, snapshot: Any) -> None:

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import subprocess
@@ -30,6 +28,8 @@ from polycolor.errors import PolycolorError
 from polycolor.monitoring import log as plog
 from polycolor.monitoring.report import run_report
 from polycolor.monitoring.traffic import SHIFTS, traffic
+from polycolor.serving.pyfunc import encode_png
+from polycolor.stack import free_port
 
 CLEAN_WINDOWS = 20
 WINDOW = 500
@@ -37,27 +37,11 @@ SHIFTED = 200
 LATENCY_REQUESTS = 200
 
 
-def _png64(image: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serving_latency(package: Path, images: list[np.ndarray], colours: list[str], log_root: Path | None,
                     workdir: Path) -> dict[str, float]:
     """p50 / p95 ms per single-image request to `mlflow models serve -m package`, logging to `log_root` (None:
     off). The first 10 requests warm up and are not counted."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, plog.ENV: str(log_root) if log_root else plog.OFF,
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     out = open(workdir / f"serve-{port}.log", "w")
@@ -78,7 +62,7 @@ def serving_latency(package: Path, images: list[np.ndarray], colours: list[str],
         times = []
         for image, colour in zip(images, colours):
             body = json.dumps({"dataframe_split": {"columns": ["image", "colour"],
-                                                   "data": [[_png64(image), colour]]}}).encode()
+                                                   "data": [[encode_png(image), colour]]}}).encode()
             req = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
             start = time.perf_counter()

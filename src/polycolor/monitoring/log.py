@@ -242,13 +242,6 @@ class LogRead:
     corrupt: int  # lines skipped: cut off, not JSON, not a record
 
 
-def is_empty(root: Location) -> bool:
-    """Whether the log holds nothing at all (no file, or no row)."""
-    if is_database(root):
-        return not Database(str(root)).lines()
-    return not log_files(Path(root))
-
-
 def log_files(root: Path) -> list[Path]:
     """The log's files, oldest first: rotated ones by their time stamp, then the current one."""
     rotated = sorted(root.glob("predictions-*.jsonl"))
