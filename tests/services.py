@@ -11,13 +11,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from polycolor.errors import PolycolorError
+from polycolor.stack import answers, wait_ready
 
 STARTUP_TIMEOUT_S = 180.0  # importing mlflow (+ torch, a model) on a busy 2-core machine
 
@@ -35,26 +36,13 @@ def launch(cmd: list[str], log: Path, *, cwd: Path | None = None,
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def answers(url: str, timeout: float = 2.0) -> bool:
-    """Whether GET `url` answers HTTP 200 within `timeout` s."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
-    except OSError:  # refused, reset, timed out, HTTP errors (URLError and HTTPError are OSErrors)
-        return False
-
-
 def wait_until_answers(proc: subprocess.Popen, url: str, log: Path, timeout: float = STARTUP_TIMEOUT_S) -> None:
-    """Poll `url` until it answers 200; fail the test, naming the log, when `proc` exits or `timeout` s pass."""
-    deadline = time.monotonic() + timeout
-    while not answers(url):
-        if proc.poll() is not None:
-            pytest.fail(f"{' '.join(proc.args[:4])} exited with {proc.returncode} before {url} answered; log {log}:\n"
-                        f"{log.read_text(errors='replace')[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{url} did not answer within {timeout:.0f} s; log {log}:\n"
-                        f"{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.5)
+    """Poll `url` until it answers 200 (polycolor.stack.wait_ready, the stack's own wait); fail the test with the
+    log's tail when `proc` exits or `timeout` s pass."""
+    try:
+        wait_ready(" ".join(str(a) for a in proc.args[:4]), proc, log, lambda: answers(url), timeout)
+    except PolycolorError as e:
+        pytest.fail(f"{e}:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -26,7 +26,7 @@ from polycolor import monitor as pmon
 from polycolor.monitoring.descriptors import blockiness, describe_input
 from polycolor.monitoring.observe import ModelIdentity, Watch
 from polycolor.monitoring.profile import build_reference
-from polycolor.monitoring.traffic import SHIFTS, traffic
+from polycolor.monitoring.traffic import traffic
 from polycolor.nn import modelio
 from polycolor.nn.model import ConditionalUNet
 from polycolor.serving.pyfunc import encode_png
@@ -35,6 +35,8 @@ from polycolor.stack import free_port
 REPO = Path(__file__).parents[1]
 CFG = load_params(REPO / "params.yaml")
 WINDOW, SHIFTED = 250, 100  # the drift test's window and its shifted predictions
+# The drift test's shifts: a new input format and a new geometry (all four: polycolor bench --monitor)
+TESTED_SHIFTS = ("jpeg", "large")
 
 
 def outline(size: int = 128, width: int = 3, closed: bool = True) -> np.ndarray:
@@ -210,7 +212,7 @@ def test_drift_is_found_from_real_requests_to_mlflow_models_serve(watched_packag
     env = {**os.environ, "POLYCOLOR_PREDICTION_LOG": str(log_root), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     # The benchmark's windows (500, 200 shifted: polycolor bench --monitor) at half the size, the same shift share, so
-    # the suite sends 1,250 requests, not 2,500
+    # the suite sends 750 requests, not 2,500
     params = tmp_path / "params.yaml"
     params.write_text(f"monitor: {{window: {WINDOW}, min_records: 100}}\n")
     port = free_port()
@@ -220,7 +222,7 @@ def test_drift_is_found_from_real_requests_to_mlflow_models_serve(watched_packag
     sent = 0
     verdicts = {}
     with running(cmd, f"{url}/ping", tmp_path / "serve.log", cwd=tmp_path, env=env, timeout=180):
-        for i, kind in enumerate(["training", *SHIFTS]):
+        for i, kind in enumerate(["training", *TESTED_SHIFTS]):
             clean = traffic("training", WINDOW if kind == "training" else WINDOW - SHIFTED, CFG.ingest, seed=100 + i)
             shifted = ([], []) if kind == "training" else traffic(kind, SHIFTED, CFG.ingest, seed=200 + i)
             send(url, clean[0] + shifted[0], clean[1] + shifted[1])
@@ -234,22 +236,22 @@ def test_drift_is_found_from_real_requests_to_mlflow_models_serve(watched_packag
             verdicts[kind] = (proc.returncode, proc.stdout + proc.stderr)
             assert (out / "report.html").is_file() and json.loads((out / "monitor.json").read_text())["records"] == WINDOW
     assert verdicts["training"][0] == 0, verdicts["training"][1]
-    for kind in SHIFTS:
+    for kind in TESTED_SHIFTS:
         code, text = verdicts[kind]
         assert code == 1 and "DRIFT:" in text and "dvc exp run" in text, (kind, text)
-    assert "JPEG" in verdicts["jpeg"][1] and "thicker" in verdicts["thick"][1] and "wider" in verdicts["large"][1]
+    assert "JPEG" in verdicts["jpeg"][1] and "wider" in verdicts["large"][1]
 
     import mlflow
 
     runs = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db").search_runs(
         [mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db").get_experiment_by_name("polycolor-monitoring")
          .experiment_id])
-    assert len(runs) == 5 and {r.data.metrics["passed"] for r in runs} == {0.0, 1.0}
+    assert len(runs) == 3 and {r.data.metrics["passed"] for r in runs} == {0.0, 1.0}
     from evidently.ui.workspace import Workspace
 
     ws = Workspace(str(tmp_path / "workspace"))
     (project,) = ws.search_project(pmon.PROJECT)
-    assert len(ws.list_runs(project.id)) == 5
+    assert len(ws.list_runs(project.id)) == 3
 
     # docs/monitoring.md's screenshots, in a real browser: the JPEG case's report, and `evidently ui` on the workspace
     page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -1,7 +1,7 @@
 """`polycolor tune` (polycolor.tuning): tune.yaml refused in one line before anything is queued; end to end on the
-tiny preset with real DVC and real Optuna, a study of 4 trials at -j 2 killed after its first batch and continued
-(4 named experiments, none run twice, 4 training runs under one study run, --best agreeing with dvc exp show), and
-a trial the check stage refuses recorded FAIL while the other finishes."""
+tiny preset with real DVC and real Optuna, a study of 2 trials in batches of one killed after its first batch and
+continued (2 named experiments, none run twice, 2 training runs under one study run, --best agreeing with dvc exp
+show), and a batch of two at -j 2 where the trial the check stage refuses is recorded FAIL while the other finishes."""
 
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ def test_bad_tune_yaml_queues_nothing(project):
 def test_study_killed_after_a_batch_continues_and_links_every_run(project):
     root, env = project
     # trial 0 is params.yaml's own lr and l2; the fixed weight decay goes to every trial
-    config = {**GOOD, "study": "s", "fixed": {"train.weight_decay": 0.0}, "defaults_first": True}
+    config = {**GOOD, "study": "s", "trials": 2, "parallel": 1, "fixed": {"train.weight_decay": 0.0},
+              "defaults_first": True}
     defaults = yaml.safe_load((root / "params.yaml").read_text())
     (root / "s.yaml").write_text(yaml.safe_dump(config))
     first = subprocess.Popen([sys.executable, "-m", "polycolor.cli", "tune", "--config", "s.yaml"], cwd=root, env=env,
@@ -119,13 +120,13 @@ def test_study_killed_after_a_batch_continues_and_links_every_run(project):
     first.wait(timeout=60)
     assert any(s.startswith("batch 1:") for s in seen), "".join(seen)
     again = tune(root, env, config)
-    assert "batch" in again.stdout and "4 trials (4 complete, 0 failed)" in again.stdout, again.stdout
+    assert "batch" in again.stdout and "2 trials (2 complete, 0 failed)" in again.stdout, again.stdout
 
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{root / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4, "4 trials in all, none asked twice"
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2, "2 trials in all, none asked twice"
     assert study.trials[0].params == {"train.lr": defaults["train"]["lr"], "loss.l2": defaults["loss"]["l2"]}
     exps = experiments(root, env)
-    assert sorted(exps) == ["s-0", "s-1", "s-2", "s-3"] and {e["state"] for e in exps.values()} == {"success"}
+    assert sorted(exps) == ["s-0", "s-1"] and {e["state"] for e in exps.values()} == {"success"}
     assert {e["params"]["train"]["weight_decay"] for e in exps.values()} == {0.0}
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("polycolor").experiment_id
@@ -135,11 +136,11 @@ def test_study_killed_after_a_batch_continues_and_links_every_run(project):
     assert sorted(r.data.tags["dvc_exp_name"] for r in runs) == sorted(exps), "one training per experiment"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {study_run.info.run_id}
     assert {(r.data.tags["dvc_exp_name"], r.data.tags["polycolor.trial"]) for r in runs} == {
-        (f"s-{n}", str(n)) for n in range(4)}
+        (f"s-{n}", str(n)) for n in range(2)}
     assert study_run.data.tags["best.experiment"] == f"s-{study.best_trial.number}"
     assert study_run.data.metrics["best_value"] == pytest.approx(study.best_value)
     record = json.loads((root / "metrics" / "tune.json").read_text())  # what `polycolor report` renders
-    assert [t["number"] for t in record["trials"]] == [0, 1, 2, 3] and record["best"] == study.best_trial.number
+    assert [t["number"] for t in record["trials"]] == [0, 1] and record["best"] == study.best_trial.number
     assert record["trials"][0]["defaults"] and record["fixed"] == {"train.weight_decay": 0.0}
     assert all(t["metrics"]["net.val"] == pytest.approx(t["value"]) for t in record["trials"])
     plots = {a.path for a in client.list_artifacts(study_run.info.run_id, "plots")}

@@ -29,7 +29,7 @@ from polycolor.monitoring import log as plog
 from polycolor.monitoring.report import run_report
 from polycolor.monitoring.traffic import SHIFTS, traffic
 from polycolor.serving.pyfunc import encode_png
-from polycolor.stack import free_port
+from polycolor.stack import answers, free_port, wait_ready
 
 CLEAN_WINDOWS = 20
 WINDOW = 500
@@ -50,15 +50,7 @@ def serving_latency(package: Path, images: list[np.ndarray], colours: list[str],
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise PolycolorError(f"mlflow models serve did not start (see {out.name})") from None
-                time.sleep(0.5)
+        wait_ready("mlflow models serve", proc, Path(out.name), lambda: answers(f"{url}/ping"), 180)
         times = []
         for image, colour in zip(images, colours):
             body = json.dumps({"dataframe_split": {"columns": ["image", "colour"],

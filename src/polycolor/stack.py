@@ -47,7 +47,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -166,8 +165,18 @@ def _log_tail(log: Path) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
-def _wait_ready(name: str, proc: subprocess.Popen, log: Path, ready: Callable[[], bool], timeout: float) -> None:
-    """Poll `ready()` until it is true; fail naming the log when the process exits or `timeout` passes."""
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether GET `url` answers HTTP 200 within `timeout` s."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except OSError:  # refused, reset, timed out, HTTP errors (URLError and HTTPError are OSErrors)
+        return False
+
+
+def wait_ready(name: str, proc: subprocess.Popen, log: Path, ready: Callable[[], bool], timeout: float) -> None:
+    """Poll `ready()` until it is true; raise PolycolorError naming the log when the process exits or `timeout`
+    passes. The one way every server polycolor starts (the stack's, the benchmarks', the tests') is waited for."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -278,7 +287,7 @@ def _start_postgres(d: Path, logs: Path, timeout: float, port: int = 0) -> tuple
 
     service = _service("postgres", proc, log_path, signal.SIGINT, port)
     try:
-        _wait_ready(f"postgres (port {port})", proc, log_path, ready, timeout)
+        wait_ready(f"postgres (port {port})", proc, log_path, ready, timeout)
         for db in ((DB_NAME, AUTH_DB) if fresh else ()):
             done = subprocess.run([str(bindir / "createdb"), "-h", HOST, "-p", str(port), "-U", DB_USER, db],
                                   env=pg_env, capture_output=True, text=True, check=False)
@@ -365,7 +374,7 @@ def _start_s3(d: Path, logs: Path, timeout: float, port: int = 0) -> tuple[Servi
             return False
 
     try:
-        _wait_ready(f"S3 server (moto, port {port})", proc, log_path, ready, timeout)
+        wait_ready(f"S3 server (moto, port {port})", proc, log_path, ready, timeout)
         client.create_bucket(Bucket=BUCKET)
         _restore_bucket(client, d)
     except BaseException:
@@ -495,16 +504,9 @@ def _start_mlflow(d: Path, pg_port: int, s3_endpoint: str, passfile: Path, logs:
                        "--workers", str(workers), "--app-name", "basic-auth"], log, env)
     service = _service("mlflow", proc, log_path, signal.SIGTERM, port)
 
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
     try:
         # The first start creates MLflow's schema in PostgreSQL (its migrations): tens of seconds on 2 cores.
-        _wait_ready(f"mlflow server (port {port})", proc, log_path, ready, timeout)
+        wait_ready(f"mlflow server (port {port})", proc, log_path, lambda: answers(f"{uri}/health"), timeout)
     except BaseException:
         _stop_service(service)
         raise
