@@ -109,3 +109,14 @@ def test_the_rescale_factor_depends_on_seed_epoch_and_step_only():
     assert set(draws) == set(factors)
     assert rescale_factor((1.0,), 5, 5, 5) == 1.0
     assert np.isclose(np.mean([f == 2.0 for f in draws]), 1 / 3, atol=0.2)
+
+
+def test_the_in_place_neighbour_max_is_the_padded_one():
+    """_neighbour_max (views, no padding) gives the bytes of the max over _shifted's zero-padded neighbours."""
+    g = torch.Generator().manual_seed(0)
+    o = torch.rand(3, 1, 17, 23, generator=g)
+    seed = fill_mod.border(o) * torch.rand(3, 1, 17, 23, generator=g)
+    padded = seed
+    for dy, dx in fill_mod._OFFSETS:
+        padded = torch.maximum(padded, fill_mod._shifted(o, dy, dx))
+    assert torch.equal(fill_mod._neighbour_max(o, seed), padded)

@@ -24,7 +24,7 @@ from polycolor.nn.model import ConditionalUNet, composite
 from polycolor.nn.modelio import LoadedModel
 from polycolor.painting.canonical import canonicalise
 from polycolor.nn.model import to_size as to_model_size
-from polycolor.painting.painter import PAINTERS, paint, paint_net, painter
+from polycolor.painting.painter import PAINTERS, composited, net_masks, paint, paint_net, painter
 from polycolor.painting.snap import ink_mask, snap_to_outline
 
 
@@ -88,6 +88,25 @@ def test_painter_by_name(loaded: LoadedModel):
     assert np.array_equal(painter("painted", loaded, cfg)(x, colours), paint(loaded, x, colours, cfg))
     with pytest.raises(PolycolorError, match="painter must be one of net, painted, got 'crf'"):
         painter("crf", loaded, cfg)
+
+
+def test_one_run_of_the_net_paints_both_painters_to_the_same_bytes(loaded: LoadedModel):
+    """evaluate scores `net` and `painted` from one run of the net (net_masks, paint's net_masks): the bytes are those
+    of paint_net and paint, for a net of one size and one that paints at any size, at its size and off it, with
+    every post-processing setting."""
+    torch.manual_seed(1)
+    native = ConditionalUNet(ModelConfig(widths=(4, 8), work_size=16, native_width=4, fill=True), ("red",), 32).eval()
+    models = [loaded, LoadedModel(native, native.cfg, native.vocab, 32, {})]
+    settings = [PaintConfig(), PaintConfig(canonical="always", snap="always"), PaintConfig(flood_fill="off")]
+    for model in models:
+        for size in (32, 64):
+            x, colours = drawings(size)
+            masks = net_masks(model, x, colours)
+            _, rgb = encode_colours(colours, model.vocab, "rgb")
+            assert np.array_equal(composited(masks, rgb), paint_net(model, x, colours)), size
+            for cfg in settings:
+                assert np.array_equal(paint(model, x, colours, cfg, net_masks=masks), paint(model, x, colours, cfg)), \
+                    (size, cfg)
 
 
 # ------------------------------------------------------------------ ink detection: JPEG noise, anti-aliasing

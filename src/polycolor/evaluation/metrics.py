@@ -254,12 +254,16 @@ def breakdown(samples: pd.DataFrame, by: str | list[str]) -> pd.DataFrame:
     return table.reset_index()
 
 
-def latency_ms_p50(predict: Predictor, inputs: np.ndarray, colours: Sequence[str], samples: int = 5) -> float:
-    """Median milliseconds of predict() on one image (batch 1) over the first `samples` images, after a warm-up."""
+def latency_ms_p50(predict: Predictor, inputs: np.ndarray, colours: Sequence[str], samples: int = 3,
+                   warm_up: bool = True) -> float:
+    """Median milliseconds of predict() on one image (batch 1) over the first `samples` images, after a warm-up
+    call unless the caller has just run predict on these inputs (first-call allocations and lazy init are not
+    latency; the median drops one slow first call at a new batch shape)."""
     n = min(samples, len(inputs))
     if n == 0:
         raise ValueError("latency needs at least one image")
-    predict(inputs[:1], [colours[0]])  # warm-up: first-call allocations and lazy init are not latency
+    if warm_up:
+        predict(inputs[:1], [colours[0]])
     times = []
     for i in range(n):
         start = time.perf_counter()

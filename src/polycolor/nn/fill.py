@@ -37,9 +37,11 @@ MIN_LEVEL_SIDE = 16  # the coarsest level of the pyramid has a side of at least 
 
 def _shifted(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """t's value at (y + dy, x + dx) for every (y, x), 0 beyond the edge. t: (B, 1, H, W)."""
-    p = F.pad(t, (1, 1, 1, 1))
+    out = torch.zeros_like(t)  # contiguous, unlike a slice of a padded copy, so the ops on it run at full speed
     h, w = t.shape[-2:]
-    return p[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+    out[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)] = \
+        t[..., max(dy, 0):h - max(-dy, 0), max(dx, 0):w - max(-dx, 0)]
+    return out
 
 
 def border(like: torch.Tensor) -> torch.Tensor:
@@ -50,11 +52,19 @@ def border(like: torch.Tensor) -> torch.Tensor:
     return b
 
 
+def _neighbour_max(o: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """max(seed, o at the 4 neighbours) for o >= 0, (B, 1, H, W): _shifted's 0 beyond the edge changes no max of
+    values >= 0, so each neighbour is an in-place max over two views, with no padded copy (the fill's hot loop)."""
+    m = seed.clone()
+    torch.maximum(m[..., 1:, :], o[..., :-1, :], out=m[..., 1:, :])
+    torch.maximum(m[..., :-1, :], o[..., 1:, :], out=m[..., :-1, :])
+    torch.maximum(m[..., :, 1:], o[..., :, :-1], out=m[..., :, 1:])
+    torch.maximum(m[..., :, :-1], o[..., :, 1:], out=m[..., :, :-1])
+    return m
+
+
 def _step(o: torch.Tensor, open_: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    m = seed
-    for dy, dx in _OFFSETS:
-        m = torch.maximum(m, _shifted(o, dy, dx))
-    return torch.minimum(open_, m)
+    return torch.minimum(open_, _neighbour_max(o, seed))
 
 
 def _converge(o: torch.Tensor, open_: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
@@ -94,10 +104,7 @@ def _tree(o: torch.Tensor, open_: torch.Tensor, seed: torch.Tensor, depth_limit:
     A pass-through pixel's parent is a neighbour with the same o that is one step nearer a bottleneck: o repeats
     along a path, and a parent picked by value alone could form a cycle of equal values that never reaches the
     bottleneck. Pixels more than depth_limit steps from their bottleneck get no parent (no gradient)."""
-    m = seed
-    for dy, dx in _OFFSETS:
-        m = torch.maximum(m, _shifted(o, dy, dx))
-    bottleneck = open_ <= m
+    bottleneck = open_ <= _neighbour_max(o, seed)
     far = float(depth_limit + 1)
     depth = torch.where(bottleneck, 0.0, far).to(o.dtype)
     src = torch.full_like(o, -1.0)

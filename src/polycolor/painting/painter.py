@@ -81,9 +81,17 @@ def _snapped(masks: np.ndarray, batch: np.ndarray, loaded: LoadedModel, cfg: Pai
     return np.stack([snap_to_outline(m, k, gap_px, resized, cfg) for m, k in zip(masks, ink)])
 
 
+def shows_the_net_the_input(loaded: LoadedModel, h: int, w: int, cfg: PaintConfig) -> bool:
+    """Whether, at (h, w), `cfg` paints with the net's own masks of the input as it is: no canonical form and no
+    snapping at this size, so the only step after the net is the flood fill's choice."""
+    resized = runs_resized(loaded, h, w)
+    return not (cfg.canonical == "always" or (cfg.canonical == "resized" and resized)) \
+        and not (cfg.snap == "always" or (cfg.snap == "resized" and resized))
+
+
 @torch.no_grad()
 def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: PaintConfig = PaintConfig(),
-          batch_size: int = BATCH_SIZE) -> np.ndarray:
+          batch_size: int = BATCH_SIZE, net_masks: np.ndarray | None = None) -> np.ndarray:
     """Fill each outline with its colour: the `painted` painter.
 
     inputs: uint8 (N, H, W, 3) RGB outlines, any H, W; colours: N colour strings. Returns uint8 (N, H, W, 3).
@@ -97,6 +105,9 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
     - flood_fill ("clean"): on a clean, closed outline that the net's mask agrees with, the flood fill's exact mask
       replaces the net's (floodfill.flood_fill_wins); elsewhere the net's stays.
     With both off this is paint_net. The composite head's output is two-valued, white and the colour.
+    `net_masks`: the net's masks of these inputs (net_masks(), the `net` painter's), (N, H, W) bool, reused instead
+    of running the net again where the net is shown the inputs as they are (shows_the_net_the_input); the result is
+    the same bytes.
     """
     if inputs.ndim != 4 or inputs.shape[-1] != 3:
         raise PolycolorError(f"inputs must be (N, H, W, 3) RGB images, got shape {inputs.shape}")
@@ -104,6 +115,34 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
         raise PolycolorError(f"{len(inputs)} images but {len(colours)} colours")
     loaded.model.eval()
     idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
+    n, h, w, _ = inputs.shape
+    composite_head = loaded.config.head == "composite"
+    if composite_head and net_masks is not None and shows_the_net_the_input(loaded, h, w, cfg):
+        masks = net_masks.copy()
+    else:
+        masks, out = _paint_with_net(loaded, inputs, idx, rgb, cfg, batch_size)
+        if not composite_head:
+            return out
+    for i in range(n):
+        ff = flood_fill_wins(inputs[i], masks[i], cfg)
+        if ff is not None:
+            masks[i] = ff
+    return composited(masks, rgb, batch_size)
+
+
+def composited(masks: np.ndarray, rgb: torch.Tensor, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """The colours rgb (N, 3) painted over white through masks (N, H, W) bool: uint8 (N, H, W, 3)."""
+    out = np.empty((*masks.shape, 3), dtype=np.uint8)
+    for start in range(0, len(masks), batch_size):
+        sl = slice(start, start + batch_size)
+        out[sl] = tensor_to_images(composite(torch.from_numpy(masks[sl])[:, None].float(), rgb[sl]))
+    return out
+
+
+def _paint_with_net(loaded: LoadedModel, inputs: np.ndarray, idx: torch.Tensor, rgb: torch.Tensor, cfg: PaintConfig,
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The net's part of paint, canonical form and snapping included: (masks (N, H, W) bool, images uint8
+    (N, H, W, 3)); the composite head fills the masks, the tanh head the images."""
     n, h, w, _ = inputs.shape
     use_canonical = cfg.canonical == "always" or (cfg.canonical == "resized" and runs_resized(loaded, h, w))
     canon = [canonicalise(x, loaded.image_size, cfg) for x in inputs] if use_canonical else None
@@ -127,15 +166,19 @@ def paint(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], cfg: Pain
                     masks[i] = back
                 else:
                     out[i] = back
-    if composite_head:
-        for i in range(n):
-            ff = flood_fill_wins(inputs[i], masks[i], cfg)
-            if ff is not None:
-                masks[i] = ff
-        for start in range(0, n, batch_size):
-            sl = slice(start, start + batch_size)
-            out[sl] = tensor_to_images(composite(torch.from_numpy(masks[sl])[:, None].float(), rgb[sl]))
-    return out
+    return masks, out
+
+
+@torch.no_grad()
+def net_masks(loaded: LoadedModel, inputs: np.ndarray, colours: list[str],
+              batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """The composite head's masks (N, H, W) bool as the `net` painter paints them: paint_net's images are these
+    composited. For scoring both painters with one run of the net (paint's net_masks)."""
+    if loaded.config.head != "composite":
+        raise PolycolorError("net_masks needs the composite head (the tanh head paints images, not masks)")
+    idx, rgb = encode_colours(list(colours), loaded.vocab, loaded.config.colour_encoding)
+    loaded.model.eval()
+    return _paint_with_net(loaded, inputs, idx, rgb, NET_ONLY, batch_size)[0]
 
 
 def paint_net(loaded: LoadedModel, inputs: np.ndarray, colours: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -276,17 +277,11 @@ def check_package(path: Path, image_size: int) -> None:
 
     from polycolor.monitoring.log import ENV, OFF
 
-    previous = os.environ.get(ENV)
-    os.environ[ENV] = OFF  # the check's painting is not a prediction anyone asked for: it is not logged
-    try:
+    # The check's painting is not a prediction anyone asked for: it is not logged (the variable is restored after).
+    with mock.patch.dict(os.environ, {ENV: OFF}):
         model = mlflow.pyfunc.load_model(str(path))
         example = input_example(image_size)
         out = model.predict(example)
-    finally:
-        if previous is None:
-            del os.environ[ENV]
-        else:
-            os.environ[ENV] = previous
     if list(out.columns) != [pyfunc.OUTPUT_COLUMN] or len(out) != len(example):
         raise PolycolorError(f"package {path}: the pyfunc answered columns {list(out.columns)} x {len(out)} rows")
 

@@ -3,7 +3,7 @@
 The package stage passes the path of `pyfunc_entry.py` (beside this file) as `python_model`; MLflow copies that file
 into the model folder and executes it on load, where `mlflow.models.set_model` hands over a `PolycolorModel`. This
 module itself has no import side effects. The weights come in as the artifact
-`model` (models/model.pt), loaded with modelio.load_model (torch.load weights_only=True).
+`model` (models/model.pt), read once with modelio.load_payload (torch.load weights_only=True).
 
 Wire format (one row per image):
   input:  DataFrame with columns `image` (base64-encoded PNG, any size and mode) and `colour` (name or #rrggbb);
@@ -26,6 +26,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from polycolor.config.paint import PaintConfig
@@ -120,13 +121,15 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
         from polycolor.serving import registry
 
         path = context.artifacts[MODEL_ARTIFACT]
-        self.loaded = modelio.load_model(path)
+        payload = modelio.load_payload(path)  # read once: the model and the registry's digest below both need it
+        self.loaded = modelio.model_from_payload(payload, path)
+        self.loaded.model.to(memory_format=torch.channels_last)  # NHWC weights, as modelio.load_model gives them
         config = context.model_config or {}
         self.max_pixels = int(config.get(MAX_PIXELS_KEY, MAX_PIXELS_DEFAULT))
         self.paint = paint_from_model_config(config, "the package")
         # Every painting is logged (monitoring.log; $POLYCOLOR_PREDICTION_LOG=off turns it off), keyed on the
         # registry's content hash of this package, so `polycolor monitor` finds the version and its reference.
-        digest = registry.package_digest(modelio.load_payload(path), config.get(registry.PAINT_KEY) or {})
+        digest = registry.package_digest(payload, config.get(registry.PAINT_KEY) or {})
         reference = context.artifacts.get(REFERENCE_ARTIFACT)
         self.watch = watch_for("serve", str(config.get(NAME_KEY, "")), "", digest,
                                Path(reference) if reference else None, parse_monitor(config.get(MONITOR_KEY)))
