@@ -35,7 +35,7 @@ class PaintConfig:
     snap_share: float = 0.25  # a region the net paints on <= this share is cleared, on >= 1 - this filled
     enclosed_share: float = 0.75  # a painted blob whose border is at least this much outline is an interior
     flood_fill: str = "clean"  # off | clean: on a clean, closed outline the net agrees with, paint the flood fill
-    agree_iou: float = 0.9  # the least IoU of the net's mask and the flood fill's for the flood fill to be used
+    agree_iou: float = 0.85  # the least IoU of the net's mask and the flood fill's for the flood fill to be used
     noise_share: float = 0.005  # an input with more near-white (noisy) pixels than this share is not clean
 
     def __post_init__(self) -> None:
