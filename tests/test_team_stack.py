@@ -1,8 +1,8 @@
 """polycolor against the team stack, all started for real on loopback (conftest.team_stack): PostgreSQL as MLflow's
 store, moto's S3 server as the artifact store, `mlflow server` proxying artifacts. The tiny preset runs through
 `dvc exp run` with MLFLOW_TRACKING_URI=http://127.0.0.1:PORT and no S3 credentials in its environment; its run,
-images and model must land on the server and in the bucket; promotion, prediction from the registry and a
-queued experiment go through the same server, logged in as the pipeline's user (the server runs MLflow's
+images and model must land on the server and in the bucket (it runs queued, in a temporary copy); promotion and
+prediction from the registry go through the same server, logged in as the pipeline's user (the server runs MLflow's
 basic auth). Also: `polycolor stack up` / `down`, the documented commands, on a second stack: `up` restarts a
 PostgreSQL killed with SIGKILL on its data, without losing a finished run; `down` keeps the data for the next
 `up`; `down --purge` discards it."""
@@ -55,12 +55,16 @@ def bucket_keys(team_stack, prefix: str) -> list[str]:
 
 
 def test_tiny_preset_lands_on_the_server_and_in_the_object_store(project, team_stack):
+    """The tiny preset as a queued experiment: it runs in a temporary copy under .dvc/tmp/exps, and the server's URI
+    and login still reach it (two workers at once into one store: tests/test_pipeline.py, on sqlite, the store that
+    needs the care); `dvc exp apply` brings its outputs into the workspace for the promotion test below."""
     root, env = project
     preset = sh([sys.executable, "-m", "polycolor.cli", "preset", "tiny"], root, env).stdout.split()
-    sh([sys.executable, "-m", "dvc", "exp", "run", "-n", "stack-tiny", *preset, "-S", f"train.epochs={EPOCHS}"],
-       root, env)
+    run_queue(root, env, [["-n", "stack-tiny", *preset, "-S", f"train.epochs={EPOCHS}"]], jobs=1)
+    sh([sys.executable, "-m", "dvc", "exp", "apply", "stack-tiny"], root, env)
     assert not (root / "mlflow.db").exists(), "the run must go to the server, not the local sqlite store"
     assert not (root / "mlartifacts").exists(), "artifacts must go through the server, not to a local folder"
+    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db")), "the queued run fell back to a local store"
 
     c = client(team_stack)
     info = json.loads((root / "metrics/run.json").read_text())
@@ -107,27 +111,6 @@ def test_promote_then_predict_from_the_server_registry(project, team_stack, tmp_
         "--data", str(val), "--output", str(out)], root, env)
     expected = len(json.loads((val / "data.json").read_text()))
     assert len(list(out.glob("*.png"))) == expected
-
-
-def test_a_queued_experiment_lands_on_the_server(project, team_stack):
-    """A queued experiment runs in a temporary copy under .dvc/tmp/exps: the server's URI and login still reach it.
-    (Two workers at once into one store: tests/test_pipeline.py, on sqlite, the store that needs the care.)"""
-    root, env = project
-    c = client(team_stack)
-    exp_id = c.get_experiment_by_name("polycolor").experiment_id
-    before = {r.info.run_id for r in c.search_runs([exp_id])}
-    run_queue(root, env, [["-n", "stack-q0", "-S", "train.lr=0.002"]], jobs=1)
-    runs = [r for r in c.search_runs([exp_id]) if r.info.run_id not in before]
-    training = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # each has one evaluation run below it
-    assert [r.info.run_name for r in training] == ["stack-q0"]
-    assert len(runs) == 2, [r.info.run_name for r in runs]
-    for r in runs:
-        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
-    for r in training:
-        (evaluation,) = [e for e in runs if e.data.tags.get("mlflow.parentRunId") == r.info.run_id]
-        assert "val.net.psnr_mean" in evaluation.data.metrics
-        assert len(c.search_model_versions(f"run_id = '{r.info.run_id}'")) == 1
-    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db")), "a queued run fell back to a local store"
 
 
 def test_stack_up_restarts_a_dead_service_down_keeps_the_data_purge_discards_it(tmp_path):
