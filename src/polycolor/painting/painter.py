@@ -69,12 +69,18 @@ def _net(loaded: LoadedModel, batch: np.ndarray, idx: torch.Tensor, rgb: torch.T
     return (logits[:, 0] > 0).cpu().numpy()  # (b, h, w)
 
 
+def _step_on(mode: str, resized: bool) -> bool:
+    """Whether a post-processing step set to `mode` (off | resized | always: paint.canonical, paint.snap) runs on an
+    input the net paints at another size (`resized`, runs_resized) or at its own."""
+    return mode == "always" or (mode == "resized" and resized)
+
+
 def _snapped(masks: np.ndarray, batch: np.ndarray, loaded: LoadedModel, cfg: PaintConfig) -> np.ndarray:
     """The net's masks (b, h, w) bool snapped to the outlines of `batch` uint8 (b, h, w, 3) as cfg.snap says:
     always, only when the net ran at another size than the batch's (`resized`), or never."""
     h, w = batch.shape[1:3]
     resized = runs_resized(loaded, h, w)
-    if cfg.snap == "off" or (cfg.snap == "resized" and not resized):
+    if not _step_on(cfg.snap, resized):
         return masks
     ink = ink_mask(batch, cfg.ink_threshold)  # (b, h, w)
     gap_px = gap_px_at(h, w, loaded.image_size, cfg.gap_px)
@@ -85,8 +91,7 @@ def shows_the_net_the_input(loaded: LoadedModel, h: int, w: int, cfg: PaintConfi
     """Whether, at (h, w), `cfg` paints with the net's own masks of the input as it is: no canonical form and no
     snapping at this size, so the only step after the net is the flood fill's choice."""
     resized = runs_resized(loaded, h, w)
-    return not (cfg.canonical == "always" or (cfg.canonical == "resized" and resized)) \
-        and not (cfg.snap == "always" or (cfg.snap == "resized" and resized))
+    return not _step_on(cfg.canonical, resized) and not _step_on(cfg.snap, resized)
 
 
 @torch.no_grad()
@@ -144,7 +149,7 @@ def _paint_with_net(loaded: LoadedModel, inputs: np.ndarray, idx: torch.Tensor, 
     """The net's part of paint, canonical form and snapping included: (masks (N, H, W) bool, images uint8
     (N, H, W, 3)); the composite head fills the masks, the tanh head the images."""
     n, h, w, _ = inputs.shape
-    use_canonical = cfg.canonical == "always" or (cfg.canonical == "resized" and runs_resized(loaded, h, w))
+    use_canonical = _step_on(cfg.canonical, runs_resized(loaded, h, w))
     canon = [canonicalise(x, loaded.image_size, cfg) for x in inputs] if use_canonical else None
     images = [c.image for c in canon] if canon is not None else list(inputs)  # what the net is shown
     composite_head = loaded.config.head == "composite"
