@@ -325,3 +325,38 @@ def test_a_version_whose_artifacts_were_swapped_is_refused_by_predict_and_rollba
         assert err.count("\n") == 0 and err.startswith(f"error: refusing polycolor version {version}") \
             and "hash to" in err and "promote --rollback" in err, (args, err)
     assert champion() == v2 and registry.champion_history("polycolor") == [v1, v2], "a refused rollback moves nothing"
+
+
+def test_a_deleted_champion_is_refused_by_predict_and_rollback_restores_the_newest_that_exists(store, capsys):
+    """Issue 28: deleting the champion's version takes @champion with it. `predict` without --model then says so in
+    one line, instead of painting quietly with package/, and `promote --rollback` restores the newest version of
+    the history that still exists."""
+    import mlflow
+    from PIL import Image
+
+    from polycolor.serving import package
+
+    v1 = add_version(31.0)
+    assert cli("promote") == 0 and champion() == v1
+    v2 = add_version(32.0)
+    assert cli("promote") == 0 and champion() == v2
+    mlflow.MlflowClient().delete_model_version("polycolor", v2)
+    assert champion() is None and registry.champion_history("polycolor") == [v1, v2]
+    Image.fromarray(package.example_outline(32)).save(store / "in.png")
+    predict = ("predict", "--input", str(store / "in.png"), "--colour", "red", "--output", str(store / "o.png"))
+    capsys.readouterr()
+    assert cli(*predict) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: registered model 'polycolor' has no @champion") \
+        and f"version {v2} was its last" in err and "promote --rollback" in err, err
+    assert not (store / "o.png").exists(), "nothing painted"
+    assert cli("promote", "--rollback") == 0
+    assert champion() == v1 and registry.champion_history("polycolor") == [v1]
+    assert "restored version" in version_tags(v1)[registry.REASON_TAG]
+    capsys.readouterr()
+    assert cli(*predict) == 0
+    assert f"model: models:/polycolor@champion (version {v1}," in capsys.readouterr().err
+    mlflow.MlflowClient().delete_model_version("polycolor", v1)
+    assert cli("promote", "--rollback") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no previous champion recorded that still exists" in err, err

@@ -69,7 +69,9 @@ def is_mlflow_uri(ref: str) -> bool:
 
 
 def champion_uri(registered_model: str) -> str | None:
-    """models:/<name>@champion when the tracking store exists and has that alias, else None."""
+    """models:/<name>@champion when the tracking store exists and has that alias, else None. A registry whose
+    champion history names versions but which has no @champion lost it (its version was deleted): that is refused,
+    since falling back to package/ would paint with another model than the one the team serves."""
     from polycolor.tracking.store import configure
 
     if registry.missing_store() is not None:
@@ -77,8 +79,13 @@ def champion_uri(registered_model: str) -> str | None:
     configure()
     try:
         has = registry.CHAMPION in registry.aliases(registered_model)
+        history = [] if has else registry.champion_history(registered_model)
     except PolycolorError:  # no such registered model: there is no champion
         return None
+    if history:
+        raise PolycolorError(f"registered model {registered_model!r} has no @champion, though version {history[-1]} "
+                             "was its last (deleted, or the alias removed): restore the newest champion that exists "
+                             "(polycolor promote --rollback), or pass --model package to paint with package/")
     return CHAMPION_URI.format(name=registered_model) if has else None
 
 

@@ -414,11 +414,14 @@ def rollback(name: str) -> Decision:
 
 
 def _rollback(name: str, champ: str | None) -> Decision:
+    """With no @champion (its version was deleted, which takes the alias with it) the history still names the
+    versions that served: the newest of them that still exists comes back."""
     from mlflow.exceptions import MlflowException
 
-    if champ is None:
-        raise PolycolorError(f"registered model {name!r} has no @champion to roll back")
     history = champion_history(name)
+    if champ is None and not history:
+        raise PolycolorError(f"registered model {name!r} has no @champion to roll back, and no earlier champion "
+                             "in its history: promote a version (polycolor promote --version N)")
     while history and history[-1] == champ:
         history.pop()
     client = _client()
@@ -431,13 +434,18 @@ def _rollback(name: str, champ: str | None) -> Decision:
                 raise
             history.pop()
     if not history:
-        raise PolycolorError(f"registered model {name!r}: no previous champion recorded before version {champ}")
+        before = f"before version {champ}" if champ is not None else "that still exists"
+        raise PolycolorError(f"registered model {name!r}: no previous champion recorded {before}")
     target = history[-1]
     verify_package(name, target_mv)  # the registry's own hash decides: a swapped version never comes back
     _pause_before_write()
     _set_champion(name, target, history)
-    reason = f"rolled back from version {champ} to version {target}"
-    _record(name, champ, "rolled_back", reason)
+    if champ is None:
+        reason = f"restored version {target}: the @champion was gone (its version deleted)"
+        _record(name, target, "rolled_back", reason)
+    else:
+        reason = f"rolled back from version {champ} to version {target}"
+        _record(name, champ, "rolled_back", reason)
     return Decision(name, target, champ, target, "rolled_back", reason)
 
 
