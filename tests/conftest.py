@@ -174,18 +174,16 @@ def run_queue(root: Path, env: dict, experiments: list[list[str]], jobs: int = 2
 
 # `make test` runs the suite on pytest-xdist workers (`-n 2 --dist loadgroup`): most of a serial run waits on
 # processes and servers starting, not on the CPU. A test file runs whole on one worker, since its module fixtures
-# (a tiny project that has run the pipeline) serve tests that read what earlier ones left. The files that start
-# PostgreSQL share one worker: the session's `team_stack` then starts once, and two stacks never race as root to
-# create the system user polycolor-pg.
+# (a tiny project that has run the pipeline) serve tests that read what earlier ones left. The tests on the team
+# stack share one worker, wherever they are: the session's `team_stack` then starts once, and two stacks never race
+# as root to create the system user polycolor-pg. (No test on the stack reads what a test off it left.)
 STACK_FILES = {"test_reliability_round3_stack.py", "test_team_stack.py", "test_stack.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    stack_files = set(STACK_FILES)
-    stack_files.update(item.path.name for item in items if "team_stack" in getattr(item, "fixturenames", ()))
     for item in items:
-        group = "stack" if item.path.name in stack_files else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+        on_stack = "team_stack" in getattr(item, "fixturenames", ()) or item.path.name in STACK_FILES
+        item.add_marker(pytest.mark.xdist_group("stack" if on_stack else item.path.name))
 
 
 # ------------------------------------------------------------------------------------------- the team stack
