@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# pytest-xdist workers: a test file runs whole on one of them (tests/conftest.py says why); 1 runs the suite serially.
+# pytest-xdist workers for `make test`: a test file runs whole on one of them (tests/conftest.py says why); 1 runs
+# the suite serially. `make test-fast` is all CPU, where workers only add their start-up: it runs serially.
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
@@ -28,7 +29,7 @@ test: $(STAMP)
 
 # Unit tests only (seconds): skips the end-to-end tests marked slow.
 test-fast: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(XDIST) -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/polycolor bench
