@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, tree_digest
+from conftest import REPO, TINY, tree_digest
 from helpers import format_problems
 
 from polycolor.config.data import AugmentConfig, IngestConfig
@@ -120,6 +120,26 @@ def test_augment_dataset_layout_counts_and_reproducibility(tmp_path, tiny_datase
     augment.augment_dataset(tiny_dataset, tmp_path / "c", cfg, seed=1)
     assert tree_digest(tmp_path / "c") != tree_digest(tmp_path / "a")
 
+
+
+def test_augment_writes_the_same_bytes_on_any_number_of_workers(tmp_path):
+    """augment.workers spreads the copies over processes: 1, 2 and 3 workers write the same files, byte for byte,
+    and the same grid and count of affine draws dropped (40 samples: three tasks of data.workers.CHUNK)."""
+    from dataclasses import replace
+
+    from polycolor.data.ingest import ingest
+
+    ingest(replace(TINY, train_samples=40, val_samples=2, workers=1), 0, tmp_path / "data")
+    results, digests = {}, {}
+    for workers in (1, 2, 3):
+        results[workers] = augment.augment_dataset(tmp_path / "data", tmp_path / f"w{workers}",
+                                                   AugmentConfig(copies=2, workers=workers), seed=0)
+        digests[workers] = tree_digest(tmp_path / f"w{workers}")
+    assert digests[1] == digests[2] == digests[3]
+    assert len(digests[1]) == 2 * 40 * 3 + 2, "originals and two copies of each, data.json, the manifest"
+    for workers in (2, 3):
+        assert np.array_equal(results[workers].grid, results[1].grid)
+        assert results[workers].affine_dropped == results[1].affine_dropped
 
 def test_zero_copies_keeps_only_the_originals(tmp_path, tiny_dataset):
     res = augment.augment_dataset(tiny_dataset, tmp_path / "a", AugmentConfig(copies=0), seed=0)

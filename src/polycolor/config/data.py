@@ -50,9 +50,11 @@ class IngestConfig:
     vertex_gap_fraction: float = 0.0  # share of the gappy outlines whose gaps are cut at vertices (corners cut off)
     downscale_fraction: float = 0.0  # pairs drawn at a factor x the size, then min-pooled down (as the painter does)
     downscale_factors: tuple[int, ...] = (2, 4)  # the factor, one of these per sample
+    workers: int = 0  # processes drawing the synthetic pairs (0: every core); the bytes are the same for any
 
     def validate(self) -> None:
         _check(self.image_size >= 16, "ingest.image_size", self.image_size, "must be >= 16")
+        _check(self.workers >= 0, "ingest.workers", self.workers, "must be >= 0 (0: every core)")
         _check(self.train_samples >= 1, "ingest.train_samples", self.train_samples, "must be >= 1")
         _check(self.val_samples >= 1, "ingest.val_samples", self.val_samples, "must be >= 1")
         _check(len(self.shapes) > 0, "ingest.shapes", self.shapes, "must name at least one shape")
@@ -104,6 +106,7 @@ class AugmentConfig:
     degrees: float = 30.0  # affine rotation range +-degrees
     scale: tuple[float, float] = (0.8, 1.15)  # affine scale range
     translate: float = 0.1  # affine translation, fraction of the side
+    workers: int = 0  # processes augmenting (0: every core); the bytes are the same for any
 
     def validate(self) -> None:
         _check(self.copies >= 0, "augment.copies", self.copies, "must be >= 0")
@@ -112,6 +115,7 @@ class AugmentConfig:
         _check(0.0 <= self.degrees <= 180.0, "augment.degrees", self.degrees, "must be in [0, 180]")
         _range(self.scale, "augment.scale", 0.1, 4.0)
         _check(0.0 <= self.translate <= 0.5, "augment.translate", self.translate, "must be in [0, 0.5]")
+        _check(self.workers >= 0, "augment.workers", self.workers, "must be >= 0 (0: every core)")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ input pixel it samples with element-wise float64 arithmetic snapped to a fixed g
 (polycolor.data.coords), then gathers it by numpy indexing. No torch float kernel, BLAS or matmul is on the way.
 
 Each augmented copy is seeded on its own (from seed, sample index and copy number), so results are byte-identical
-between runs and do not depend on the order or on any global random state.
+between runs and do not depend on the order, on any global random state, or on how many processes write them
+(`augment.workers`, data.workers).
 
 The affine step draws its translation (and, if needed, shrinks its scale) so that the polygon stays inside the
 frame (in_frame_affine). A draw is still rejected and redrawn when it
@@ -26,7 +27,7 @@ exact steps (flips and 90-degree turns), which move pixels without resampling an
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from skimage.measure import label
 from polycolor.config.data import AugmentConfig
 from polycolor.data import ayna
 from polycolor.data.coords import nearest_pixel, rotate, snap
+from polycolor.data.workers import ordered_map
 from polycolor.images import WHITE, painted_mask, tile_grid
 
 MAX_TRIES = 10
@@ -185,24 +187,35 @@ class Augmenter:
         return x, y, False
 
 
-@dataclass
-class AugmentedPair:
-    index: int  # the source sample's entry in data.json
-    copy: int  # 1..copies
-    input: np.ndarray  # (H, W, 3) uint8
-    target: np.ndarray  # (H, W, 3) uint8
-    affine: bool  # False when every affine draw failed the checks and only flips/90-degree turns were applied
+@dataclass(frozen=True)
+class _Job:
+    """One training sample's copies, for a worker: what it reads, where the copies go, and whether the grid shows
+    them (then the first copy comes back as arrays; otherwise only names travel between processes)."""
+
+    sample: ayna.Sample
+    index: int
+    cfg: AugmentConfig
+    seed: int
+    max_tries: int
+    dst: Path
+    shown: bool
 
 
-def iter_augmented(samples: Sequence[ayna.Sample], cfg: AugmentConfig, seed: int,
-                   max_tries: int = MAX_TRIES) -> Iterator[AugmentedPair]:
-    """Decode each sample and yield its `cfg.copies` augmented copies, one pair at a time (memory stays small)."""
-    augmenter = Augmenter(cfg, max_tries)
-    for j, s in enumerate(samples):
-        inp, tgt = ayna.load_image(s.input_path), ayna.load_image(s.output_path)
-        for k in range(1, cfg.copies + 1):
-            a_inp, a_tgt, affine = augmenter(inp, tgt, pair_seed(seed, j, k))
-            yield AugmentedPair(j, k, a_inp, a_tgt, affine)
+def _augment_sample(job: _Job) -> tuple[list[tuple[int, str, str, bool]], list[np.ndarray] | None]:
+    """Write every copy of one sample: ([(copy, input name, output name, affine used)], grid tiles or None). A pure
+    function of the job (each copy seeded by pair_seed), run by any worker."""
+    augmenter = Augmenter(job.cfg, job.max_tries)
+    inp, tgt = ayna.load_image(job.sample.input_path), ayna.load_image(job.sample.output_path)
+    written, tiles = [], None
+    for k in range(1, job.cfg.copies + 1):
+        a_inp, a_tgt, affine = augmenter(inp, tgt, pair_seed(job.seed, job.index, k))
+        a_in, a_out = augmented_names(job.sample, job.index, k)
+        ayna.write_png(job.dst / ayna.INPUTS / a_in, a_inp)
+        ayna.write_png(job.dst / ayna.OUTPUTS / a_out, a_tgt)
+        written.append((k, a_in, a_out, affine))
+        if k == 1 and job.shown:
+            tiles = [a_inp, a_tgt]
+    return written, tiles
 
 
 def augmented_names(sample: ayna.Sample, index: int, copy: int) -> tuple[str, str]:
@@ -246,19 +259,18 @@ def augment_dataset(data_dir: str | Path, out_dir: str | Path, cfg: AugmentConfi
     show = set(np.linspace(0, len(samples) - 1, min(grid_rows, len(samples))).round().astype(int).tolist())
     grid_tiles: dict[int, list[np.ndarray]] = {}
     dropped = 0
-    for pair in iter_augmented(samples, cfg, seed, max_tries):
-        s = samples[pair.index]
-        a_in, a_out = augmented_names(s, pair.index, pair.copy)
-        ayna.write_png(dst / ayna.INPUTS / a_in, pair.input)
-        ayna.write_png(dst / ayna.OUTPUTS / a_out, pair.target)
-        in_names.append(a_in)
-        out_names.append(a_out)
-        colours.append(s.colour)
-        row, = ayna.manifest_rows(SPLIT, [s.colour], rgb[pair.index:pair.index + 1], [s.shape], [a_in], [a_out])
-        rows.append({**row, "copy": pair.copy})
-        dropped += not pair.affine
-        if pair.copy == 1 and pair.index in show:
-            grid_tiles[pair.index] = [pair.input, pair.target]
+    jobs = (_Job(s, j, cfg, seed, max_tries, dst, j in show) for j, s in enumerate(samples))
+    for j, (written, tiles) in enumerate(ordered_map(_augment_sample, jobs, cfg.workers)):  # in the samples' order
+        s = samples[j]
+        for k, a_in, a_out, affine in written:
+            in_names.append(a_in)
+            out_names.append(a_out)
+            colours.append(s.colour)
+            row, = ayna.manifest_rows(SPLIT, [s.colour], rgb[j:j + 1], [s.shape], [a_in], [a_out])
+            rows.append({**row, "copy": k})
+            dropped += not affine
+        if tiles is not None:
+            grid_tiles[j] = tiles
     ayna.write_data_json(dst, colours, in_names, out_names)
     manifest = ayna.write_manifest(Path(out_dir) / ayna.MANIFEST, rows)
 

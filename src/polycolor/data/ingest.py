@@ -1,6 +1,7 @@
 """Build data/dataset: the training and validation splits in the Ayna layout, plus manifest.csv.
 
-Two sources (ingest.source): `synthetic` draws pairs with polycolor.data.synth (seeded, no network, no shared files);
+Two sources (ingest.source): `synthetic` draws pairs with polycolor.data.synth (seeded, no network, no shared files;
+`ingest.workers` processes draw and write them, the same bytes for any number);
 anything else is a folder or .zip in the Ayna layout, every sample of which is validated, converted to RGB and
 resized (nearest) to ingest.image_size before it is written again.
 """
@@ -18,23 +19,32 @@ import pandas as pd
 
 from polycolor.config.data import IngestConfig
 from polycolor.data import ayna, synth
+from polycolor.data.workers import ordered_map
 from polycolor.errors import PolycolorError
 
 SPLITS = ("training", "validation")
 # Independent random streams per use of the global seed: np.random.default_rng([seed, stream]).
 SEED_STREAMS = {"training": 0, "validation": 1}  # evaluate's out-of-distribution set should use another, e.g. 2
-def _write_synthetic_split(split_dir: Path, specs: list[synth.PolygonSpec], image_size: int) -> tuple[list, list]:
-    """Render and write each pair as it is drawn, so memory stays small at any sample count."""
+def _render_pair(job: tuple[Path, int, synth.PolygonSpec, int]) -> tuple[str, str]:
+    """Draw pair i of a split and write its two PNGs: (input name, output name). A pure function of the job, run by
+    any worker."""
+    split_dir, i, spec, image_size = job
+    inp, tgt = synth.render(spec, image_size)
+    in_name, out_name = synth.file_names(i, spec)
+    ayna.write_png(split_dir / ayna.INPUTS / in_name, inp)
+    ayna.write_png(split_dir / ayna.OUTPUTS / out_name, tgt)
+    return in_name, out_name
+
+
+def _write_synthetic_split(split_dir: Path, specs: list[synth.PolygonSpec], image_size: int,
+                           workers: int = 1) -> tuple[list, list]:
+    """Render and write each pair as it is drawn, on `workers` processes (ingest.workers), so memory stays small at
+    any sample count; the names come back in the specs' order."""
     (split_dir / ayna.INPUTS).mkdir(parents=True)
     (split_dir / ayna.OUTPUTS).mkdir(parents=True)
-    input_names, output_names = [], []
-    for i, spec in enumerate(specs):
-        inp, tgt = synth.render(spec, image_size)
-        in_name, out_name = synth.file_names(i, spec)
-        ayna.write_png(split_dir / ayna.INPUTS / in_name, inp)
-        ayna.write_png(split_dir / ayna.OUTPUTS / out_name, tgt)
-        input_names.append(in_name)
-        output_names.append(out_name)
+    jobs = ((split_dir, i, spec, image_size) for i, spec in enumerate(specs))
+    names = list(ordered_map(_render_pair, jobs, workers))
+    input_names, output_names = [n[0] for n in names], [n[1] for n in names]
     ayna.write_data_json(split_dir, [s.colour for s in specs], input_names, output_names)
     return input_names, output_names
 
@@ -45,7 +55,7 @@ def ingest_synthetic(cfg: IngestConfig, seed: int, out_dir: Path) -> list[dict]:
     for split, n in (("training", cfg.train_samples), ("validation", cfg.val_samples)):
         rng = np.random.default_rng([seed, SEED_STREAMS[split]])
         specs = synth.sample_specs(cfg, n, rng)
-        input_names, output_names = _write_synthetic_split(out_dir / split, specs, cfg.image_size)
+        input_names, output_names = _write_synthetic_split(out_dir / split, specs, cfg.image_size, cfg.workers)
         rgb = np.array([s.rgb for s in specs], dtype=np.uint8).reshape(-1, 3)
         rows += ayna.manifest_rows(split, [s.colour for s in specs], rgb, [s.shape for s in specs],
                               input_names, output_names)
