@@ -360,3 +360,39 @@ def test_a_deleted_champion_is_refused_by_predict_and_rollback_restores_the_newe
     assert cli("promote", "--rollback") == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no previous champion recorded that still exists" in err, err
+
+
+def test_the_pyfunc_refuses_at_load_weights_that_no_version_records(store, monkeypatch):
+    """Issue 28: MLflow's own load of a registered version (`mlflow models serve -m models:/...` loads the same way)
+    asks the registry: weights swapped in the artifact store after registration are refused before anything is
+    served, in one line naming the hash and the way back; the untouched version loads. Without a store to ask, a
+    package still loads."""
+    import mlflow
+    from test_package import tiny_model
+
+    from polycolor.monitoring.log import ENV, OFF
+    from polycolor.nn import modelio
+    from polycolor.serving import package
+
+    monkeypatch.setenv(ENV, OFF)
+    (store / "named").mkdir()
+    model = tiny_model(store / "named" / "model.pt")  # the artifact is named after the file: artifacts/model.pt
+    loaded = modelio.load_model(model)
+    with mlflow.start_run(experiment_id=ensure_experiment("polycolor-test")) as run:
+        pass
+    card = package.model_card(loaded, name="polycolor", run_info={}, run_params={}, eval_metrics={})
+    info = package.log_to_run(mlflow.MlflowClient().get_run(run.info.run_id), model, card, loaded.image_size, 10_000,
+                              watching=package.Watching("polycolor"))
+    digest = registry.package_digest(modelio.load_payload(model), dataclasses.asdict(PaintConfig()))
+    mv = registry.register_version("polycolor", info.model_uri, tags={registry.CONTENT_TAG: digest})
+    uri = f"models:/polycolor/{mv.version}"
+    assert mlflow.pyfunc.load_model(uri) is not None, "the version as registered loads"
+    source = mlflow.MlflowClient().get_model_version_download_uri("polycolor", mv.version).removeprefix("file://")
+    tiny_model(Path(source) / registry.WEIGHTS, paint_everything=False)  # other weights, validly self-hashed
+    with pytest.raises(registry.UnregisteredContent) as e:
+        mlflow.pyfunc.load_model(uri)
+    said = str(e.value)
+    assert "\n" not in said and said.startswith("refusing to serve: this package's weights and paint section hash") \
+        and "which no version of 'polycolor'" in said and "promote --rollback" in said, said
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'elsewhere' / 'mlflow.db'}")  # no store there
+    assert mlflow.pyfunc.load_model(source) is not None, "with no registry to ask, it loads"

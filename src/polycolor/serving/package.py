@@ -278,7 +278,7 @@ def check_package(path: Path, image_size: int) -> None:
     from polycolor.monitoring.log import ENV, OFF
 
     # The check's painting is not a prediction anyone asked for: it is not logged (the variable is restored after).
-    with mock.patch.dict(os.environ, {ENV: OFF}):
+    with mock.patch.dict(os.environ, {ENV: OFF, registry.UNREGISTERED_ENV: "1"}):  # not registered yet
         model = mlflow.pyfunc.load_model(str(path))
         example = input_example(image_size)
         out = model.predict(example)
@@ -292,7 +292,9 @@ def save_package(out_dir: Path, model_path: Path, card: dict[str, Any], image_si
     """mlflow.pyfunc.save_model into `out_dir` (must not exist yet), the card also at its top level, then check it."""
     import mlflow
 
-    with tempfile.TemporaryDirectory(prefix="polycolor-card-") as tmp:
+    # MLflow loads the model to check its input example: a package not registered yet
+    with tempfile.TemporaryDirectory(prefix="polycolor-card-") as tmp, \
+            mock.patch.dict(os.environ, {registry.UNREGISTERED_ENV: "1"}):
         card_files = write_card(card, Path(tmp))
         mlflow.pyfunc.save_model(path=str(out_dir), **pyfunc_spec(model_path, card_files, image_size, max_pixels,
                                                                     paint, watching))
@@ -316,7 +318,9 @@ def log_to_run(run: Any, model_path: Path, card: dict[str, Any], image_size: int
 
     logged = with_retry(mlflow.initialize_logged_model, name=LOGGED_MODEL_NAME, source_run_id=run.info.run_id,
                         experiment_id=run.info.experiment_id, params=dict(run.data.params))
-    with tempfile.TemporaryDirectory(prefix="polycolor-card-") as tmp:
+    # MLflow loads the model to check its input example: a package not registered yet
+    with tempfile.TemporaryDirectory(prefix="polycolor-card-") as tmp, \
+            mock.patch.dict(os.environ, {registry.UNREGISTERED_ENV: "1"}):
         card_files = write_card(card, Path(tmp))
         info = with_retry(Model.log, artifact_path=None, name=LOGGED_MODEL_NAME, flavor=mlflow.pyfunc,
                           run_id=run.info.run_id, model_id=logged.model_id,

@@ -11,7 +11,8 @@ Wire format (one row per image):
           model_config) or "net" (the network's own output);
   output: DataFrame with column `image` (base64-encoded RGB PNG of the input's size).
 Prediction itself is a polycolor.painting.painter painter (through predict.paint_images, which groups rows by
-size); this file only decodes and encodes.
+size); this file only decodes and encodes. At load, the registry vouches for the weights (registry.vouch_for): a
+package whose content no version of its registered model records is refused before anything is served.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,8 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
         """Load the model file (artifact `model`) with torch.load(weights_only=True), once per process, and the
         pixel limit and paint section the package stage saved in the model_config (serving does not read
         params.yaml; a package saved without a paint section paints with the defaults)."""
+        from mlflow.exceptions import MlflowException
+
         from polycolor.config.monitoring import parse_monitor
         from polycolor.monitoring.observe import watch_for
         from polycolor.monitoring.profile import REFERENCE_ARTIFACT
@@ -130,6 +134,15 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
         # Every painting is logged (monitoring.log; $POLYCOLOR_PREDICTION_LOG=off turns it off), keyed on the
         # registry's content hash of this package, so `polycolor monitor` finds the version and its reference.
         digest = registry.package_digest(payload, config.get(registry.PAINT_KEY) or {})
+        # The registry's own hash decides: weights or a paint section swapped in the artifact store after
+        # registration are refused before this process serves anything (docs/reliability.md says what it cannot
+        # cover: this file itself, swapped too). With no registry to ask, it serves and says so.
+        try:
+            registry.vouch_for(str(config.get(NAME_KEY, "")), digest)
+        except registry.UnregisteredContent:
+            raise
+        except (PolycolorError, MlflowException, OSError) as e:
+            print(f"polycolor pyfunc: not checked against the registry: {one_line(e)}", file=sys.stderr)
         reference = context.artifacts.get(REFERENCE_ARTIFACT)
         self.watch = watch_for("serve", str(config.get(NAME_KEY, "")), "", digest,
                                Path(reference) if reference else None, parse_monitor(config.get(MONITOR_KEY)))

@@ -128,6 +128,34 @@ def find_by_content(name: str, digest: str) -> Any | None:
     return min(found, key=lambda mv: int(mv.version)) if found else None
 
 
+UNREGISTERED_ENV = "POLYCOLOR_PACKAGE_UNREGISTERED"  # "1": the package stage loads a package it has not registered yet
+
+
+class UnregisteredContent(PolycolorError):
+    """A package whose content hash no version of its registered model records (vouch_for)."""
+
+
+def vouch_for(name: str, digest: str) -> str | None:
+    """What the pyfunc asks when MLflow loads it: the oldest version of `name` whose CONTENT_TAG is `digest` (the
+    package's weights and paint section, package_digest). UnregisteredContent (one line) when `name` has versions
+    but none records this content: the package's files changed after registration. None when there is nothing to
+    ask: no registered name in the package, no store at the tracking URI, no such model or no version of it yet, or
+    the package stage's own loads of a package it has not registered yet (UNREGISTERED_ENV). A registry that cannot
+    be reached raises what configure or MLflow raise: the caller decides."""
+    if not name or os.environ.get(UNREGISTERED_ENV) == "1" or missing_store() is not None:
+        return None
+    configure()
+    found = find_by_content(name, digest)
+    if found is not None:
+        return str(found.version)
+    if not with_retry(_client().search_model_versions, f"name = '{name}'", max_results=1):
+        return None
+    raise UnregisteredContent(
+        f"refusing to serve: this package's weights and paint section hash to {digest}, which no version of "
+        f"{name!r} at {tracking_uri()} records; its files changed after it was registered: re-register the model "
+        "(dvc repro package) or serve another version (polycolor promote --rollback)")
+
+
 def retag_version(name: str, version: str, *, tags: dict[str, str]) -> Any:
     """Set `tags` on an existing version and point `candidate` at it (registration of a model already held)."""
     client = _client()
