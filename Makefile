@@ -21,7 +21,7 @@ repro: $(STAMP)
 # pytest-xdist workers for `make test`: a test file runs whole on one of them (tests/conftest.py says why); 1 runs
 # the suite serially. `make test-fast` is all CPU, where workers only add their start-up: it runs serially.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+XDIST := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The whole test suite, the end-to-end DVC/MLflow tests included.
 test: $(STAMP)

@@ -172,18 +172,12 @@ def run_queue(root: Path, env: dict, experiments: list[list[str]], jobs: int = 2
 
 # ------------------------------------------------------------------------------------------- parallel workers
 
-# `make test` runs the suite on pytest-xdist workers (`-n 2 --dist loadgroup`): most of a serial run waits on
-# processes and servers starting, not on the CPU. A test file runs whole on one worker, since its module fixtures
-# (a tiny project that has run the pipeline) serve tests that read what earlier ones left. The tests on the team
-# stack share one worker, wherever they are: the session's `team_stack` then starts once, and two stacks never race
-# as root to create the system user polycolor-pg. (No test on the stack reads what a test off it left.)
-STACK_FILES = {"test_reliability_round3_stack.py", "test_team_stack.py", "test_stack.py"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        on_stack = "team_stack" in getattr(item, "fixturenames", ()) or item.path.name in STACK_FILES
-        item.add_marker(pytest.mark.xdist_group("stack" if on_stack else item.path.name))
+# `make test` runs the suite on pytest-xdist workers (`-n 2 --dist loadfile`): most of a serial run waits on
+# processes and servers starting, not on the CPU. A test file runs whole on one worker, in order, since its module
+# fixtures (a tiny project that has run the pipeline) serve tests that read what earlier ones left. The session's
+# `team_stack` starts on each worker that runs a test on it, each on its own free ports and folder. (xdist's
+# `--dist loadgroup` would keep those on one worker, but with pytest 9 it no longer groups: the node ids it
+# rewrites are not the ones it schedules.)
 
 
 # ------------------------------------------------------------------------------------------- the team stack

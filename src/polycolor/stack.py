@@ -205,13 +205,22 @@ def _as_user() -> dict[str, Any]:
 def _make_pg_user() -> None:
     """Create PG_OS_USER, a system user (and group) of its own with no home and no login shell, so that the
     cluster's files belong to no one else (not `nobody`, which other daemons share)."""
+    import pwd
+
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    done = subprocess.run([useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-                           "--shell", "/usr/sbin/nologin", "--comment", "polycolor stack PostgreSQL", PG_OS_USER],
-                          capture_output=True, text=True, check=False)
-    if done.returncode not in (0, 9):  # 9: it exists (another `up` made it meanwhile)
-        raise PolycolorError(f"cannot create the system user {PG_OS_USER} that runs PostgreSQL as root: "
-                             f"useradd exit {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
+    for attempt in range(10):
+        done = subprocess.run([useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                               "--shell", "/usr/sbin/nologin", "--comment", "polycolor stack PostgreSQL", PG_OS_USER],
+                              capture_output=True, text=True, check=False)
+        if done.returncode in (0, 9):  # 9: it exists (another `up` made it meanwhile)
+            return
+        try:  # two `up`s at once: the other one's useradd held /etc/passwd's lock, and may have made the user
+            pwd.getpwnam(PG_OS_USER)
+            return
+        except KeyError:
+            time.sleep(0.5)
+    raise PolycolorError(f"cannot create the system user {PG_OS_USER} that runs PostgreSQL as root: "
+                         f"useradd exit {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
 
 
 def _own_cluster(pgdata: Path) -> None:
