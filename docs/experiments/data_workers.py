@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import shutil
 import tempfile
 import time
@@ -21,15 +20,7 @@ from polycolor.config.params import load_params
 from polycolor.data.augment import augment_dataset
 from polycolor.data.ingest import ingest
 from polycolor.data.workers import available_cores
-
-
-def digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(root).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+from polycolor.fileio import folder_digest
 
 
 def one_run(cfg, workers: int, scratch: Path) -> tuple[float, float, str]:
@@ -39,7 +30,7 @@ def one_run(cfg, workers: int, scratch: Path) -> tuple[float, float, str]:
     t1 = time.perf_counter()
     augment_dataset(data, aug, dataclasses.replace(cfg.augment, workers=workers), cfg.seed)
     t2 = time.perf_counter()
-    out = digest(data) + digest(aug)
+    out = folder_digest(data, aug)
     shutil.rmtree(data)
     shutil.rmtree(aug)
     return t1 - t0, t2 - t1, out
