@@ -121,7 +121,6 @@ def test_augment_dataset_layout_counts_and_reproducibility(tmp_path, tiny_datase
     assert tree_digest(tmp_path / "c") != tree_digest(tmp_path / "a")
 
 
-
 def test_augment_writes_the_same_bytes_on_any_number_of_workers(tmp_path):
     """augment.workers spreads the copies over processes: 1, 2 and 3 workers write the same files, byte for byte,
     and the same grid and count of affine draws dropped (40 samples: three tasks of data.workers.CHUNK)."""
@@ -140,6 +139,7 @@ def test_augment_writes_the_same_bytes_on_any_number_of_workers(tmp_path):
     for workers in (2, 3):
         assert np.array_equal(results[workers].grid, results[1].grid)
         assert results[workers].affine_dropped == results[1].affine_dropped
+
 
 def test_zero_copies_keeps_only_the_originals(tmp_path, tiny_dataset):
     res = augment.augment_dataset(tiny_dataset, tmp_path / "a", AugmentConfig(copies=0), seed=0)

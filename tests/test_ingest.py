@@ -63,7 +63,6 @@ def test_synthetic_ingest_is_byte_identical_and_seeded(tmp_path, tiny_dataset):
     assert not any(np.array_equal(v, t) for v in val.targets for t in train.targets), "splits use separate streams"
 
 
-
 def test_synthetic_ingest_writes_the_same_bytes_on_any_number_of_workers(tmp_path):
     """ingest.workers spreads the drawing over processes: 1, 2 and 3 workers write the same files, byte for byte
     (40 pairs: three tasks of data.workers.CHUNK, so every worker gets some)."""
@@ -76,6 +75,7 @@ def test_synthetic_ingest_writes_the_same_bytes_on_any_number_of_workers(tmp_pat
         digests[workers] = tree_digest(tmp_path / f"w{workers}")
     assert digests[1] == digests[2] == digests[3]
     assert len(digests[1]) == 2 * (40 + 8) + 3, "inputs and outputs of both splits, two data.json, the manifest"
+
 
 def test_grey_and_noisy_inputs_are_written_losslessly(tmp_path):
     """JPEG-noisy, anti-aliased and downscaled inputs go to PNG as they were drawn; targets stay two-valued."""

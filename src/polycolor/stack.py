@@ -208,7 +208,7 @@ def _make_pg_user() -> None:
     import pwd
 
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    for attempt in range(10):
+    for _ in range(10):
         done = subprocess.run([useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
                                "--shell", "/usr/sbin/nologin", "--comment", "polycolor stack PostgreSQL", PG_OS_USER],
                               capture_output=True, text=True, check=False)

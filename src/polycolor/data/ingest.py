@@ -37,7 +37,7 @@ def _render_pair(job: tuple[Path, int, synth.PolygonSpec, int]) -> tuple[str, st
 
 
 def _write_synthetic_split(split_dir: Path, specs: list[synth.PolygonSpec], image_size: int,
-                           workers: int = 1) -> tuple[list, list]:
+                           workers: int) -> tuple[list, list]:
     """Render and write each pair as it is drawn, on `workers` processes (ingest.workers), so memory stays small at
     any sample count; the names come back in the specs' order."""
     (split_dir / ayna.INPUTS).mkdir(parents=True)

@@ -79,9 +79,9 @@ def champion_uri(registered_model: str) -> str | None:
     configure()
     try:
         has = registry.CHAMPION in registry.aliases(registered_model)
-        history = [] if has else registry.champion_history(registered_model)
     except PolycolorError:  # no such registered model: there is no champion
         return None
+    history = [] if has else registry.champion_history(registered_model)
     if history:
         raise PolycolorError(f"registered model {registered_model!r} has no @champion, though version {history[-1]} "
                              "was its last (deleted, or the alias removed): restore the newest champion that exists "

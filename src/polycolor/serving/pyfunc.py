@@ -134,17 +134,18 @@ class PolycolorModel(mlflow.pyfunc.PythonModel):
         # Every painting is logged (monitoring.log; $POLYCOLOR_PREDICTION_LOG=off turns it off), keyed on the
         # registry's content hash of this package, so `polycolor monitor` finds the version and its reference.
         digest = registry.package_digest(payload, config.get(registry.PAINT_KEY) or {})
+        name = str(config.get(NAME_KEY, ""))
         # The registry's own hash decides: weights or a paint section swapped in the artifact store after
         # registration are refused before this process serves anything (docs/reliability.md says what it cannot
         # cover: this file itself, swapped too). With no registry to ask, it serves and says so.
         try:
-            registry.vouch_for(str(config.get(NAME_KEY, "")), digest)
+            registry.vouch_for(name, digest)
         except registry.UnregisteredContent:
             raise
         except (PolycolorError, MlflowException, OSError) as e:
             print(f"polycolor pyfunc: not checked against the registry: {one_line(e)}", file=sys.stderr)
         reference = context.artifacts.get(REFERENCE_ARTIFACT)
-        self.watch = watch_for("serve", str(config.get(NAME_KEY, "")), "", digest,
+        self.watch = watch_for("serve", name, "", digest,
                                Path(reference) if reference else None, parse_monitor(config.get(MONITOR_KEY)))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

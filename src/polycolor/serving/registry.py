@@ -468,12 +468,9 @@ def _rollback(name: str, champ: str | None) -> Decision:
     verify_package(name, target_mv)  # the registry's own hash decides: a swapped version never comes back
     _pause_before_write()
     _set_champion(name, target, history)
-    if champ is None:
-        reason = f"restored version {target}: the @champion was gone (its version deleted)"
-        _record(name, target, "rolled_back", reason)
-    else:
-        reason = f"rolled back from version {champ} to version {target}"
-        _record(name, champ, "rolled_back", reason)
+    reason = (f"restored version {target}: the @champion was gone (its version deleted)" if champ is None
+              else f"rolled back from version {champ} to version {target}")
+    _record(name, champ or target, "rolled_back", reason)  # on the demoted version, or the restored one
     return Decision(name, target, champ, target, "rolled_back", reason)
 
 
